@@ -1,0 +1,40 @@
+"""Vocabulary shared by every layer: the error family and the tensor datatypes.
+
+It imports nothing else of Ferry's, so `server`, `scheduler` and `engines` may all depend on it.
+"""
+
+from common.datatypes import DATATYPES, DataType, datatype, from_config_type, from_numpy
+from common.errors import (
+    DeadlineExceeded,
+    EngineError,
+    FerryError,
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    QueueFull,
+    RequestCancelled,
+    ShuttingDown,
+    Unavailable,
+    Unsupported,
+)
+
+__all__ = [
+    "DATATYPES",
+    "DataType",
+    "DeadlineExceeded",
+    "EngineError",
+    "FerryError",
+    "InvalidInput",
+    "ModelLoadError",
+    "ModelNotFound",
+    "ModelNotReady",
+    "QueueFull",
+    "RequestCancelled",
+    "ShuttingDown",
+    "Unavailable",
+    "Unsupported",
+    "datatype",
+    "from_config_type",
+    "from_numpy",
+]

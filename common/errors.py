@@ -1,0 +1,69 @@
+"""The one exception family every layer raises.
+
+    FerryError                  anything Ferry itself decides is wrong
+    ├── InvalidInput            the request is malformed or does not fit the model   (permanent)
+    ├── ModelNotFound           no such model, or no such version                    (permanent)
+    ├── Unsupported             a protocol feature Ferry does not implement          (permanent)
+    ├── Unavailable             try again later                                      (retryable)
+    │   ├── QueueFull           the model's queue holds as much as it may
+    │   ├── ModelNotReady       the model exists but is not serving
+    │   └── ShuttingDown        the server is draining
+    ├── DeadlineExceeded        the caller's deadline passed before the answer was ready
+    ├── RequestCancelled        the caller went away
+    ├── EngineError             the backend failed while running a batch
+    └── ModelLoadError          a model could not be loaded (reported, never raised to a caller)
+
+The server maps these to gRPC status codes in exactly one place (server/errors.py). Library
+exceptions (ONNX Runtime, CUDA, TensorRT) are translated into this family where they are caught,
+at the engine boundary, with `raise ... from exc`.
+"""
+
+from __future__ import annotations
+
+
+class FerryError(Exception):
+    """Base of every error Ferry raises on purpose; its message is safe to show a caller."""
+
+
+class InvalidInput(FerryError):
+    """The request cannot be served as sent; sending it again will not help."""
+
+
+class ModelNotFound(FerryError):
+    """The named model or model version is not in the repository."""
+
+
+class Unsupported(FerryError):
+    """The request asks for a feature Ferry does not implement."""
+
+
+class Unavailable(FerryError):
+    """The server cannot take the request now; a retry later may succeed."""
+
+
+class QueueFull(Unavailable):
+    """The model's queue is at its bound; refused at once instead of waiting."""
+
+
+class ModelNotReady(Unavailable):
+    """The model is known but not ready (loading failed, or it is unloading)."""
+
+
+class ShuttingDown(Unavailable):
+    """The server is draining and accepts no new work."""
+
+
+class DeadlineExceeded(FerryError):
+    """The caller's deadline passed before the request could be computed."""
+
+
+class RequestCancelled(FerryError):
+    """The caller cancelled the request."""
+
+
+class EngineError(FerryError):
+    """The backend failed while executing a batch; every member of the batch gets it."""
+
+
+class ModelLoadError(FerryError):
+    """A model could not be loaded; the message names the file and the problem."""

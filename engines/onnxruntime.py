@@ -1,0 +1,210 @@
+"""ONNX Runtime backend: serves `model.onnx` on the CPU (the default where no GPU exists).
+
+Each instance owns its own `InferenceSession` and one worker thread. ONNX Runtime releases the
+GIL while it computes, so the event loop stays free, and N instances run N batches at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from common.datatypes import DATATYPES, DataType
+from common.errors import EngineError, ModelLoadError
+from engines.base import Device, ExecutionResult, Parts, TensorSpec, Timings
+from engines.staging import gather
+
+_ORT_TYPES: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+    "tensor(bfloat16)": "BF16",
+}
+_ONNX_BF16 = 16  # TensorProto.BFLOAT16: fed as uint16 bit patterns through OrtValue
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeOptions:
+    """Session settings, read from the model config's `parameters` by the repository.
+
+    intra_op_threads: threads one instance uses inside an operator; 0 lets ONNX Runtime pick
+    (all cores). With several instances on few cores, 1 per instance avoids oversubscription.
+    inter_op_threads: threads for running independent operators in parallel; 0 = default.
+    """
+
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise ValueError(
+                f"thread counts must be >= 0, got intra_op_threads={self.intra_op_threads}, "
+                f"inter_op_threads={self.inter_op_threads}"
+            )
+
+
+def _spec(arg: Any) -> TensorSpec:
+    name = _ORT_TYPES.get(arg.type)
+    if name is None:
+        raise ModelLoadError(f"tensor '{arg.name}' has type {arg.type}, which Ferry cannot serve")
+    dims = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
+    return TensorSpec(arg.name, DATATYPES[name], dims)
+
+
+class OnnxRuntimeEngine:
+    """A loaded ONNX model; every instance opens its own session on the same file."""
+
+    def __init__(self, path: Path, options: OnnxRuntimeOptions = OnnxRuntimeOptions()) -> None:
+        self._path = path
+        self._options = options
+        self._spare: ort.InferenceSession | None = self._open()
+        self._inputs = tuple(_spec(a) for a in self._spare.get_inputs())
+        self._outputs = tuple(_spec(a) for a in self._spare.get_outputs())
+
+    def _open(self) -> ort.InferenceSession:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self._options.intra_op_threads
+        opts.inter_op_num_threads = self._options.inter_op_threads
+        opts.log_severity_level = 3
+        try:
+            return ort.InferenceSession(
+                str(self._path), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ONNX Runtime raises its own exception types for bad files
+            raise ModelLoadError(f"{self._path}: onnxruntime cannot load it: {exc}") from exc
+
+    @property
+    def inputs(self) -> Sequence[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> Sequence[TensorSpec]:
+        return self._outputs
+
+    def create_instance(self, name: str, device: Device) -> OnnxRuntimeInstance:
+        if device.kind != "cpu":
+            raise ModelLoadError(
+                f"instance {name}: the ONNX Runtime CPU backend cannot use {device}"
+            )
+        session, self._spare = (
+            (self._spare, None) if self._spare is not None else (self._open(), None)
+        )
+        return OnnxRuntimeInstance(name, session, self._inputs, self._outputs)
+
+    def close(self) -> None:
+        self._spare = None
+
+
+class OnnxRuntimeInstance:
+    """One session and the one thread that runs it."""
+
+    def __init__(
+        self,
+        name: str,
+        session: ort.InferenceSession,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+    ) -> None:
+        self._name = name
+        self._session = session
+        self._inputs = inputs
+        self._outputs = outputs
+        self._output_names = [o.name for o in outputs]
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ferry-{name}")
+        self._needs_ort_values = any(s.datatype.name == "BF16" for s in (*inputs, *outputs))
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def run(self, parts: Parts) -> ExecutionResult:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run_blocking, parts)
+
+    def _run_blocking(self, parts: Parts) -> ExecutionResult:
+        t0 = time.perf_counter_ns()
+        feeds = {s.name: _to_ort(gather(parts, s.name), s.datatype) for s in self._inputs}
+        t1 = time.perf_counter_ns()
+        try:
+            if self._needs_ort_values:
+                values = self._session.run_with_ort_values(self._output_names, feeds)
+                raw = [_from_ort_value(v) for v in values]
+            else:
+                raw = self._session.run(self._output_names, feeds)
+        except Exception as exc:  # ONNX Runtime's own exception types; translated here
+            raise EngineError(f"onnxruntime failed to run the batch: {exc}") from exc
+        t2 = time.perf_counter_ns()
+        outputs = {
+            s.name: _from_ort(a, s.datatype) for s, a in zip(self._outputs, raw, strict=True)
+        }
+        t3 = time.perf_counter_ns()
+        return ExecutionResult(outputs, Timings(t1 - t0, t2 - t1, t3 - t2))
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _to_ort(array: np.ndarray, datatype: DataType) -> Any:
+    if datatype.name == "BYTES":
+        # ONNX Runtime string tensors hold str; surrogateescape keeps arbitrary bytes lossless.
+        return np.vectorize(lambda b: b.decode("utf-8", "surrogateescape"), otypes=[object])(array)
+    if datatype.name == "BF16":
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+            np.ascontiguousarray(array), _ONNX_BF16
+        )
+    return array
+
+
+def _from_ort(value: Any, datatype: DataType) -> np.ndarray:
+    array = np.asarray(value)
+    if datatype.name == "BYTES":
+        return np.vectorize(_encode_str, otypes=[object])(array) if array.size else array
+    if datatype.name == "BF16":
+        return array.view(np.uint16) if array.dtype.itemsize == 2 else array
+    return array
+
+
+def _from_ort_value(value: Any) -> Any:
+    if value.data_type() == "tensor(bfloat16)":
+        # numpy has no bfloat16: read the raw 2-byte patterns.
+        raw = value.numpy()
+        return np.asarray(raw).view(np.uint16)
+    return value.numpy()
+
+
+def _encode_str(s: str | bytes) -> bytes:
+    return s if isinstance(s, bytes) else s.encode("utf-8", "surrogateescape")
+
+
+def options_from_parameters(parameters: Mapping[str, str]) -> OnnxRuntimeOptions:
+    """Session options from model config `parameters` (Triton's ONNX Runtime backend keys)."""
+
+    def number(key: str) -> int:
+        text = parameters.get(key, "0")
+        try:
+            return int(text)
+        except ValueError:
+            raise ModelLoadError(f"parameter '{key}' must be an integer, got '{text}'") from None
+
+    try:
+        return OnnxRuntimeOptions(number("intra_op_thread_count"), number("inter_op_thread_count"))
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from exc

@@ -1,0 +1,21 @@
+"""Requests, queues, dynamic batching and dispatch to instances: pure asyncio and numpy.
+
+The scheduler knows nothing of gRPC or protobuf and knows backends only through engines.base.
+"""
+
+from scheduler.batch import Batch
+from scheduler.batcher import Batcher
+from scheduler.config import BatchingConfig
+from scheduler.request import InferenceRequest, InferenceResult
+from scheduler.scheduler import ModelScheduler
+from scheduler.stats import ModelStats
+
+__all__ = [
+    "Batch",
+    "Batcher",
+    "BatchingConfig",
+    "InferenceRequest",
+    "InferenceResult",
+    "ModelScheduler",
+    "ModelStats",
+]

@@ -1,0 +1,65 @@
+"""Cumulative statistics of one model version, in the shape of Triton's ModelStatistics.
+
+Plain integers updated on the event loop only (no locks needed). inference_count counts rows,
+execution_count counts batch executions; per-request durations count once per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engines.base import Timings
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += max(ns, 0)
+
+
+@dataclass
+class BatchSizeStats:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass
+class ModelStats:
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    batch_stats: dict[int, BatchSizeStats] = field(default_factory=dict)
+
+    def record_execution(self, rows: int, requests: int, timings: Timings, wall_ms: int) -> None:
+        """One batch ran: `rows` rows from `requests` requests."""
+        self.execution_count += 1
+        self.inference_count += rows
+        self.last_inference_ms = wall_ms
+        per_size = self.batch_stats.setdefault(rows, BatchSizeStats())
+        per_size.compute_input.add(timings.input_ns)
+        per_size.compute_infer.add(timings.infer_ns)
+        per_size.compute_output.add(timings.output_ns)
+        # Every request of the batch spent the batch's compute time.
+        self.compute_input.add(timings.input_ns * requests, requests)
+        self.compute_infer.add(timings.infer_ns * requests, requests)
+        self.compute_output.add(timings.output_ns * requests, requests)
+
+    def record_queue(self, ns: int) -> None:
+        self.queue.add(ns)
+
+    def record_success(self, ns: int) -> None:
+        self.success.add(ns)
+
+    def record_failure(self, ns: int) -> None:
+        self.fail.add(ns)

@@ -1,0 +1,141 @@
+"""Build, start and stop the server: repository, gRPC services, listeners, signals.
+
+Shutdown order: report not-ready (health NOT_SERVING) → stop accepting RPCs while in-flight ones
+finish (up to drain_timeout_s) → stop the schedulers (whatever still waits gets UNAVAILABLE) →
+close the engines. The first SIGTERM/SIGINT drains; a second one exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import stat
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from proto import grpc_service_pb2 as pb
+from proto import grpc_service_pb2_grpc as pb_grpc
+from proto._pool import POOL
+from server.config import ServerConfig
+from server.repository import ModelRepository, RepositoryOptions
+from server.servicer import InferenceServicer, ReadinessState
+
+log = logging.getLogger("ferry.server")
+
+INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def _describe_standard_services() -> None:
+    """Make health and reflection resolvable through reflection, which reads Ferry's pool."""
+    for descriptor in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+        try:
+            POOL.FindFileByName(descriptor.name)
+        except KeyError:
+            POOL.AddSerializedFile(descriptor.serialized_pb)
+
+
+class FerryServer:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.repository = ModelRepository(
+            config.model_repository, RepositoryOptions(config.default_max_batch_size)
+        )
+        self.readiness = ReadinessState(self.repository, config.strict_readiness)
+        self._health = health_aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self.tcp_port: int | None = None
+        self.addresses: list[str] = []
+
+    async def start(self) -> None:
+        await self.repository.load()
+        options = [
+            ("grpc.max_send_message_length", self.config.max_message_bytes),
+            ("grpc.max_receive_message_length", self.config.max_message_bytes),
+            # Never share a port by accident; worker processes that mean to will ask for it.
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(options=options)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.repository, self.readiness), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        _describe_standard_services()
+        reflection.enable_server_reflection(
+            (INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server, pool=POOL
+        )
+        if self.config.grpc_port >= 0:
+            host = self.config.host
+            address = f"[{host}]" if ":" in host else host
+            self.tcp_port = server.add_insecure_port(f"{address}:{self.config.grpc_port}")
+            self.addresses.append(f"{address}:{self.tcp_port}")
+        if self.config.unix_socket:
+            _remove_stale_socket(Path(self.config.unix_socket))
+            server.add_insecure_port(f"unix:{self.config.unix_socket}")
+            self.addresses.append(f"unix:{self.config.unix_socket}")
+        await server.start()
+        self._server = server
+        self.readiness.started = True
+        await self._publish_health()
+        log.info("serving on %s", ", ".join(self.addresses))
+
+    async def _publish_health(self) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.readiness.ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", INFERENCE_SERVICE):
+            await self._health.set(service, status)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        grace = self.config.drain_timeout_s if grace_s is None else grace_s
+        self.readiness.draining = True
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            log.info("draining: finishing in-flight requests (up to %.1f s)", grace)
+            await self._server.stop(grace)
+        await self.repository.stop()
+        if self.config.unix_socket:
+            _remove_stale_socket(Path(self.config.unix_socket))
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+def _remove_stale_socket(path: Path) -> None:
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM/SIGINT, then drain and exit."""
+    server = FerryServer(config)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stopping.is_set():
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(128 + signum)
+        log.info("%s: shutting down gracefully", signal.Signals(signum).name)
+        stopping.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await server.start()
+    try:
+        await stopping.wait()
+    finally:
+        await server.stop()

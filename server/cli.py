@@ -1,0 +1,81 @@
+"""The `ferry` command: `ferry serve` runs the server, `ferry example-repo` writes the examples."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from server.config import ServerConfig
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferry", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve a model repository over gRPC")
+    serve.add_argument("--model-repository", required=True, type=Path, metavar="DIR")
+    serve.add_argument("--host", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
+    serve.add_argument("--grpc-port", type=int, default=8001, help="TCP port; 0 picks a free one")
+    serve.add_argument("--unix-socket", metavar="PATH", help="also listen on this Unix socket")
+    serve.add_argument(
+        "--max-message-bytes", type=int, default=256 * 1024 * 1024,
+        help="largest request/response message (default 256 MiB)",
+    )
+    serve.add_argument(
+        "--default-max-batch-size", type=int, default=4,
+        help="max_batch_size for batchable models without config.pbtxt (default 4)",
+    )
+    serve.add_argument(
+        "--strict-readiness", action=argparse.BooleanOptionalAction, default=True,
+        help="ready only when every model loaded (default on, as Triton)",
+    )
+    serve.add_argument(
+        "--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="on SIGTERM, how long in-flight requests may take to finish (default 30)",
+    )
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    example = commands.add_parser("example-repo", help="write the example model repository")
+    example.add_argument("directory", type=Path, metavar="DIR")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "example-repo":
+        from server.example_repo import write_example_repo
+
+        for path in write_example_repo(args.directory):
+            print(path)
+        return 0
+
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        config = ServerConfig(
+            model_repository=args.model_repository,
+            host=args.host,
+            grpc_port=args.grpc_port,
+            unix_socket=args.unix_socket,
+            max_message_bytes=args.max_message_bytes,
+            default_max_batch_size=args.default_max_batch_size,
+            strict_readiness=args.strict_readiness,
+            drain_timeout_s=args.drain_timeout,
+        )
+    except ValueError as exc:
+        print(f"ferry: {exc}", file=sys.stderr)
+        return 2
+    import uvloop
+
+    from server.app import serve
+
+    uvloop.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

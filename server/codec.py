@@ -1,0 +1,239 @@
+"""Wire messages to arrays and back, validating every input against the model's tensors.
+
+Decoding makes numpy views over `raw_input_contents` (no copy) after checking, for every input,
+name, datatype, shape against dims, batch size and byte size; each error names the tensor. Typed
+`contents` are accepted too. Encoding always answers in `raw_output_contents` (tritonclient reads
+only that), one entry per output, aligned by position.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.datatypes import DataType
+from common.errors import InvalidInput, Unsupported
+from engines.base import TensorSpec
+from proto import grpc_service_pb2 as pb
+
+_LENGTH = struct.Struct("<I")
+_INT_RANGE = {
+    "INT8": (-(2**7), 2**7 - 1),
+    "INT16": (-(2**15), 2**15 - 1),
+    "UINT8": (0, 2**8 - 1),
+    "UINT16": (0, 2**16 - 1),
+}
+# Request parameters with a protocol meaning that Ferry does not implement: refuse, never ignore.
+_UNSUPPORTED_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a request is checked against: the model's tensors and batch limit (from config)."""
+
+    inputs: Mapping[str, TensorSpec]
+    outputs: Mapping[str, TensorSpec]
+    max_batch_size: int
+
+
+@dataclass
+class DecodedRequest:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    batch_key: Hashable
+    outputs: tuple[str, ...]
+
+
+def decode(request: pb.ModelInferRequest, sig: Signature) -> DecodedRequest:
+    """Validated arrays for `request`; InvalidInput naming the tensor for anything wrong."""
+    for key in _UNSUPPORTED_PARAMETERS:
+        if key in request.parameters:
+            raise Unsupported(f"request parameter '{key}': sequence batching is not supported")
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
+            "it needs one entry per input, in the order of inputs"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        spec = sig.inputs.get(tensor.name)
+        if spec is None:
+            known = ", ".join(sig.inputs) or "none"
+            raise InvalidInput(f"unknown input '{tensor.name}' (the model's inputs: {known})")
+        if tensor.name in inputs:
+            raise InvalidInput(f"input '{tensor.name}' is given more than once")
+        shape = _check_shape(tensor, spec, sig.max_batch_size)
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput(
+                    f"input '{tensor.name}' has typed contents although raw_input_contents is "
+                    "used; send every input one way"
+                )
+            inputs[tensor.name] = _from_raw(raw[index], shape, spec)
+        else:
+            inputs[tensor.name] = _from_contents(tensor, shape, spec)
+    missing = [name for name in sig.inputs if name not in inputs]
+    if missing:
+        raise InvalidInput(f"missing input(s): {', '.join(repr(m) for m in missing)}")
+    rows = _rows(inputs, sig)
+    key = tuple((name, inputs[name].shape[1:]) for name in sig.inputs)
+    return DecodedRequest(inputs, rows, key, _requested_outputs(request, sig))
+
+
+def _check_shape(tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec, mbs: int) -> tuple[int, ...]:
+    name = tensor.name
+    if tensor.datatype != spec.datatype.name:
+        raise InvalidInput(
+            f"input '{name}': datatype {tensor.datatype or '(empty)'} does not match the "
+            f"model's {spec.datatype.name}"
+        )
+    shape = tuple(int(d) for d in tensor.shape)
+    expected = ((-1,) if mbs > 0 else ()) + spec.dims
+    if len(shape) != len(expected) or any(
+        d < 0 or (e != -1 and d != e) for d, e in zip(shape, expected, strict=False)
+    ):
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} does not match the model's {list(expected)}"
+            + (" (the first dimension is the batch)" if mbs > 0 else "")
+        )
+    if mbs > 0:
+        if shape[0] == 0:
+            raise InvalidInput(f"input '{name}': batch size 0; send at least one row")
+        if shape[0] > mbs:
+            raise InvalidInput(
+                f"input '{name}': batch size {shape[0]} exceeds the model's max_batch_size {mbs}"
+            )
+    return shape
+
+
+def _from_raw(data: bytes, shape: tuple[int, ...], spec: TensorSpec) -> np.ndarray:
+    count = math.prod(shape)
+    itemsize = spec.datatype.itemsize
+    if itemsize is None:
+        return _decode_bytes(data, count, spec.name).reshape(shape)
+    if len(data) != count * itemsize:
+        raise InvalidInput(
+            f"input '{spec.name}': raw contents hold {len(data)} bytes, but shape {list(shape)} of "
+            f"{spec.datatype.name} needs {count * itemsize}"
+        )
+    return np.frombuffer(data, dtype=spec.datatype.numpy).reshape(shape)
+
+
+def _decode_bytes(data: bytes, count: int, name: str) -> np.ndarray:
+    """BYTES elements: each a 4-byte little-endian length, then that many bytes."""
+    out = np.empty(count, dtype=object)
+    view = memoryview(data)
+    pos = 0
+    for i in range(count):
+        if pos + 4 > len(view):
+            raise InvalidInput(
+                f"input '{name}': BYTES raw contents end after {i} of {count} elements"
+            )
+        (length,) = _LENGTH.unpack_from(view, pos)
+        pos += 4
+        if pos + length > len(view):
+            raise InvalidInput(
+                f"input '{name}': BYTES element {i} claims {length} bytes, only "
+                f"{len(view) - pos} remain"
+            )
+        out[i] = bytes(view[pos : pos + length])
+        pos += length
+    if pos != len(view):
+        raise InvalidInput(
+            f"input '{name}': {len(view) - pos} bytes left over after {count} BYTES elements"
+        )
+    return out
+
+
+def _from_contents(
+    tensor: pb.ModelInferRequest.InferInputTensor, shape: tuple[int, ...], spec: TensorSpec
+) -> np.ndarray:
+    dt: DataType = spec.datatype
+    name = spec.name
+    if not dt.contents_field:
+        raise InvalidInput(f"input '{name}': {dt.name} data must be sent in raw_input_contents")
+    if not tensor.HasField("contents"):
+        raise InvalidInput(f"input '{name}' has no data: neither raw_input_contents nor contents")
+    values = getattr(tensor.contents, dt.contents_field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise InvalidInput(
+            f"input '{name}': contents.{dt.contents_field} has {len(values)} elements, but shape "
+            f"{list(shape)} needs {count}"
+        )
+    if dt.name == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    wide = np.asarray(values)
+    bounds = _INT_RANGE.get(dt.name)
+    if bounds is not None and wide.size and (wide.min() < bounds[0] or wide.max() > bounds[1]):
+        raise InvalidInput(f"input '{name}': a value lies outside the range of {dt.name}")
+    return wide.astype(dt.numpy, copy=False).reshape(shape)
+
+
+def _rows(inputs: Mapping[str, np.ndarray], sig: Signature) -> int:
+    if sig.max_batch_size == 0:
+        return 1
+    rows = {name: int(a.shape[0]) for name, a in inputs.items()}
+    if len(set(rows.values())) > 1:
+        detail = ", ".join(f"'{n}': {r}" for n, r in rows.items())
+        raise InvalidInput(f"inputs disagree on the batch size ({detail})")
+    return next(iter(rows.values()))
+
+
+def _requested_outputs(request: pb.ModelInferRequest, sig: Signature) -> tuple[str, ...]:
+    if not request.outputs:
+        return tuple(sig.outputs)
+    names: list[str] = []
+    for output in request.outputs:
+        if output.name not in sig.outputs:
+            known = ", ".join(sig.outputs)
+            raise InvalidInput(f"unknown output '{output.name}' (the model's outputs: {known})")
+        if output.name in names:
+            raise InvalidInput(f"output '{output.name}' is requested more than once")
+        if "classification" in output.parameters:
+            raise Unsupported(f"output '{output.name}': classification is not supported")
+        names.append(output.name)
+    return tuple(names)
+
+
+def encode(
+    outputs: Mapping[str, np.ndarray],
+    names: Sequence[str],
+    sig: Signature,
+    *,
+    model_name: str,
+    model_version: str,
+    request_id: str,
+) -> pb.ModelInferResponse:
+    """The response: requested outputs as raw bytes (one copy each), in the order asked."""
+    response = pb.ModelInferResponse(
+        model_name=model_name, model_version=model_version, id=request_id
+    )
+    for name in names:
+        array = outputs[name]
+        dt = sig.outputs[name].datatype
+        tensor = response.outputs.add()
+        tensor.name = name
+        tensor.datatype = dt.name
+        tensor.shape.extend(array.shape)
+        response.raw_output_contents.append(to_raw(array, dt))
+    return response
+
+
+def to_raw(array: np.ndarray, dt: DataType) -> bytes:
+    """Row-major bytes of `array` as the protocol carries `dt`."""
+    if dt.name == "BYTES":
+        parts = []
+        for item in array.reshape(-1):
+            data = item if isinstance(item, bytes) else str(item).encode()
+            parts.append(_LENGTH.pack(len(data)))
+            parts.append(data)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=dt.numpy).tobytes()

@@ -1,0 +1,46 @@
+"""Server options (frozen; validated on construction). The CLI builds one; nothing else reads
+flags or the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the server listens and behaves.
+
+    model_repository: folder in Triton's layout (<model>/config.pbtxt, <model>/<n>/model.onnx).
+    host, grpc_port: TCP address; port 0 picks a free port (tests). grpc_port < 0 disables TCP
+        (then unix_socket must be set).
+    unix_socket: also listen on this Unix socket path (sidecars); None = no socket.
+    max_message_bytes: largest request or response message, both directions. Default 256 MiB.
+    default_max_batch_size: max_batch_size for models without config.pbtxt that can batch.
+    strict_readiness: ServerReady (and health) report ready only when every model loaded, as
+        Triton does by default; off: ready once the server runs.
+    drain_timeout_s: on SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    """
+
+    model_repository: Path
+    host: str = "127.0.0.1"
+    grpc_port: int = 8001
+    unix_socket: str | None = None
+    max_message_bytes: int = 256 * 1024 * 1024
+    default_max_batch_size: int = 4
+    strict_readiness: bool = True
+    drain_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.grpc_port > 65535:
+            raise ValueError(f"grpc_port must be <= 65535, got {self.grpc_port}")
+        if self.grpc_port < 0 and not self.unix_socket:
+            raise ValueError("with TCP disabled (grpc_port < 0) a unix_socket is required")
+        if self.max_message_bytes <= 0:
+            raise ValueError(f"max_message_bytes must be > 0, got {self.max_message_bytes}")
+        if self.default_max_batch_size < 0:
+            raise ValueError(
+                f"default_max_batch_size must be >= 0, got {self.default_max_batch_size}"
+            )
+        if self.drain_timeout_s < 0:
+            raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")

@@ -1,0 +1,52 @@
+"""The one place where Ferry's errors become gRPC status codes.
+
+Lookup walks the exception's MRO, so a subclass inherits its parent's code unless it has its
+own row. Anything outside the FerryError family is a bug: the caller gets INTERNAL with a generic
+message and the traceback goes to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from common.errors import (
+    DeadlineExceeded,
+    EngineError,
+    FerryError,
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    RequestCancelled,
+    Unavailable,
+    Unsupported,
+)
+
+log = logging.getLogger("ferry.server")
+
+STATUS: dict[type[FerryError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    Unsupported: grpc.StatusCode.UNIMPLEMENTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    RequestCancelled: grpc.StatusCode.CANCELLED,
+    EngineError: grpc.StatusCode.INTERNAL,
+    ModelLoadError: grpc.StatusCode.INTERNAL,
+    FerryError: grpc.StatusCode.INTERNAL,
+}
+
+
+def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a caller sees for `exc`."""
+    if isinstance(exc, FerryError):
+        for cls in type(exc).__mro__:
+            code = STATUS.get(cls)  # type: ignore[call-overload]
+            if code is not None:
+                return code, str(exc)
+    if isinstance(exc, asyncio.TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
+    log.error("internal error while serving a request", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error (see the server log)"

@@ -1,0 +1,208 @@
+"""`ferry example-repo DIR`: writes the example model repository, byte-identical on every run.
+
+Weights come from fixed seeds and the graphs are built op by op with onnx.helper, so nothing is
+downloaded. Ids index embedding tables through `Mod`, so any int64 id is valid input: a single
+odd id can never fail a whole batch of other callers' rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+IR_VERSION = 8
+
+DLRM_TABLES = 26
+DLRM_ROWS = 1000
+DLRM_DIM = 16
+HISTORY_ITEMS = 10_000
+HISTORY_DIM = 16
+
+CONFIGS = {
+    "dlrm": """\
+name: "dlrm"
+platform: "onnxruntime_onnx"
+max_batch_size: 1024
+input [
+  { name: "dense" data_type: TYPE_FP32 dims: [ 13 ] },
+  { name: "sparse" data_type: TYPE_INT64 dims: [ 26 ] }
+]
+output [
+  { name: "ctr" data_type: TYPE_FP32 dims: [ 1 ] }
+]
+dynamic_batching {
+  max_queue_delay_microseconds: 200
+}
+instance_group [ { count: 1 kind: KIND_CPU } ]
+""",
+    "echo": """\
+name: "echo"
+platform: "onnxruntime_onnx"
+max_batch_size: 1024
+input [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ -1 ] } ]
+dynamic_batching { }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+""",
+    "history": """\
+name: "history"
+platform: "onnxruntime_onnx"
+max_batch_size: 256
+input [
+  { name: "history" data_type: TYPE_INT64 dims: [ -1 ] },
+  { name: "user" data_type: TYPE_FP32 dims: [ 16 ] }
+]
+output [ { name: "score" data_type: TYPE_FP32 dims: [ 1 ] } ]
+dynamic_batching { max_queue_delay_microseconds: 200 }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+""",
+}
+
+
+def _weights(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
+    scale = 1.0 / np.sqrt(shape[0])
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def _dense_layers(
+    rng: np.random.Generator, x: str, sizes: list[int], prefix: str, last_relu: bool
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+    """MatMul + Add (+ Relu) per layer; returns nodes, weights and the last output's name."""
+    nodes, inits = [], []
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        w, b = f"{prefix}{i}_w", f"{prefix}{i}_b"
+        inits += [_weights(rng, w, (n_in, n_out)), _weights(rng, b, (n_out,))]
+        nodes += [
+            helper.make_node("MatMul", [x, w], [f"{prefix}{i}_mm"]),
+            helper.make_node("Add", [f"{prefix}{i}_mm", b], [f"{prefix}{i}_lin"]),
+        ]
+        x = f"{prefix}{i}_lin"
+        if i < len(sizes) - 2 or last_relu:
+            nodes.append(helper.make_node("Relu", [x], [f"{prefix}{i}_act"]))
+            x = f"{prefix}{i}_act"
+    return nodes, inits, x
+
+
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ferry-examples"
+    )
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+def _const(name: str, value: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(value, name)
+
+
+def dlrm_model() -> onnx.ModelProto:
+    """DLRM-style CTR: 26 embedding tables of 1000 x 16 plus a dense MLP, sigmoid output."""
+    rng = np.random.default_rng(2)
+    inits = [
+        _weights(rng, "tables", (DLRM_TABLES * DLRM_ROWS, DLRM_DIM)),
+        _const("rows_per_table", np.array(DLRM_ROWS, dtype=np.int64)),
+        _const("table_offsets", np.arange(DLRM_TABLES, dtype=np.int64) * DLRM_ROWS),
+        _const("flat_shape", np.array([-1, DLRM_TABLES * DLRM_DIM], dtype=np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Mod", ["sparse", "rows_per_table"], ["local_ids"]),
+        helper.make_node("Add", ["local_ids", "table_offsets"], ["global_ids"]),
+        helper.make_node("Gather", ["tables", "global_ids"], ["embedded"], axis=0),
+        helper.make_node("Reshape", ["embedded", "flat_shape"], ["embedded_flat"]),
+    ]
+    bottom, w, dense_out = _dense_layers(rng, "dense", [13, 64, 16], "bottom", last_relu=True)
+    nodes += bottom
+    inits += w
+    nodes.append(helper.make_node("Concat", ["embedded_flat", dense_out], ["features"], axis=1))
+    width = DLRM_TABLES * DLRM_DIM + 16
+    top, w, logit = _dense_layers(rng, "features", [width, 512, 256, 1], "top", last_relu=False)
+    nodes += top
+    inits += w
+    nodes.append(helper.make_node("Sigmoid", [logit], ["ctr"]))
+    graph = helper.make_graph(
+        nodes,
+        "dlrm",
+        [
+            helper.make_tensor_value_info("dense", TensorProto.FLOAT, ["batch", 13]),
+            helper.make_tensor_value_info("sparse", TensorProto.INT64, ["batch", DLRM_TABLES]),
+        ],
+        [helper.make_tensor_value_info("ctr", TensorProto.FLOAT, ["batch", 1])],
+        inits,
+    )
+    return _model(graph)
+
+
+def echo_model() -> onnx.ModelProto:
+    """y = x: measures the serving overhead alone."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "echo",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "length"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "length"])],
+    )
+    return _model(graph)
+
+
+def history_model() -> onnx.ModelProto:
+    """Mean of the item embeddings of a variable-length history (id 0 = padding, ignored),
+    joined with user features, through an MLP to a score."""
+    rng = np.random.default_rng(3)
+    inits = [
+        _weights(rng, "items", (HISTORY_ITEMS, HISTORY_DIM)),
+        _const("item_count", np.array(HISTORY_ITEMS, dtype=np.int64)),
+        _const("zero", np.array(0, dtype=np.int64)),
+        _const("one", np.array(1.0, dtype=np.float32)),
+        _const("axis1", np.array([1], dtype=np.int64)),
+        _const("axis2", np.array([2], dtype=np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Mod", ["history", "item_count"], ["item_ids"]),
+        helper.make_node("Gather", ["items", "item_ids"], ["item_vecs"], axis=0),
+        helper.make_node("Equal", ["history", "zero"], ["is_pad"]),
+        helper.make_node("Not", ["is_pad"], ["is_item"]),
+        helper.make_node("Cast", ["is_item"], ["mask"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask", "axis2"], ["mask3"]),
+        helper.make_node("Mul", ["item_vecs", "mask3"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "axis1"], ["summed"], keepdims=0),
+        helper.make_node("ReduceSum", ["mask", "axis1"], ["count"], keepdims=1),
+        helper.make_node("Max", ["count", "one"], ["safe_count"]),
+        helper.make_node("Div", ["summed", "safe_count"], ["pooled"]),
+        helper.make_node("Concat", ["pooled", "user"], ["features"], axis=1),
+    ]
+    mlp, w, logit = _dense_layers(rng, "features", [2 * HISTORY_DIM, 64, 1], "mlp", False)
+    nodes += mlp
+    inits += w
+    nodes.append(helper.make_node("Sigmoid", [logit], ["score"]))
+    graph = helper.make_graph(
+        nodes,
+        "history",
+        [
+            helper.make_tensor_value_info("history", TensorProto.INT64, ["batch", "length"]),
+            helper.make_tensor_value_info("user", TensorProto.FLOAT, ["batch", HISTORY_DIM]),
+        ],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
+        inits,
+    )
+    return _model(graph)
+
+
+BUILDERS = {"dlrm": dlrm_model, "echo": echo_model, "history": history_model}
+
+
+def write_example_repo(root: Path) -> list[Path]:
+    """Write every example model (config.pbtxt and 1/model.onnx); returns the files written."""
+    written = []
+    for name, build in BUILDERS.items():
+        folder = root / name
+        (folder / "1").mkdir(parents=True, exist_ok=True)
+        config = folder / "config.pbtxt"
+        config.write_text(CONFIGS[name], encoding="utf-8")
+        model = folder / "1" / "model.onnx"
+        model.write_bytes(build().SerializeToString(deterministic=True))
+        written += [config, model]
+    return written

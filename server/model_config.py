@@ -1,0 +1,293 @@
+"""config.pbtxt: parse it, refuse what Ferry does not support, complete it from the model file.
+
+The result, `ModelSettings`, is everything the rest of the server needs about one model: the
+completed config (what the ModelConfig RPC returns), the tensor signature requests are checked
+against, the batching options and the instances to create.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from google.protobuf.message import Message
+
+from common.datatypes import DataType, from_config_type
+from common.errors import ModelLoadError
+from engines.base import TensorSpec
+from proto import model_config_pb2 as mc
+from scheduler.config import BatchingConfig
+from server.codec import Signature
+
+ONNXRUNTIME = "onnxruntime"
+_PLATFORMS = {"onnxruntime_onnx": ONNXRUNTIME, "tensorrt_plan": "tensorrt"}
+_DEFAULT_FILENAMES = {ONNXRUNTIME: "model.onnx", "tensorrt": "model.plan"}
+
+# Triton config fields that exist but that Ferry does not implement. A field set to anything but
+# its default is refused with its path, so a model never silently runs differently than written.
+_UNSUPPORTED: dict[str, tuple[str, ...]] = {
+    "inference.ModelConfig": ("optimization",),
+    "inference.ModelInput": ("reshape", "is_shape_tensor", "allow_ragged_batch", "optional"),
+    "inference.ModelOutput": ("reshape", "is_shape_tensor", "label_filename"),
+    "inference.ModelInstanceGroup": ("gpus", "profile", "passive", "host_policy"),
+    "inference.ModelDynamicBatching": (
+        "preserve_ordering",
+        "priority_levels",
+        "default_priority_level",
+        "priority_queue_policy",
+    ),
+    "inference.ModelQueuePolicy": (
+        "timeout_action",
+        "default_timeout_microseconds",
+        "allow_timeout_override",
+    ),
+}
+# Top-level Triton fields that Ferry's schema does not even declare.
+_TRITON_ONLY = {
+    "sequence_batching", "ensemble_scheduling", "batch_input", "batch_output", "model_warmup",
+    "model_operations", "model_transaction_policy", "model_repository_agents", "response_cache",
+    "model_metrics", "cc_model_filenames", "metric_tags", "rate_limiter", "secondary_devices",
+    "is_non_linear_format_io", "graph", "execution_accelerators", "gather_kernel_buffer_threshold",
+    "eager_batching", "graph_spec",
+}
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """One model's completed configuration, ready to build engines and a scheduler from."""
+
+    name: str
+    config: mc.ModelConfig
+    backend: str
+    signature: Signature
+    batching: BatchingConfig
+    instance_count: int
+    parameters: dict[str, str]
+
+    @property
+    def filename(self) -> str:
+        return self.config.default_model_filename or _DEFAULT_FILENAMES[self.backend]
+
+
+def parse(text: str, where: str) -> mc.ModelConfig:
+    """Parse config.pbtxt text; unknown fields give an error naming the field and the line."""
+    config = mc.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        message = str(exc)
+        marker = 'has no field named "'
+        if marker in message:
+            field = message.split(marker, 1)[1].split('"', 1)[0]
+            kind = "a Triton field Ferry does not support" if field in _TRITON_ONLY else "unknown"
+            raise ModelLoadError(
+                f"{where}:{exc.GetLine()}: field '{field}' is {kind}"
+            ) from None
+        raise ModelLoadError(f"{where}: cannot parse: {message}") from None
+    _refuse_unsupported(config, where, "")
+    return config
+
+
+def _refuse_unsupported(message: Message, where: str, path: str) -> None:
+    banned = _UNSUPPORTED.get(message.DESCRIPTOR.full_name, ())
+    for field, value in message.ListFields():
+        here = f"{path}.{field.name}" if path else field.name
+        if field.name in banned:
+            raise ModelLoadError(f"{where}: field '{here}' is not supported by Ferry yet")
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            items = value.values() if field.message_type.fields_by_name["value"].message_type else ()
+            for item in items:
+                _refuse_unsupported(item, where, here)
+        elif field.is_repeated:
+            for i, item in enumerate(value):
+                _refuse_unsupported(item, where, f"{here}[{i}]")
+        else:
+            _refuse_unsupported(value, where, here)
+
+
+def backend_of(config: mc.ModelConfig, version_dir_files: Sequence[str], where: str) -> str:
+    """Which backend serves the model: from platform/backend, else from the file it ships."""
+    if config.platform and config.platform not in _PLATFORMS:
+        raise ModelLoadError(f"{where}: platform '{config.platform}' is not supported")
+    if config.backend and config.backend not in _DEFAULT_FILENAMES:
+        raise ModelLoadError(f"{where}: backend '{config.backend}' is not supported")
+    chosen = {_PLATFORMS.get(config.platform, ""), config.backend} - {""}
+    if len(chosen) > 1:
+        raise ModelLoadError(
+            f"{where}: platform '{config.platform}' and backend '{config.backend}' disagree"
+        )
+    if chosen:
+        return chosen.pop()
+    for backend, filename in _DEFAULT_FILENAMES.items():
+        if (config.default_model_filename or filename) in version_dir_files:
+            return backend
+    raise ModelLoadError(f"{where}: no platform or backend given and no model.onnx found")
+
+
+def complete(
+    config: mc.ModelConfig,
+    name: str,
+    engine_inputs: Sequence[TensorSpec],
+    engine_outputs: Sequence[TensorSpec],
+    *,
+    backend: str,
+    had_file: bool,
+    default_max_batch_size: int,
+    where: str,
+) -> ModelSettings:
+    """Fill what the config leaves out from the model file, and check the two agree."""
+    config = _copy(config)
+    if config.name and config.name != name:
+        raise ModelLoadError(f"{where}: name '{config.name}' differs from the folder name '{name}'")
+    config.name = name
+    if not config.platform and not config.backend:
+        config.backend = backend
+    if config.platform == "" and backend == ONNXRUNTIME:
+        config.platform = "onnxruntime_onnx"
+    if config.max_batch_size < 0:
+        raise ModelLoadError(f"{where}: max_batch_size must be >= 0, got {config.max_batch_size}")
+    if not had_file and default_max_batch_size > 0 and all(
+        s.dims and s.dims[0] == -1 for s in (*engine_inputs, *engine_outputs)
+    ):
+        # No config.pbtxt: a model whose every tensor has a free first dim is batchable.
+        config.max_batch_size = default_max_batch_size
+        config.dynamic_batching.SetInParent()
+    mbs = config.max_batch_size
+    inputs = _match(config.input, engine_inputs, mbs, "input", where)
+    outputs = _match(config.output, engine_outputs, mbs, "output", where)
+    if not config.input:
+        config.input.extend(
+            mc.ModelInput(name=s.name, data_type=_config_type(s.datatype), dims=s.dims)
+            for s in inputs
+        )
+    if not config.output:
+        config.output.extend(
+            mc.ModelOutput(name=s.name, data_type=_config_type(s.datatype), dims=s.dims)
+            for s in outputs
+        )
+    missing = [s.name for s in engine_inputs if s.name not in {i.name for i in inputs}]
+    if missing:
+        raise ModelLoadError(f"{where}: the model needs input(s) {missing} that the config lacks")
+    batching = _batching(config, where)
+    return ModelSettings(
+        name=name,
+        config=config,
+        backend=backend,
+        signature=Signature(
+            {s.name: s for s in inputs}, {s.name: s for s in outputs}, mbs
+        ),
+        batching=batching,
+        instance_count=_instance_count(config, where),
+        parameters={k: v.string_value for k, v in config.parameters.items()},
+    )
+
+
+def _copy(config: mc.ModelConfig) -> mc.ModelConfig:
+    copy = mc.ModelConfig()
+    copy.CopyFrom(config)
+    return copy
+
+
+def _config_type(dt: DataType) -> int:
+    return int(mc.DataType.Value(dt.config_name))
+
+
+def _match(
+    declared: Sequence[mc.ModelInput] | Sequence[mc.ModelOutput],
+    actual: Sequence[TensorSpec],
+    mbs: int,
+    kind: str,
+    where: str,
+) -> list[TensorSpec]:
+    """Config tensors checked against the model file's; the file's own when none are declared."""
+    by_name = {s.name: s for s in actual}
+    if not declared:
+        specs = []
+        for s in actual:
+            dims = s.dims
+            if mbs > 0:
+                if not dims or dims[0] != -1:
+                    raise ModelLoadError(
+                        f"{where}: {kind} '{s.name}' has a fixed first dimension {list(dims)}, so "
+                        "the model cannot batch; set max_batch_size: 0"
+                    )
+                dims = dims[1:]
+            specs.append(TensorSpec(s.name, s.datatype, dims))
+        return specs
+    specs = []
+    for tensor in declared:
+        where_t = f"{where}: {kind} '{tensor.name}'"
+        real = by_name.get(tensor.name)
+        if real is None:
+            raise ModelLoadError(f"{where_t} is not in the model (it has: {', '.join(by_name)})")
+        try:
+            dt = from_config_type(mc.DataType.Name(tensor.data_type))
+        except (KeyError, ValueError):
+            raise ModelLoadError(f"{where_t}: data_type is missing or invalid") from None
+        if dt != real.datatype:
+            raise ModelLoadError(
+                f"{where_t}: data_type {dt.config_name} differs from the model's "
+                f"{real.datatype.config_name}"
+            )
+        dims = tuple(int(d) for d in tensor.dims)
+        full = ((-1,) if mbs > 0 else ()) + dims
+        if any(d < -1 or d == 0 for d in dims):
+            raise ModelLoadError(f"{where_t}: dims {list(dims)} must be positive or -1")
+        fits = len(full) == len(real.dims) and all(
+            r == -1 or c == r for c, r in zip(full, real.dims, strict=True)
+        )
+        if not fits or (mbs > 0 and real.dims[0] != -1):
+            raise ModelLoadError(
+                f"{where_t}: dims {list(dims)} "
+                f"{'(plus the batch dimension) ' if mbs > 0 else ''}do not fit the model's "
+                f"shape {list(real.dims)}"
+            )
+        specs.append(TensorSpec(tensor.name, dt, dims))
+    return specs
+
+
+def _batching(config: mc.ModelConfig, where: str) -> BatchingConfig:
+    dyn = config.dynamic_batching
+    try:
+        return BatchingConfig(
+            max_batch_size=config.max_batch_size,
+            dynamic=config.HasField("dynamic_batching") and config.max_batch_size > 0,
+            preferred_batch_sizes=tuple(sorted(set(dyn.preferred_batch_size))),
+            max_queue_delay_s=dyn.max_queue_delay_microseconds / 1e6,
+            max_queue_size=dyn.default_queue_policy.max_queue_size,
+        )
+    except ValueError as exc:
+        raise ModelLoadError(f"{where}: dynamic_batching: {exc}") from None
+
+
+def _instance_count(config: mc.ModelConfig, where: str) -> int:
+    total = 0
+    for group in config.instance_group or [mc.ModelInstanceGroup()]:
+        kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
+        if kind == "KIND_GPU":
+            raise ModelLoadError(
+                f"{where}: instance_group kind KIND_GPU needs a GPU backend, which this build "
+                "does not have; use KIND_CPU"
+            )
+        if kind == "KIND_MODEL":
+            raise ModelLoadError(f"{where}: instance_group kind KIND_MODEL is not supported")
+        if group.count < 0:
+            raise ModelLoadError(f"{where}: instance_group count must be >= 0, got {group.count}")
+        total += group.count or 1
+    return total
+
+
+def read(path: Path) -> mc.ModelConfig | None:
+    """The parsed config.pbtxt at `path`, or None when the model has none."""
+    if not path.is_file():
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: cannot read: {exc}") from None
+    return parse(text, os.fspath(path))

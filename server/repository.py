@@ -1,0 +1,215 @@
+"""The model repository: Triton's folder layout, loaded into engines and schedulers.
+
+    <root>/<model>/config.pbtxt            optional; derived from the model file when absent
+    <root>/<model>/<version>/model.onnx    numeric version folders; the newest is served
+
+A model that fails to load is recorded with its reason (RepositoryIndex shows it, the log says
+it) and never stops the others from loading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.errors import FerryError, ModelLoadError, ModelNotFound, ModelNotReady
+from engines.base import Device, Engine
+from engines.onnxruntime import OnnxRuntimeEngine, options_from_parameters
+from proto import model_config_pb2 as mc
+from scheduler.scheduler import ModelScheduler
+from server import model_config
+from server.model_config import ONNXRUNTIME, ModelSettings
+
+log = logging.getLogger("ferry.repository")
+
+READY = "READY"
+UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass
+class ServedVersion:
+    """One loaded model version: its settings, engine and scheduler."""
+
+    name: str
+    version: str
+    settings: ModelSettings
+    engine: Engine
+    scheduler: ModelScheduler
+
+
+@dataclass
+class ModelEntry:
+    """A model folder: its loaded versions, or why it could not be loaded."""
+
+    name: str
+    state: str = UNAVAILABLE
+    reason: str = ""
+    versions: dict[str, ServedVersion] = field(default_factory=dict)
+
+    @property
+    def latest(self) -> ServedVersion | None:
+        if not self.versions:
+            return None
+        return self.versions[max(self.versions, key=int)]
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    """default_max_batch_size: max_batch_size given to a model without config.pbtxt whose
+    tensors all have a free first dimension (Triton's --backend-config default is 4)."""
+
+    default_max_batch_size: int = 4
+
+
+class ModelRepository:
+    def __init__(self, root: Path, options: RepositoryOptions = RepositoryOptions()) -> None:
+        self.root = root
+        self._options = options
+        self._models: dict[str, ModelEntry] = {}
+
+    def entries(self) -> list[ModelEntry]:
+        return [self._models[name] for name in sorted(self._models)]
+
+    def served(self) -> list[ServedVersion]:
+        return [v for e in self.entries() for _, v in sorted(e.versions.items())]
+
+    def get(self, name: str, version: str = "") -> ServedVersion:
+        """The served version for a request; ModelNotFound/ModelNotReady say precisely why not."""
+        entry = self._models.get(name)
+        if entry is None:
+            raise ModelNotFound(f"unknown model '{name}'")
+        if entry.state != READY:
+            raise ModelNotReady(f"model '{name}' is not ready: {entry.reason}")
+        if not version:
+            served = entry.latest
+            assert served is not None
+            return served
+        served = entry.versions.get(version)
+        if served is None:
+            have = ", ".join(sorted(entry.versions, key=int))
+            raise ModelNotFound(f"model '{name}' has no version '{version}' (served: {have})")
+        return served
+
+    async def load(self) -> None:
+        """Load every model folder; failures are recorded, never raised."""
+        if not self.root.is_dir():
+            raise ModelLoadError(f"model repository {self.root} is not a directory")
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            if folder.name.startswith("."):
+                continue
+            entry = ModelEntry(folder.name)
+            self._models[folder.name] = entry
+            try:
+                entry.versions = await self._load_model(folder)
+            except FerryError as exc:
+                entry.reason = str(exc)
+                log.error("model %s failed to load: %s", folder.name, exc)
+                continue
+            except Exception as exc:  # a bug or a library error: still never stop the others
+                entry.reason = f"unexpected error: {type(exc).__name__}: {exc}"
+                log.exception("model %s failed to load", folder.name)
+                continue
+            entry.state = READY
+            for served in entry.versions.values():
+                await served.scheduler.start()
+                log.info(
+                    "model %s version %s ready: backend %s, %d instance(s), max_batch_size %d%s",
+                    served.name,
+                    served.version,
+                    served.settings.backend,
+                    served.settings.instance_count,
+                    served.settings.batching.max_batch_size,
+                    ", dynamic batching" if served.settings.batching.batched else "",
+                )
+
+    async def _load_model(self, folder: Path) -> dict[str, ServedVersion]:
+        where = str(folder / "config.pbtxt")
+        config = model_config.read(folder / "config.pbtxt")
+        had_file = config is not None
+        config = config or mc.ModelConfig()
+        versions = self._versions(folder, config)
+        loaded: dict[str, ServedVersion] = {}
+        try:
+            for version in versions:
+                loaded[version] = await self._load_version(
+                    folder, version, config, had_file, where
+                )
+        except BaseException:
+            for served in loaded.values():
+                served.engine.close()
+            raise
+        return loaded
+
+    def _versions(self, folder: Path, config: mc.ModelConfig) -> list[str]:
+        found = sorted(
+            (int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()),
+        )
+        if not found:
+            raise ModelLoadError(f"{folder}: no numeric version folder (e.g. {folder}/1)")
+        policy = config.version_policy
+        choice = policy.WhichOneof("policy_choice")
+        if choice == "all":
+            chosen = found
+        elif choice == "specific":
+            wanted = list(policy.specific.versions)
+            absent = [v for v in wanted if v not in found]
+            if absent:
+                raise ModelLoadError(f"{folder}: version_policy names missing version(s) {absent}")
+            chosen = sorted(wanted)
+        else:
+            count = policy.latest.num_versions if choice == "latest" else 1
+            chosen = found[-max(count, 1) :]
+        return [str(v) for v in chosen]
+
+    async def _load_version(
+        self, folder: Path, version: str, config: mc.ModelConfig, had_file: bool, where: str
+    ) -> ServedVersion:
+        version_dir = folder / version
+        files = sorted(os.listdir(version_dir))
+        backend = model_config.backend_of(config, files, where)
+        if backend != ONNXRUNTIME:
+            raise ModelLoadError(
+                f"{where}: the {backend} backend is not available in this build of Ferry"
+            )
+        filename = config.default_model_filename or "model.onnx"
+        path = version_dir / filename
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: model file not found")
+        parameters = {k: v.string_value for k, v in config.parameters.items()}
+        count = sum((g.count or 1) for g in config.instance_group) or 1
+        if "intra_op_thread_count" not in parameters:
+            # N instances share the cores instead of each spawning a thread per core.
+            parameters["intra_op_thread_count"] = str(max(1, (os.cpu_count() or 1) // count))
+        options = options_from_parameters(parameters)
+        engine = await asyncio.to_thread(OnnxRuntimeEngine, path, options)
+        try:
+            settings = model_config.complete(
+                config,
+                folder.name,
+                engine.inputs,
+                engine.outputs,
+                backend=backend,
+                had_file=had_file,
+                default_max_batch_size=self._options.default_max_batch_size,
+                where=where,
+            )
+            instances = []
+            for i in range(settings.instance_count):
+                name = f"{folder.name}_{version}_{i}"
+                instances.append(await asyncio.to_thread(engine.create_instance, name, Device()))
+        except BaseException:
+            engine.close()
+            raise
+        scheduler = ModelScheduler(f"{folder.name}:{version}", instances, settings.batching)
+        return ServedVersion(folder.name, version, settings, engine, scheduler)
+
+    async def stop(self) -> None:
+        for served in self.served():
+            await served.scheduler.stop()
+            served.engine.close()
+
+    async def drain(self, timeout_s: float) -> None:
+        await asyncio.gather(*(s.scheduler.drain(timeout_s) for s in self.served()))

@@ -1,0 +1,329 @@
+"""The GRPCInferenceService handlers: decode, hand to the model's scheduler, encode.
+
+No batching logic and no backend code lives here. Every handler lets Ferry errors propagate to
+`_rpc`, which turns them into a status through server/errors.py; streaming turns them into
+`error_message` entries and keeps the stream open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from common.errors import ModelNotFound, Unsupported
+from proto import grpc_service_pb2 as pb
+from proto import grpc_service_pb2_grpc as pb_grpc
+from scheduler.stats import Duration, ModelStats
+from server.codec import decode, encode
+from server.errors import to_status
+from server.repository import READY, ModelRepository, ServedVersion
+
+log = logging.getLogger("ferry.server")
+
+SERVER_NAME = "ferry"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ("model_configuration", "statistics", "binary_tensor_data", "parameters")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Map any error a unary handler raises to its gRPC status, in one place."""
+
+    @functools.wraps(method)
+    async def handler(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await method(self, request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            code, message = to_status(exc)
+            await context.abort(code, message)
+            raise AssertionError("unreachable: abort raises") from exc
+
+    return handler
+
+
+def _unimplemented(name: str) -> Handler[Any, Any]:
+    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise Unsupported(f"{name} is not implemented by Ferry yet")
+
+    handler.__name__ = name
+    return _rpc(handler)
+
+
+class ReadinessState:
+    """Whether the server takes traffic: ready after loading, not ready while draining."""
+
+    def __init__(self, repository: ModelRepository, strict: bool) -> None:
+        self._repository = repository
+        self._strict = strict
+        self.started = False
+        self.draining = False
+
+    @property
+    def ready(self) -> bool:
+        if not self.started or self.draining:
+            return False
+        entries = self._repository.entries()
+        if self._strict:
+            return all(e.state == READY for e in entries)
+        return True
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    def __init__(self, repository: ModelRepository, readiness: ReadinessState) -> None:
+        self._repository = repository
+        self._readiness = readiness
+
+    # ---- health and metadata ----------------------------------------------------------------
+
+    @_rpc
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @_rpc
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._readiness.ready)
+
+    @_rpc
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        try:
+            served = self._repository.get(request.name, request.version)
+        except (ModelNotFound, Exception):
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=served.scheduler.healthy and not self._readiness.draining)
+
+    @_rpc
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS
+        )
+
+    @_rpc
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        served = self._repository.get(request.name, request.version)
+        settings = served.settings
+        sig = settings.signature
+        batch = [-1] if sig.max_batch_size > 0 else []
+        entry = next(e for e in self._repository.entries() if e.name == served.name)
+        return pb.ModelMetadataResponse(
+            name=served.name,
+            versions=sorted(entry.versions, key=int),
+            platform=settings.config.platform or settings.config.backend,
+            inputs=[
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=s.name, datatype=s.datatype.name, shape=[*batch, *s.dims]
+                )
+                for s in sig.inputs.values()
+            ],
+            outputs=[
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=s.name, datatype=s.datatype.name, shape=[*batch, *s.dims]
+                )
+                for s in sig.outputs.values()
+            ],
+        )
+
+    @_rpc
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        served = self._repository.get(request.name, request.version)
+        return pb.ModelConfigResponse(config=served.settings.config)
+
+    # ---- inference --------------------------------------------------------------------------
+
+    @_rpc
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        return await self._infer(request, context.time_remaining())
+
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Many requests in flight per stream; each answer is sent as soon as it is ready.
+
+        An error for one request travels as `error_message`; the stream stays open.
+        """
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            try:
+                response = await self._infer(request, context.time_remaining())
+                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _, message = to_status(exc)
+                answers.put_nowait(
+                    pb.ModelStreamInferResponse(
+                        error_message=message,
+                        infer_response=pb.ModelInferResponse(
+                            model_name=request.model_name,
+                            model_version=request.model_version,
+                            id=request.id,
+                        ),
+                    )
+                )
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(answer(request))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                while pending:
+                    await asyncio.wait(set(pending))
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await answers.get()) is not None:
+                yield item
+            await reader  # surfaces a broken request stream as the RPC's error
+        finally:
+            for task in (reader, *pending):
+                task.cancel()
+            await asyncio.gather(reader, *pending, return_exceptions=True)
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, time_remaining_s: float | None
+    ) -> pb.ModelInferResponse:
+        start = time.monotonic_ns()
+        served = self._repository.get(request.model_name, request.model_version)
+        stats = served.scheduler.stats
+        try:
+            sig = served.settings.signature
+            decoded = decode(request, sig)
+            deadline_ns = (
+                None if time_remaining_s is None else start + int(time_remaining_s * 1e9)
+            )
+            result = await served.scheduler.infer(
+                decoded.inputs,
+                decoded.rows,
+                decoded.batch_key,
+                deadline_ns=deadline_ns,
+                request_id=request.id,
+            )
+            response = encode(
+                result.outputs,
+                decoded.outputs,
+                sig,
+                model_name=served.name,
+                model_version=served.version,
+                request_id=request.id,
+            )
+        except BaseException:
+            stats.record_failure(time.monotonic_ns() - start)
+            raise
+        stats.record_success(time.monotonic_ns() - start)
+        return response
+
+    # ---- statistics and repository ----------------------------------------------------------
+
+    @_rpc
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        if request.name:
+            served = self._repository.get(request.name, request.version)
+            chosen = (
+                [served]
+                if request.version
+                else [v for v in self._repository.served() if v.name == request.name]
+            )
+        else:
+            chosen = self._repository.served()
+        return pb.ModelStatisticsResponse(model_stats=[_statistics(v) for v in chosen])
+
+    @_rpc
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        if request.repository_name:
+            raise ModelNotFound(
+                f"unknown repository '{request.repository_name}' (Ferry serves one, unnamed)"
+            )
+        models = []
+        for entry in self._repository.entries():
+            if entry.versions:
+                models.extend(
+                    pb.RepositoryIndexResponse.ModelIndex(
+                        name=entry.name, version=version, state=entry.state
+                    )
+                    for version in sorted(entry.versions, key=int)
+                )
+            elif not request.ready:
+                models.append(
+                    pb.RepositoryIndexResponse.ModelIndex(
+                        name=entry.name, state=entry.state, reason=entry.reason
+                    )
+                )
+        return pb.RepositoryIndexResponse(models=models)
+
+    RepositoryModelLoad = _unimplemented("RepositoryModelLoad")
+    RepositoryModelUnload = _unimplemented("RepositoryModelUnload")
+    SystemSharedMemoryStatus = _unimplemented("SystemSharedMemoryStatus")
+    SystemSharedMemoryRegister = _unimplemented("SystemSharedMemoryRegister")
+    SystemSharedMemoryUnregister = _unimplemented("SystemSharedMemoryUnregister")
+    CudaSharedMemoryStatus = _unimplemented("CudaSharedMemoryStatus")
+    CudaSharedMemoryRegister = _unimplemented("CudaSharedMemoryRegister")
+    CudaSharedMemoryUnregister = _unimplemented("CudaSharedMemoryUnregister")
+    TraceSetting = _unimplemented("TraceSetting")
+    LogSettings = _unimplemented("LogSettings")
+
+
+def _duration(d: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def _statistics(served: ServedVersion) -> pb.ModelStatistics:
+    s: ModelStats = served.scheduler.stats
+    return pb.ModelStatistics(
+        name=served.name,
+        version=served.version,
+        last_inference=s.last_inference_ms,
+        inference_count=s.inference_count,
+        execution_count=s.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(s.success),
+            fail=_duration(s.fail),
+            queue=_duration(s.queue),
+            compute_input=_duration(s.compute_input),
+            compute_infer=_duration(s.compute_infer),
+            compute_output=_duration(s.compute_output),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=size,
+                compute_input=_duration(b.compute_input),
+                compute_infer=_duration(b.compute_infer),
+                compute_output=_duration(b.compute_output),
+            )
+            for size, b in sorted(s.batch_stats.items())
+        ],
+    )
