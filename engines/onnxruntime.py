@@ -7,6 +7,7 @@ GIL while it computes, so the event loop stays free, and N instances run N batch
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -78,6 +79,12 @@ class OnnxRuntimeEngine:
         self._spare: ort.InferenceSession | None = self._open()
         self._inputs = tuple(_spec(a) for a in self._spare.get_inputs())
         self._outputs = tuple(_spec(a) for a in self._spare.get_outputs())
+        kinds = {s.datatype.name for s in (*self._inputs, *self._outputs)}
+        if {"BF16", "BYTES"} <= kinds:
+            # BF16 needs OrtValues, which ONNX Runtime's Python API cannot make from strings.
+            raise ModelLoadError(
+                f"{path}: ONNX Runtime cannot serve a model that mixes BF16 and string tensors"
+            )
 
     def _open(self) -> ort.InferenceSession:
         opts = ort.SessionOptions()
@@ -145,7 +152,13 @@ class OnnxRuntimeInstance:
         t1 = time.perf_counter_ns()
         try:
             if self._needs_ort_values:
-                values = self._session.run_with_ort_values(self._output_names, feeds)
+                values = self._session.run_with_ort_values(
+                    self._output_names,
+                    {
+                        k: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(v)
+                        for k, v in feeds.items()
+                    },
+                )
                 raw = [_from_ort_value(v) for v in values]
             else:
                 raw = self._session.run(self._output_names, feeds)
@@ -164,8 +177,8 @@ class OnnxRuntimeInstance:
 
 def _to_ort(array: np.ndarray, datatype: DataType) -> Any:
     if datatype.name == "BYTES":
-        # ONNX Runtime string tensors hold str; surrogateescape keeps arbitrary bytes lossless.
-        return np.vectorize(lambda b: b.decode("utf-8", "surrogateescape"), otypes=[object])(array)
+        # ONNX Runtime string tensors hold UTF-8 text; the codec has checked every element.
+        return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(array)
     if datatype.name == "BF16":
         return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
             np.ascontiguousarray(array), _ONNX_BF16
@@ -184,14 +197,18 @@ def _from_ort(value: Any, datatype: DataType) -> np.ndarray:
 
 def _from_ort_value(value: Any) -> Any:
     if value.data_type() == "tensor(bfloat16)":
-        # numpy has no bfloat16: read the raw 2-byte patterns.
-        raw = value.numpy()
-        return np.asarray(raw).view(np.uint16)
+        # numpy has no bfloat16 and OrtValue.numpy() refuses it: copy the 2-byte patterns out.
+        shape = tuple(value.shape())
+        count = int(np.prod(shape, dtype=np.int64))
+        if count == 0:
+            return np.empty(shape, dtype=np.uint16)
+        buffer = (ctypes.c_uint16 * count).from_address(value.data_ptr())
+        return np.ctypeslib.as_array(buffer).reshape(shape).copy()
     return value.numpy()
 
 
 def _encode_str(s: str | bytes) -> bytes:
-    return s if isinstance(s, bytes) else s.encode("utf-8", "surrogateescape")
+    return s if isinstance(s, bytes) else s.encode("utf-8")
 
 
 def options_from_parameters(parameters: Mapping[str, str]) -> OnnxRuntimeOptions:

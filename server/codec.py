@@ -38,6 +38,9 @@ class Signature:
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
     max_batch_size: int
+    # The backend stores BYTES as text (ONNX Runtime): every element must be valid UTF-8, checked
+    # here so that one caller's bad string fails its own request, not a whole batch.
+    utf8_bytes: bool = False
 
 
 @dataclass
@@ -77,6 +80,8 @@ def decode(request: pb.ModelInferRequest, sig: Signature) -> DecodedRequest:
             inputs[tensor.name] = _from_raw(raw[index], shape, spec)
         else:
             inputs[tensor.name] = _from_contents(tensor, shape, spec)
+        if sig.utf8_bytes and spec.datatype.name == "BYTES":
+            _check_utf8(inputs[tensor.name], tensor.name)
     missing = [name for name in sig.inputs if name not in inputs]
     if missing:
         raise InvalidInput(f"missing input(s): {', '.join(repr(m) for m in missing)}")
@@ -148,6 +153,17 @@ def _decode_bytes(data: bytes, count: int, name: str) -> np.ndarray:
             f"input '{name}': {len(view) - pos} bytes left over after {count} BYTES elements"
         )
     return out
+
+
+def _check_utf8(array: np.ndarray, name: str) -> None:
+    for i, item in enumerate(array.reshape(-1)):
+        try:
+            item.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(
+                f"input '{name}': element {i} is not valid UTF-8, which this model's backend "
+                "needs for strings"
+            ) from None
 
 
 def _from_contents(

@@ -179,7 +179,10 @@ def complete(
         config=config,
         backend=backend,
         signature=Signature(
-            {s.name: s for s in inputs}, {s.name: s for s in outputs}, mbs
+            {s.name: s for s in inputs},
+            {s.name: s for s in outputs},
+            mbs,
+            utf8_bytes=backend == ONNXRUNTIME,
         ),
         batching=batching,
         instance_count=_instance_count(config, where),

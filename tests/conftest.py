@@ -1,0 +1,95 @@
+"""Shared fixtures: the test model repository and a real Ferry server process on loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import grpc
+import pytest
+
+from tests.models import build_test_repo
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_test_repo(tmp_path_factory.mktemp("repo"))
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[str]
+    address: str
+    unix_socket: str
+    log_path: Path
+    log_file: IO[str]
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def start_server(repo: Path, workdir: Path, *extra: str) -> RunningServer:
+    """Start `python -m server serve` on a free loopback port and wait until it listens."""
+    log_path = workdir / "server.log"
+    socket_path = str(workdir / "ferry.sock")
+    log_file = log_path.open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "server", "serve",
+            "--model-repository", str(repo),
+            "--grpc-port", "0",
+            "--unix-socket", socket_path,
+            "--no-strict-readiness",
+            "--drain-timeout", "5",
+            *extra,
+        ],
+        cwd=ROOT,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        match = re.search(r"serving on (\S+?),", log_path.read_text())
+        if match:
+            address = match.group(1)
+            with grpc.insecure_channel(address) as channel:
+                grpc.channel_ready_future(channel).result(timeout=10)
+            return RunningServer(process, address, socket_path, log_path, log_file)
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    log_file.close()
+    raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
+
+
+def stop_server(server: RunningServer) -> int:
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        return server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+        raise
+    finally:
+        server.log_file.close()
+
+
+@pytest.fixture(scope="session")
+def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(model_repo, tmp_path_factory.mktemp("server"))
+    yield running
+    stop_server(running)

@@ -1,0 +1,113 @@
+"""Small ONNX models the tests serve next to the examples, built here (never downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from server.example_repo import write_example_repo
+
+# Protocol datatype -> ONNX element type, for the every-datatype identity model.
+ONNX_TYPES = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+    "BF16": TensorProto.BFLOAT16,
+}
+CONFIG_TYPES = {
+    "BYTES": "TYPE_STRING",
+}
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString(deterministic=True))
+
+
+def _opset() -> list[onnx.OperatorSetIdProto]:
+    return [helper.make_opsetid("", 17)]
+
+
+def identity_all_types(names: tuple[str, ...]) -> onnx.ModelProto:
+    """Inputs in_<TYPE> [batch, 3] copied to out_<TYPE>, for each datatype named."""
+    nodes, inputs, outputs = [], [], []
+    for name in names:
+        onnx_type = ONNX_TYPES[name]
+        nodes.append(helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]))
+        inputs.append(helper.make_tensor_value_info(f"in_{name}", onnx_type, ["b", 3]))
+        outputs.append(helper.make_tensor_value_info(f"out_{name}", onnx_type, ["b", 3]))
+    graph = helper.make_graph(nodes, "types", inputs, outputs)
+    return helper.make_model(graph, opset_imports=_opset())
+
+
+def add_constant(value: float, batched: bool = True) -> onnx.ModelProto:
+    """y = x + value; x FP32 [batch, 4] (or [2, 3] fixed when not batched)."""
+    shape: list[int | str] = ["b", 4] if batched else [2, 3]
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"])],
+        "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [numpy_helper.from_array(np.array(value, dtype=np.float32), "c")],
+    )
+    return helper.make_model(graph, opset_imports=_opset())
+
+
+def build_test_repo(root: Path) -> Path:
+    """The example models plus the test-only ones below."""
+    write_example_repo(root)
+    # ONNX Runtime's Python API cannot mix BF16 and strings in one model: BF16 gets its own.
+    all_but_bf16 = tuple(n for n in ONNX_TYPES if n != "BF16")
+    for model, names in (("types", all_but_bf16), ("bf16", ("BF16",))):
+        _save(identity_all_types(names), root / model / "1" / "model.onnx")
+        lines = [f'name: "{model}"', 'platform: "onnxruntime_onnx"', "max_batch_size: 8"]
+        for name in names:
+            config_type = CONFIG_TYPES.get(name, f"TYPE_{name}")
+            lines.append(f'input {{ name: "in_{name}" data_type: {config_type} dims: [ 3 ] }}')
+            lines.append(f'output {{ name: "out_{name}" data_type: {config_type} dims: [ 3 ] }}')
+        lines.append("dynamic_batching { }")
+        (root / model / "config.pbtxt").write_text("\n".join(lines) + "\n")
+
+    _save(add_constant(0.0, batched=False), root / "nobatch" / "1" / "model.onnx")
+    (root / "nobatch" / "config.pbtxt").write_text(
+        'name: "nobatch"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
+        'input { name: "x" data_type: TYPE_FP32 dims: [ 2, 3 ] }\n'
+        'output { name: "y" data_type: TYPE_FP32 dims: [ 2, 3 ] }\n'
+    )
+
+    for version in (1, 2, 3):
+        _save(add_constant(float(version)), root / "versioned" / str(version) / "model.onnx")
+    (root / "versioned" / "config.pbtxt").write_text(
+        'name: "versioned"\nmax_batch_size: 8\nversion_policy { specific { versions: [1, 2] } }\n'
+        "dynamic_batching { }\n"
+    )
+
+    # No config.pbtxt at all: derived from the ONNX graph.
+    _save(add_constant(10.0), root / "noconfig" / "1" / "model.onnx")
+
+    # Fails to load (unknown field); must not stop the others.
+    _save(add_constant(0.0), root / "broken" / "1" / "model.onnx")
+    (root / "broken" / "config.pbtxt").write_text('name: "broken"\nmax_batch_size: 8\nbogus: 1\n')
+
+    # Tiny queue, one instance, for back-pressure tests.
+    _save(add_constant(0.0), root / "tinyqueue" / "1" / "model.onnx")
+    (root / "tinyqueue" / "config.pbtxt").write_text(
+        'name: "tinyqueue"\nmax_batch_size: 8\n'
+        "dynamic_batching { default_queue_policy { max_queue_size: 1 } }\n"
+    )
+    return root
