@@ -1,0 +1,257 @@
+"""ModelScheduler with the in-memory FakeEngine: batching, routing of rows, and every way a
+request can end (result, engine error, bad output, cancellation, deadline, shutdown)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from common.errors import DeadlineExceeded, EngineError, InvalidInput, QueueFull, ShuttingDown
+from engines.base import Device
+from engines.fake import FakeEngine
+from scheduler import BatchingConfig, ModelScheduler
+from scheduler.request import InferenceResult
+
+pytestmark = pytest.mark.asyncio
+
+
+def rows(n: int, value: float, width: int = 2) -> dict[str, np.ndarray]:
+    return {"x": np.full((n, width), value, dtype=np.float32)}
+
+
+async def make(
+    config: BatchingConfig, instances: int = 1, clock: object = None
+) -> tuple[ModelScheduler, FakeEngine]:
+    engine = FakeEngine()
+    made = [engine.create_instance(f"i{i}", Device()) for i in range(instances)]
+    kwargs = {"clock": clock} if clock is not None else {}
+    scheduler = ModelScheduler("fake", made, config, **kwargs)  # type: ignore[arg-type]
+    await scheduler.start()
+    return scheduler, engine
+
+
+def submit(scheduler: ModelScheduler, n: int, value: float, **kw: object) -> asyncio.Task[InferenceResult]:
+    inputs = rows(n, value)
+    return asyncio.create_task(
+        scheduler.infer(inputs, n, ("x", inputs["x"].shape[1:]), **kw)  # type: ignore[arg-type]
+    )
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+BATCHED = BatchingConfig(max_batch_size=8, dynamic=True)
+
+
+async def test_requests_waiting_for_a_busy_instance_leave_together() -> None:
+    scheduler, engine = await make(BATCHED)
+    engine.gate = asyncio.Event()
+    first = submit(scheduler, 1, 0.0)
+    await settle()  # the first batch is running, held at the gate
+    waiting = [submit(scheduler, 1, float(i)) for i in range(1, 6)]
+    await settle()
+    engine.gate.set()
+    results = await asyncio.gather(first, *waiting)
+    assert engine.batch_log == [1, 5]
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result.outputs["y"], np.full((1, 2), 2.0 * i))
+    assert scheduler.stats.execution_count == 2
+    assert scheduler.stats.inference_count == 6
+    assert sorted(scheduler.stats.batch_stats) == [1, 5]
+    await scheduler.stop()
+
+
+async def test_batches_never_exceed_max_batch_size() -> None:
+    scheduler, engine = await make(BATCHED)
+    engine.gate = asyncio.Event()
+    tasks = [submit(scheduler, 3, float(i)) for i in range(7)]
+    await settle()
+    engine.gate.set()
+    await asyncio.gather(*tasks)
+    assert sum(engine.batch_log) == 21
+    assert max(engine.batch_log) <= 8
+    await scheduler.stop()
+
+
+async def test_only_equal_shapes_share_a_batch() -> None:
+    scheduler, engine = await make(BATCHED)
+    engine.gate = asyncio.Event()
+    narrow = [asyncio.create_task(scheduler.infer(rows(1, 1.0, 2), 1, ("x", (2,)))) for _ in range(3)]
+    wide = [asyncio.create_task(scheduler.infer(rows(1, 1.0, 5), 1, ("x", (5,)))) for _ in range(3)]
+    await settle()
+    engine.gate.set()
+    results = await asyncio.gather(*narrow, *wide)
+    assert [r.outputs["y"].shape for r in results] == [(1, 2)] * 3 + [(1, 5)] * 3
+    assert all(r.batch_rows <= 3 for r in results)
+    await scheduler.stop()
+
+
+async def test_without_dynamic_batching_each_request_runs_alone() -> None:
+    scheduler, engine = await make(BatchingConfig(max_batch_size=8, dynamic=False))
+    engine.gate = asyncio.Event()
+    tasks = [submit(scheduler, 2, float(i)) for i in range(4)]
+    await settle()
+    engine.gate.set()
+    await asyncio.gather(*tasks)
+    assert engine.batch_log == [2, 2, 2, 2]
+    await scheduler.stop()
+
+
+async def test_preferred_batch_size_leaves_before_the_delay() -> None:
+    config = BatchingConfig(
+        max_batch_size=16, dynamic=True, preferred_batch_sizes=(4,), max_queue_delay_s=3600
+    )
+    scheduler, engine = await make(config)
+    tasks = [submit(scheduler, 1, float(i)) for i in range(4)]
+    results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=5)
+    assert engine.batch_log == [4]
+    assert all(r.batch_rows == 4 for r in results)
+    await scheduler.stop()
+
+
+async def test_delay_window_starts_at_the_oldest_arrival() -> None:
+    now = [0]
+    config = BatchingConfig(max_batch_size=16, dynamic=True, max_queue_delay_s=0.001)
+    scheduler, engine = await make(config, clock=lambda: now[0])
+    first = submit(scheduler, 1, 1.0)
+    await settle()
+    now[0] = 600_000  # 0.6 ms: not yet
+    second = submit(scheduler, 1, 2.0)
+    await settle()
+    assert engine.batch_log == []
+    now[0] = 1_000_000  # 1 ms after the first arrival: leave with both
+    scheduler._batcher.poke()  # noqa: SLF001 - the fake clock moved; re-evaluate now
+    await asyncio.wait_for(asyncio.gather(first, second), timeout=5)
+    assert engine.batch_log == [2]
+    await scheduler.stop()
+
+
+async def test_engine_error_reaches_every_member_and_only_them() -> None:
+    scheduler, engine = await make(BATCHED)
+    engine.gate = asyncio.Event()
+    engine.fail = lambda x: bool((x == 7.0).any())
+    blocker = submit(scheduler, 1, 0.0)
+    await settle()
+    doomed = [submit(scheduler, 1, 7.0), submit(scheduler, 1, 1.0)]
+    await settle()
+    engine.gate.set()
+    await blocker
+    for task in doomed:
+        with pytest.raises(EngineError):
+            await task
+    engine.fail = None
+    assert (await submit(scheduler, 1, 3.0)).outputs["y"][0, 0] == 6.0
+    await scheduler.stop()
+
+
+async def test_wrong_output_row_count_fails_the_batch() -> None:
+    scheduler, engine = await make(BATCHED)
+    engine.drop_last_row = True
+    with pytest.raises(EngineError, match="rows for a batch of 2"):
+        await submit(scheduler, 2, 1.0)
+    await scheduler.stop()
+
+
+async def test_cancelled_request_leaves_the_queue_and_others_are_unaffected() -> None:
+    scheduler, engine = await make(BATCHED)
+    engine.gate = asyncio.Event()
+    blocker = submit(scheduler, 1, 0.0)
+    await settle()
+    keep = submit(scheduler, 2, 1.0)
+    gone = submit(scheduler, 3, 9.0)
+    await settle()
+    assert scheduler.num_enqueued() == 2
+    gone.cancel()
+    await settle()
+    assert scheduler.num_enqueued() == 1
+    engine.gate.set()
+    await blocker
+    result = await keep
+    np.testing.assert_array_equal(result.outputs["y"], np.full((2, 2), 2.0))
+    assert engine.batch_log == [1, 2]  # the cancelled rows never reached the engine
+    await scheduler.stop()
+
+
+async def test_cancel_after_error_does_not_raise_invalid_state() -> None:
+    scheduler, engine = await make(BATCHED)
+    engine.fail = lambda x: True
+    task = submit(scheduler, 1, 1.0)
+    with pytest.raises(EngineError):
+        await task
+    task.cancel()
+    engine.fail = None
+    assert (await submit(scheduler, 1, 1.0)).outputs["y"].shape == (1, 2)
+    await scheduler.stop()
+
+
+async def test_deadline_passed_while_queued_is_never_computed() -> None:
+    now = [0]
+    scheduler, engine = await make(BATCHED, clock=lambda: now[0])
+    engine.gate = asyncio.Event()
+    blocker = submit(scheduler, 1, 0.0)
+    await settle()
+    late = submit(scheduler, 1, 5.0, deadline_ns=1_000)
+    on_time = submit(scheduler, 1, 6.0, deadline_ns=10**12)
+    await settle()
+    now[0] = 2_000
+    engine.gate.set()
+    await blocker
+    with pytest.raises(DeadlineExceeded):
+        await late
+    assert (await on_time).outputs["y"][0, 0] == 12.0
+    assert engine.batch_log == [1, 1]
+    await scheduler.stop()
+
+
+async def test_queue_full_is_refused_at_once() -> None:
+    config = BatchingConfig(max_batch_size=8, dynamic=True, max_queue_size=2)
+    scheduler, engine = await make(config)
+    engine.gate = asyncio.Event()
+    running = submit(scheduler, 1, 0.0)
+    await settle()
+    queued = [submit(scheduler, 1, 1.0), submit(scheduler, 1, 2.0)]
+    await settle()
+    with pytest.raises(QueueFull, match="Exceeds maximum queue size"):
+        await submit(scheduler, 1, 3.0)
+    engine.gate.set()
+    await asyncio.gather(running, *queued)
+    await scheduler.stop()
+
+
+async def test_request_above_max_batch_size_is_refused() -> None:
+    scheduler, _ = await make(BATCHED)
+    with pytest.raises(InvalidInput, match="more than max_batch_size 8"):
+        await submit(scheduler, 9, 0.0)
+    await scheduler.stop()
+
+
+async def test_stop_with_work_in_flight_leaves_no_pending_future() -> None:
+    scheduler, engine = await make(BATCHED, instances=2)
+    engine.gate = asyncio.Event()
+    tasks = [submit(scheduler, 1, 0.0)]
+    await settle()
+    tasks += [submit(scheduler, 1, float(i)) for i in range(1, 10)]
+    await settle()
+    assert engine.running == 2
+    await scheduler.stop()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(o, ShuttingDown) for o in outcomes)
+    with pytest.raises(ShuttingDown):
+        await submit(scheduler, 1, 0.0)
+
+
+async def test_instances_run_batches_concurrently() -> None:
+    scheduler, engine = await make(BATCHED, instances=3)
+    engine.gate = asyncio.Event()
+    tasks = []
+    for i in range(3):  # one at a time: each finds a free instance and leaves alone
+        tasks.append(submit(scheduler, 1, float(i)))
+        await settle()
+    assert engine.running == 3
+    engine.gate.set()
+    await asyncio.gather(*tasks)
+    await scheduler.stop()

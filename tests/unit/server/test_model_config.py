@@ -1,0 +1,82 @@
+"""config.pbtxt parsing and completion: what loads, and the exact error for what does not."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.datatypes import DATATYPES
+from common.errors import ModelLoadError
+from engines.base import TensorSpec
+from server.model_config import ONNXRUNTIME, complete, parse
+
+FP32 = DATATYPES["FP32"]
+X = TensorSpec("x", FP32, (-1, 4))
+Y = TensorSpec("y", FP32, (-1, 4))
+
+
+def settle(text: str, *, had_file: bool = True):  # type: ignore[no-untyped-def]
+    return complete(
+        parse(text, "m/config.pbtxt"), "m", [X], [Y],
+        backend=ONNXRUNTIME, had_file=had_file, default_max_batch_size=4, where="m/config.pbtxt",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("bogus: 1", "m/config.pbtxt:1: field 'bogus' is unknown"),
+        ("sequence_batching { }", "field 'sequence_batching' is a Triton field Ferry does not"),
+        ("max_batch_size: 'x'", "cannot parse"),
+        ('input { name: "x" data_type: TYPE_FP32 dims: [4] reshape { shape: [2, 2] } }',
+         "field 'input[0].reshape' is not supported"),
+        ("dynamic_batching { priority_levels: 2 }",
+         "field 'dynamic_batching.priority_levels' is not supported"),
+    ],
+)
+def test_parse_refuses_with_the_field_named(text: str, message: str) -> None:
+    with pytest.raises(ModelLoadError, match=None) as info:
+        parse(text, "m/config.pbtxt")
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('name: "other"', "name 'other' differs from the folder name 'm'"),
+        ('max_batch_size: 8 input { name: "x" data_type: TYPE_INT64 dims: [4] }',
+         "input 'x': data_type TYPE_INT64 differs from the model's TYPE_FP32"),
+        ('max_batch_size: 8 input { name: "x" data_type: TYPE_FP32 dims: [5] }',
+         "input 'x': dims [5] (plus the batch dimension) do not fit the model's shape [-1, 4]"),
+        ('max_batch_size: 8 input { name: "z" data_type: TYPE_FP32 dims: [4] }',
+         "input 'z' is not in the model"),
+        ("max_batch_size: 8 dynamic_batching { preferred_batch_size: [16] }",
+         "preferred_batch_size 16 must be in 1..max_batch_size (8)"),
+        ("instance_group { kind: KIND_GPU }", "KIND_GPU needs a GPU backend"),
+        ('max_batch_size: 0 input { name: "x" data_type: TYPE_FP32 dims: [4] }',
+         "dims [4] do not fit the model's shape [-1, 4]"),
+    ],
+)
+def test_complete_refuses_disagreements(text: str, message: str) -> None:
+    with pytest.raises(ModelLoadError) as info:
+        settle(text)
+    assert message in str(info.value)
+
+
+def test_inputs_and_outputs_are_filled_from_the_model() -> None:
+    settings = settle("max_batch_size: 8 dynamic_batching { max_queue_delay_microseconds: 100 }")
+    assert [i.name for i in settings.config.input] == ["x"]
+    assert list(settings.config.input[0].dims) == [4]
+    assert settings.signature.max_batch_size == 8
+    assert settings.batching.batched
+    assert settings.batching.max_queue_delay_s == pytest.approx(100e-6)
+    assert settings.config.platform == "onnxruntime_onnx"
+
+
+def test_no_config_file_makes_a_batchable_model_batch() -> None:
+    settings = settle("", had_file=False)
+    assert settings.batching.max_batch_size == 4 and settings.batching.dynamic
+
+
+def test_instance_groups_add_up() -> None:
+    settings = settle("instance_group [ { count: 2 kind: KIND_CPU }, { count: 3 } ]")
+    assert settings.instance_count == 5
