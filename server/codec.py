@@ -27,6 +27,16 @@ _INT_RANGE = {
     "UINT8": (0, 2**8 - 1),
     "UINT16": (0, 2**16 - 1),
 }
+# The wire type of each typed-contents field, before narrowing to the tensor's datatype.
+_CONTENTS_DTYPE = {
+    "bool_contents": np.bool_,
+    "int_contents": np.int32,
+    "int64_contents": np.int64,
+    "uint_contents": np.uint32,
+    "uint64_contents": np.uint64,
+    "fp32_contents": np.float32,
+    "fp64_contents": np.float64,
+}
 # Request parameters with a protocol meaning that Ferry does not implement: refuse, never ignore.
 _UNSUPPORTED_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
 
@@ -186,7 +196,7 @@ def _from_contents(
         array = np.empty(count, dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
-    wide = np.asarray(values)
+    wide = np.asarray(values, dtype=_CONTENTS_DTYPE[dt.contents_field])
     bounds = _INT_RANGE.get(dt.name)
     if bounds is not None and wide.size and (wide.min() < bounds[0] or wide.max() > bounds[1]):
         raise InvalidInput(f"input '{name}': a value lies outside the range of {dt.name}")
