@@ -8,6 +8,7 @@ when its lane is next popped, so removal is O(1).
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Hashable
 
@@ -33,7 +34,10 @@ class RequestQueue:
         lane.append(request)
         self._rows[key] += request.rows
         self._queued.add(request)
-        request.future.add_done_callback(lambda _f, r=request: self._forget(r))
+        request.future.add_done_callback(functools.partial(self._on_done, request))
+
+    def _on_done(self, request: InferenceRequest, _future: object) -> None:
+        self._forget(request)
 
     def _forget(self, request: InferenceRequest) -> None:
         """Drop a request from the counts (it was cancelled, failed, or taken)."""

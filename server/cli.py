@@ -23,19 +23,28 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-port", type=int, default=8001, help="TCP port; 0 picks a free one")
     serve.add_argument("--unix-socket", metavar="PATH", help="also listen on this Unix socket")
     serve.add_argument(
-        "--max-message-bytes", type=int, default=256 * 1024 * 1024,
+        "--max-message-bytes",
+        type=int,
+        default=256 * 1024 * 1024,
         help="largest request/response message (default 256 MiB)",
     )
     serve.add_argument(
-        "--default-max-batch-size", type=int, default=4,
+        "--default-max-batch-size",
+        type=int,
+        default=4,
         help="max_batch_size for batchable models without config.pbtxt (default 4)",
     )
     serve.add_argument(
-        "--strict-readiness", action=argparse.BooleanOptionalAction, default=True,
+        "--strict-readiness",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="ready only when every model loaded (default on, as Triton)",
     )
     serve.add_argument(
-        "--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
         help="on SIGTERM, how long in-flight requests may take to finish (default 30)",
     )
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -63,9 +63,9 @@ class DecodedRequest:
 
 def decode(request: pb.ModelInferRequest, sig: Signature) -> DecodedRequest:
     """Validated arrays for `request`; InvalidInput naming the tensor for anything wrong."""
-    for key in _UNSUPPORTED_PARAMETERS:
-        if key in request.parameters:
-            raise Unsupported(f"request parameter '{key}': sequence batching is not supported")
+    for param in _UNSUPPORTED_PARAMETERS:
+        if param in request.parameters:
+            raise Unsupported(f"request parameter '{param}': sequence batching is not supported")
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(
@@ -100,7 +100,9 @@ def decode(request: pb.ModelInferRequest, sig: Signature) -> DecodedRequest:
     return DecodedRequest(inputs, rows, key, _requested_outputs(request, sig))
 
 
-def _check_shape(tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec, mbs: int) -> tuple[int, ...]:
+def _check_shape(
+    tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec, mbs: int
+) -> tuple[int, ...]:
     name = tensor.name
     if tensor.datatype != spec.datatype.name:
         raise InvalidInput(
@@ -196,7 +198,7 @@ def _from_contents(
         array = np.empty(count, dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
-    wide = np.asarray(values, dtype=_CONTENTS_DTYPE[dt.contents_field])
+    wide: np.ndarray = np.asarray(values, dtype=_CONTENTS_DTYPE[dt.contents_field])
     bounds = _INT_RANGE.get(dt.name)
     if bounds is not None and wide.size and (wide.min() < bounds[0] or wide.max() > bounds[1]):
         raise InvalidInput(f"input '{name}': a value lies outside the range of {dt.name}")

@@ -43,7 +43,7 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a caller sees for `exc`."""
     if isinstance(exc, FerryError):
         for cls in type(exc).__mro__:
-            code = STATUS.get(cls)  # type: ignore[call-overload]
+            code = STATUS.get(cls)
             if code is not None:
                 return code, str(exc)
     if isinstance(exc, asyncio.TimeoutError):

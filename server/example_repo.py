@@ -7,6 +7,7 @@ odd id can never fail a whole batch of other callers' rows.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,7 @@ def _dense_layers(
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
     """MatMul + Add (+ Relu) per layer; returns nodes, weights and the last output's name."""
     nodes, inits = [], []
-    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         w, b = f"{prefix}{i}_w", f"{prefix}{i}_b"
         inits += [_weights(rng, w, (n_in, n_out)), _weights(rng, b, (n_out,))]
         nodes += [

@@ -47,11 +47,26 @@ _UNSUPPORTED: dict[str, tuple[str, ...]] = {
 }
 # Top-level Triton fields that Ferry's schema does not even declare.
 _TRITON_ONLY = {
-    "sequence_batching", "ensemble_scheduling", "batch_input", "batch_output", "model_warmup",
-    "model_operations", "model_transaction_policy", "model_repository_agents", "response_cache",
-    "model_metrics", "cc_model_filenames", "metric_tags", "rate_limiter", "secondary_devices",
-    "is_non_linear_format_io", "graph", "execution_accelerators", "gather_kernel_buffer_threshold",
-    "eager_batching", "graph_spec",
+    "sequence_batching",
+    "ensemble_scheduling",
+    "batch_input",
+    "batch_output",
+    "model_warmup",
+    "model_operations",
+    "model_transaction_policy",
+    "model_repository_agents",
+    "response_cache",
+    "model_metrics",
+    "cc_model_filenames",
+    "metric_tags",
+    "rate_limiter",
+    "secondary_devices",
+    "is_non_linear_format_io",
+    "graph",
+    "execution_accelerators",
+    "gather_kernel_buffer_threshold",
+    "eager_batching",
+    "graph_spec",
 }
 
 
@@ -83,9 +98,7 @@ def parse(text: str, where: str) -> mc.ModelConfig:
         if marker in message:
             field = message.split(marker, 1)[1].split('"', 1)[0]
             kind = "a Triton field Ferry does not support" if field in _TRITON_ONLY else "unknown"
-            raise ModelLoadError(
-                f"{where}:{exc.GetLine()}: field '{field}' is {kind}"
-            ) from None
+            raise ModelLoadError(f"{where}:{exc.GetLine()}: field '{field}' is {kind}") from None
         raise ModelLoadError(f"{where}: cannot parse: {message}") from None
     _refuse_unsupported(config, where, "")
     return config
@@ -100,7 +113,9 @@ def _refuse_unsupported(message: Message, where: str, path: str) -> None:
         if field.message_type is None:
             continue
         if field.message_type.GetOptions().map_entry:
-            items = value.values() if field.message_type.fields_by_name["value"].message_type else ()
+            items = (
+                value.values() if field.message_type.fields_by_name["value"].message_type else ()
+            )
             for item in items:
                 _refuse_unsupported(item, where, here)
         elif field.is_repeated:
@@ -151,8 +166,10 @@ def complete(
         config.platform = "onnxruntime_onnx"
     if config.max_batch_size < 0:
         raise ModelLoadError(f"{where}: max_batch_size must be >= 0, got {config.max_batch_size}")
-    if not had_file and default_max_batch_size > 0 and all(
-        s.dims and s.dims[0] == -1 for s in (*engine_inputs, *engine_outputs)
+    if (
+        not had_file
+        and default_max_batch_size > 0
+        and all(s.dims and s.dims[0] == -1 for s in (*engine_inputs, *engine_outputs))
     ):
         # No config.pbtxt: a model whose every tensor has a free first dim is batchable.
         config.max_batch_size = default_max_batch_size
@@ -196,8 +213,8 @@ def _copy(config: mc.ModelConfig) -> mc.ModelConfig:
     return copy
 
 
-def _config_type(dt: DataType) -> int:
-    return int(mc.DataType.Value(dt.config_name))
+def _config_type(dt: DataType) -> str:
+    return dt.config_name
 
 
 def _match(

@@ -134,9 +134,7 @@ class ModelRepository:
         loaded: dict[str, ServedVersion] = {}
         try:
             for version in versions:
-                loaded[version] = await self._load_version(
-                    folder, version, config, had_file, where
-                )
+                loaded[version] = await self._load_version(folder, version, config, had_file, where)
         except BaseException:
             for served in loaded.values():
                 served.engine.close()

@@ -79,7 +79,7 @@ class ReadinessState:
         return True
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, repository: ModelRepository, readiness: ReadinessState) -> None:
         self._repository = repository
         self._readiness = readiness
@@ -106,7 +106,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             served = self._repository.get(request.name, request.version)
         except (ModelNotFound, Exception):
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=served.scheduler.healthy and not self._readiness.draining)
+        return pb.ModelReadyResponse(
+            ready=served.scheduler.healthy and not self._readiness.draining
+        )
 
     @_rpc
     async def ServerMetadata(
@@ -219,9 +221,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         try:
             sig = served.settings.signature
             decoded = decode(request, sig)
-            deadline_ns = (
-                None if time_remaining_s is None else start + int(time_remaining_s * 1e9)
-            )
+            deadline_ns = None if time_remaining_s is None else start + int(time_remaining_s * 1e9)
             result = await served.scheduler.infer(
                 decoded.inputs,
                 decoded.rows,
@@ -268,7 +268,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             raise ModelNotFound(
                 f"unknown repository '{request.repository_name}' (Ferry serves one, unnamed)"
             )
-        models = []
+        models: list[pb.RepositoryIndexResponse.ModelIndex] = []
         for entry in self._repository.entries():
             if entry.versions:
                 models.extend(

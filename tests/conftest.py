@@ -45,12 +45,19 @@ def start_server(repo: Path, workdir: Path, *extra: str) -> RunningServer:
     log_file = log_path.open("w")
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "server", "serve",
-            "--model-repository", str(repo),
-            "--grpc-port", "0",
-            "--unix-socket", socket_path,
+            sys.executable,
+            "-m",
+            "server",
+            "serve",
+            "--model-repository",
+            str(repo),
+            "--grpc-port",
+            "0",
+            "--unix-socket",
+            socket_path,
             "--no-strict-readiness",
-            "--drain-timeout", "5",
+            "--drain-timeout",
+            "5",
             *extra,
         ],
         cwd=ROOT,
@@ -61,7 +68,7 @@ def start_server(repo: Path, workdir: Path, *extra: str) -> RunningServer:
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        match = re.search(r"serving on (\S+?),", log_path.read_text())
+        match = re.search(r"serving on ([^,\s]+)", log_path.read_text())
         if match:
             address = match.group(1)
             with grpc.insecure_channel(address) as channel:

@@ -53,8 +53,10 @@ def test_typed_contents_are_accepted(stub: pb_grpc.GRPCInferenceServiceStub) -> 
             "input 'x' has typed contents although raw_input_contents is used",
         ),
         (
-            lambda r: (r.inputs.add(name="x", datatype="FP32", shape=[1, 2]),
-                       r.raw_input_contents.append(np.ones(2, np.float32).tobytes())),
+            lambda r: (
+                r.inputs.add(name="x", datatype="FP32", shape=[1, 2]),
+                r.raw_input_contents.append(np.ones(2, np.float32).tobytes()),
+            ),
             "input 'x' is given more than once",
         ),
         (lambda r: r.inputs[0].shape.__setitem__(0, 0), "batch size 0"),
@@ -94,10 +96,26 @@ def test_typed_contents_with_wrong_count_and_missing_data(
 def test_bytes_errors(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     def types_request(raw: bytes) -> pb.ModelInferRequest:
         request = pb.ModelInferRequest(model_name="types", outputs=[])
-        for name in ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32",
-                     "INT64", "FP16", "FP32", "FP64"):
-            dtype = {"BOOL": np.bool_, "FP16": np.float16, "FP32": np.float32,
-                     "FP64": np.float64}.get(name, name.lower())
+        for name in (
+            "BOOL",
+            "UINT8",
+            "UINT16",
+            "UINT32",
+            "UINT64",
+            "INT8",
+            "INT16",
+            "INT32",
+            "INT64",
+            "FP16",
+            "FP32",
+            "FP64",
+        ):
+            dtype = {
+                "BOOL": np.bool_,
+                "FP16": np.float16,
+                "FP32": np.float32,
+                "FP64": np.float64,
+            }.get(name, name.lower())
             request.inputs.add(name=f"in_{name}", datatype=name, shape=[1, 3])
             request.raw_input_contents.append(np.zeros((1, 3), dtype=dtype).tobytes())
         request.inputs.add(name="in_BYTES", datatype="BYTES", shape=[1, 3])
@@ -147,13 +165,25 @@ def test_health_and_reflection(server: RunningServer) -> None:
         reply = health.Check(health_pb2.HealthCheckRequest(service=service))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
     reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
-    replies = list(reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
-        list_services="")])))
+    replies = list(
+        reflect.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+    )
     names = {s.name for s in replies[0].list_services_response.service}
     assert "inference.GRPCInferenceService" in names
     assert "grpc.health.v1.Health" in names
-    replies = list(reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
-        file_containing_symbol="inference.GRPCInferenceService")])))
+    replies = list(
+        reflect.ServerReflectionInfo(
+            iter(
+                [
+                    reflection_pb2.ServerReflectionRequest(
+                        file_containing_symbol="inference.GRPCInferenceService"
+                    )
+                ]
+            )
+        )
+    )
     assert replies[0].file_descriptor_response.file_descriptor_proto
 
 

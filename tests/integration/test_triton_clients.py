@@ -191,7 +191,8 @@ def test_bad_input_gets_precise_status(server: RunningServer) -> None:
     code, msg = status("dlrm", infer_inputs(tc, dense=big_dense, sparse=big_sparse))
     assert "batch size 1025 exceeds the model's max_batch_size 1024" in msg
     code, msg = status(
-        "dlrm", infer_inputs(tc, dense=dense, sparse=sparse),
+        "dlrm",
+        infer_inputs(tc, dense=dense, sparse=sparse),
         outputs=[tc.InferRequestedOutput("nope")],
     )
     assert "unknown output 'nope'" in msg
@@ -199,7 +200,7 @@ def test_bad_input_gets_precise_status(server: RunningServer) -> None:
     assert "inputs disagree on the batch size" in msg
     echo_bytes = tc.InferInput("x", [1, 2], "FP32")
     echo_bytes.set_data_from_numpy(np.zeros((1, 2), dtype=np.float32))
-    echo_bytes._raw_content = b"\x00" * 7  # noqa: SLF001 - send a wrong byte count on purpose
+    echo_bytes._raw_content = b"\x00" * 7
     code, msg = status("echo", [echo_bytes])
     assert "input 'x': raw contents hold 7 bytes, but shape [1, 2] of FP32 needs 8" in msg
     # the server keeps serving
@@ -243,6 +244,7 @@ def test_streaming_answers_every_request_and_survives_errors(server: RunningServ
     async def scenario() -> None:
         client = tca.InferenceServerClient(server.address)
         try:
+
             async def requests():  # type: ignore[no-untyped-def]
                 for i in range(20):
                     rows = 1 + i % 3

@@ -15,9 +15,9 @@ from engines.fake import FakeEngine
 from scheduler import BatchingConfig, ModelScheduler
 
 request_plan = st.tuples(
-    st.integers(min_value=1, max_value=6),   # rows
-    st.sampled_from([1, 2, 3]),              # width (non-batch shape)
-    st.integers(min_value=0, max_value=3),   # event-loop turns before the next arrival
+    st.integers(min_value=1, max_value=6),  # rows
+    st.sampled_from([1, 2, 3]),  # width (non-batch shape)
+    st.integers(min_value=0, max_value=3),  # event-loop turns before the next arrival
     st.sampled_from(["keep", "keep", "keep", "cancel", "expire", "poison"]),
 )
 
@@ -84,7 +84,5 @@ async def _scenario(plans: list[tuple[int, int, int, str]], max_batch: int, inst
     # their batch was running; nothing is computed twice.
     pairs = list(zip(tasks, outcomes, strict=True))
     succeeded = sum(x.shape[0] for (_, x, _), o in pairs if not isinstance(o, BaseException))
-    cancelled = sum(
-        x.shape[0] for (_, x, _), o in pairs if isinstance(o, asyncio.CancelledError)
-    )
+    cancelled = sum(x.shape[0] for (_, x, _), o in pairs if isinstance(o, asyncio.CancelledError))
     assert succeeded <= scheduler.stats.inference_count <= succeeded + cancelled

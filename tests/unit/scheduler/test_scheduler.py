@@ -32,7 +32,9 @@ async def make(
     return scheduler, engine
 
 
-def submit(scheduler: ModelScheduler, n: int, value: float, **kw: object) -> asyncio.Task[InferenceResult]:
+def submit(
+    scheduler: ModelScheduler, n: int, value: float, **kw: object
+) -> asyncio.Task[InferenceResult]:
     inputs = rows(n, value)
     return asyncio.create_task(
         scheduler.infer(inputs, n, ("x", inputs["x"].shape[1:]), **kw)  # type: ignore[arg-type]
@@ -80,7 +82,9 @@ async def test_batches_never_exceed_max_batch_size() -> None:
 async def test_only_equal_shapes_share_a_batch() -> None:
     scheduler, engine = await make(BATCHED)
     engine.gate = asyncio.Event()
-    narrow = [asyncio.create_task(scheduler.infer(rows(1, 1.0, 2), 1, ("x", (2,)))) for _ in range(3)]
+    narrow = [
+        asyncio.create_task(scheduler.infer(rows(1, 1.0, 2), 1, ("x", (2,)))) for _ in range(3)
+    ]
     wide = [asyncio.create_task(scheduler.infer(rows(1, 1.0, 5), 1, ("x", (5,)))) for _ in range(3)]
     await settle()
     engine.gate.set()
@@ -124,7 +128,7 @@ async def test_delay_window_starts_at_the_oldest_arrival() -> None:
     await settle()
     assert engine.batch_log == []
     now[0] = 1_000_000  # 1 ms after the first arrival: leave with both
-    scheduler._batcher.poke()  # noqa: SLF001 - the fake clock moved; re-evaluate now
+    scheduler._batcher.poke()
     await asyncio.wait_for(asyncio.gather(first, second), timeout=5)
     assert engine.batch_log == [2]
     await scheduler.stop()

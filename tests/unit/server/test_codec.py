@@ -45,8 +45,9 @@ def test_raw_round_trip(name: str) -> None:
     decoded = decode(request, sig)
     np.testing.assert_array_equal(decoded.inputs["x"], array)
     assert decoded.rows == 1 and decoded.outputs == ("y",)
-    response = encode({"y": decoded.inputs["x"]}, ("y",), sig,
-                      model_name="m", model_version="1", request_id="r")
+    response = encode(
+        {"y": decoded.inputs["x"]}, ("y",), sig, model_name="m", model_version="1", request_id="r"
+    )
     assert response.outputs[0].datatype == name
     assert response.raw_output_contents[0] == to_raw(array, DATATYPES[name])
 

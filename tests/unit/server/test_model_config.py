@@ -16,8 +16,14 @@ Y = TensorSpec("y", FP32, (-1, 4))
 
 def settle(text: str, *, had_file: bool = True):  # type: ignore[no-untyped-def]
     return complete(
-        parse(text, "m/config.pbtxt"), "m", [X], [Y],
-        backend=ONNXRUNTIME, had_file=had_file, default_max_batch_size=4, where="m/config.pbtxt",
+        parse(text, "m/config.pbtxt"),
+        "m",
+        [X],
+        [Y],
+        backend=ONNXRUNTIME,
+        had_file=had_file,
+        default_max_batch_size=4,
+        where="m/config.pbtxt",
     )
 
 
@@ -27,10 +33,14 @@ def settle(text: str, *, had_file: bool = True):  # type: ignore[no-untyped-def]
         ("bogus: 1", "m/config.pbtxt:1: field 'bogus' is unknown"),
         ("sequence_batching { }", "field 'sequence_batching' is a Triton field Ferry does not"),
         ("max_batch_size: 'x'", "cannot parse"),
-        ('input { name: "x" data_type: TYPE_FP32 dims: [4] reshape { shape: [2, 2] } }',
-         "field 'input[0].reshape' is not supported"),
-        ("dynamic_batching { priority_levels: 2 }",
-         "field 'dynamic_batching.priority_levels' is not supported"),
+        (
+            'input { name: "x" data_type: TYPE_FP32 dims: [4] reshape { shape: [2, 2] } }',
+            "field 'input[0].reshape' is not supported",
+        ),
+        (
+            "dynamic_batching { priority_levels: 2 }",
+            "field 'dynamic_batching.priority_levels' is not supported",
+        ),
     ],
 )
 def test_parse_refuses_with_the_field_named(text: str, message: str) -> None:
@@ -43,17 +53,27 @@ def test_parse_refuses_with_the_field_named(text: str, message: str) -> None:
     ("text", "message"),
     [
         ('name: "other"', "name 'other' differs from the folder name 'm'"),
-        ('max_batch_size: 8 input { name: "x" data_type: TYPE_INT64 dims: [4] }',
-         "input 'x': data_type TYPE_INT64 differs from the model's TYPE_FP32"),
-        ('max_batch_size: 8 input { name: "x" data_type: TYPE_FP32 dims: [5] }',
-         "input 'x': dims [5] (plus the batch dimension) do not fit the model's shape [-1, 4]"),
-        ('max_batch_size: 8 input { name: "z" data_type: TYPE_FP32 dims: [4] }',
-         "input 'z' is not in the model"),
-        ("max_batch_size: 8 dynamic_batching { preferred_batch_size: [16] }",
-         "preferred_batch_size 16 must be in 1..max_batch_size (8)"),
+        (
+            'max_batch_size: 8 input { name: "x" data_type: TYPE_INT64 dims: [4] }',
+            "input 'x': data_type TYPE_INT64 differs from the model's TYPE_FP32",
+        ),
+        (
+            'max_batch_size: 8 input { name: "x" data_type: TYPE_FP32 dims: [5] }',
+            "input 'x': dims [5] (plus the batch dimension) do not fit the model's shape [-1, 4]",
+        ),
+        (
+            'max_batch_size: 8 input { name: "z" data_type: TYPE_FP32 dims: [4] }',
+            "input 'z' is not in the model",
+        ),
+        (
+            "max_batch_size: 8 dynamic_batching { preferred_batch_size: [16] }",
+            "preferred_batch_size 16 must be in 1..max_batch_size (8)",
+        ),
         ("instance_group { kind: KIND_GPU }", "KIND_GPU needs a GPU backend"),
-        ('max_batch_size: 0 input { name: "x" data_type: TYPE_FP32 dims: [4] }',
-         "dims [4] do not fit the model's shape [-1, 4]"),
+        (
+            'max_batch_size: 0 input { name: "x" data_type: TYPE_FP32 dims: [4] }',
+            "dims [4] do not fit the model's shape [-1, 4]",
+        ),
     ],
 )
 def test_complete_refuses_disagreements(text: str, message: str) -> None:
