@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from common.errors import ModelNotFound, Unsupported
+from common.errors import FerryError, ModelNotFound, Unsupported
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from scheduler.stats import Duration, ModelStats
@@ -104,7 +104,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelReadyResponse:
         try:
             served = self._repository.get(request.name, request.version)
-        except (ModelNotFound, Exception):
+        except FerryError:  # unknown, or known but not loaded: not ready (as Triton answers)
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(
             ready=served.scheduler.healthy and not self._readiness.draining
