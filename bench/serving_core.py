@@ -183,7 +183,7 @@ def main() -> int:
     }
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"serving_core-{record['date'][:10]}.json"
+    path = out / f"serving_core-{record['date'][:16].replace(':', '-')}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"full results: {path.relative_to(ROOT)}")
     return 0
