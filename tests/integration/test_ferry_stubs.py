@@ -205,3 +205,16 @@ def test_max_message_size_is_enforced(model_repo: Path, tmp_path: Path) -> None:
         assert stop_server(small) == 0
     assert "SIGTERM: shutting down gracefully" in small.log()
     assert "stopped" in small.log()
+
+
+def test_sigint_drains_and_exits_cleanly(model_repo: Path, tmp_path: Path) -> None:
+    import signal
+
+    running = start_server(model_repo, tmp_path)
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(running.address))
+    assert stub.ModelInfer(echo_request()).raw_output_contents
+    running.process.send_signal(signal.SIGINT)
+    assert running.process.wait(timeout=30) == 0
+    running.log_file.close()
+    assert "SIGINT: shutting down gracefully" in running.log()
+    assert not Path(running.unix_socket).exists()
