@@ -111,9 +111,9 @@ class OnnxRuntimeEngine:
             raise ModelLoadError(
                 f"instance {name}: the ONNX Runtime CPU backend cannot use {device}"
             )
-        session, self._spare = (
-            (self._spare, None) if self._spare is not None else (self._open(), None)
-        )
+        # The session opened to read the tensors serves the first instance.
+        session = self._spare if self._spare is not None else self._open()
+        self._spare = None
         return OnnxRuntimeInstance(name, session, self._inputs, self._outputs)
 
     def close(self) -> None:
@@ -190,8 +190,6 @@ def _from_ort(value: Any, datatype: DataType) -> np.ndarray:
     array = np.asarray(value)
     if datatype.name == "BYTES":
         return np.vectorize(_encode_str, otypes=[object])(array) if array.size else array
-    if datatype.name == "BF16":
-        return array.view(np.uint16) if array.dtype.itemsize == 2 else array
     return array
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,11 +36,6 @@ class InferenceRequest:
     deadline_ns: int | None = None  # monotonic; None = no deadline
     enqueued_ns: int = 0
     id: str = ""
-    nbytes: int = field(default=0)
-
-    def __post_init__(self) -> None:
-        if not self.nbytes:
-            self.nbytes = sum(int(a.nbytes) for a in self.inputs.values())
 
     def expired(self, now_ns: int) -> bool:
         return self.deadline_ns is not None and now_ns >= self.deadline_ns

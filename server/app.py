@@ -106,10 +106,6 @@ class FerryServer:
             _remove_stale_socket(Path(self.config.unix_socket))
         log.info("stopped")
 
-    async def wait(self) -> None:
-        if self._server is not None:
-            await self._server.wait_for_termination()
-
 
 def _remove_stale_socket(path: Path) -> None:
     try:

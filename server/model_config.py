@@ -82,10 +82,6 @@ class ModelSettings:
     instance_count: int
     parameters: dict[str, str]
 
-    @property
-    def filename(self) -> str:
-        return self.config.default_model_filename or _DEFAULT_FILENAMES[self.backend]
-
 
 def parse(text: str, where: str) -> mc.ModelConfig:
     """Parse config.pbtxt text; unknown fields give an error naming the field and the line."""
@@ -202,7 +198,7 @@ def complete(
             utf8_bytes=backend == ONNXRUNTIME,
         ),
         batching=batching,
-        instance_count=_instance_count(config, where),
+        instance_count=instance_count(config, where),
         parameters={k: v.string_value for k, v in config.parameters.items()},
     )
 
@@ -285,7 +281,13 @@ def _batching(config: mc.ModelConfig, where: str) -> BatchingConfig:
         raise ModelLoadError(f"{where}: dynamic_batching: {exc}") from None
 
 
-def _instance_count(config: mc.ModelConfig, where: str) -> int:
+def model_filename(config: mc.ModelConfig, backend: str) -> str:
+    """The artifact's file name inside a version folder."""
+    return config.default_model_filename or _DEFAULT_FILENAMES[backend]
+
+
+def instance_count(config: mc.ModelConfig, where: str) -> int:
+    """Instances to create: the sum of the CPU instance groups (1 when none is given)."""
     total = 0
     for group in config.instance_group or [mc.ModelInstanceGroup()]:
         kind = mc.ModelInstanceGroup.Kind.Name(group.kind)

@@ -76,11 +76,15 @@ class ModelRepository:
     def served(self) -> list[ServedVersion]:
         return [v for e in self.entries() for _, v in sorted(e.versions.items())]
 
-    def get(self, name: str, version: str = "") -> ServedVersion:
-        """The served version for a request; ModelNotFound/ModelNotReady say precisely why not."""
+    def entry(self, name: str) -> ModelEntry:
         entry = self._models.get(name)
         if entry is None:
             raise ModelNotFound(f"unknown model '{name}'")
+        return entry
+
+    def get(self, name: str, version: str = "") -> ServedVersion:
+        """The served version for a request; ModelNotFound/ModelNotReady say precisely why not."""
+        entry = self.entry(name)
         if entry.state != READY:
             raise ModelNotReady(f"model '{name}' is not ready: {entry.reason}")
         if not version:
@@ -172,12 +176,11 @@ class ModelRepository:
             raise ModelLoadError(
                 f"{where}: the {backend} backend is not available in this build of Ferry"
             )
-        filename = config.default_model_filename or "model.onnx"
-        path = version_dir / filename
+        path = version_dir / model_config.model_filename(config, backend)
         if not path.is_file():
             raise ModelLoadError(f"{path}: model file not found")
         parameters = {k: v.string_value for k, v in config.parameters.items()}
-        count = sum((g.count or 1) for g in config.instance_group) or 1
+        count = model_config.instance_count(config, where)
         if "intra_op_thread_count" not in parameters:
             # N instances share the cores instead of each spawning a thread per core.
             parameters["intra_op_thread_count"] = str(max(1, (os.cpu_count() or 1) // count))

@@ -126,7 +126,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         settings = served.settings
         sig = settings.signature
         batch = [-1] if sig.max_batch_size > 0 else []
-        entry = next(e for e in self._repository.entries() if e.name == served.name)
+        entry = self._repository.entry(served.name)
         return pb.ModelMetadataResponse(
             name=served.name,
             versions=sorted(entry.versions, key=int),
