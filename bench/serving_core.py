@@ -1,11 +1,13 @@
 """Serving-core benchmark (issue 2), every number against a baseline measured in the same run.
 
 (a) dlrm throughput: ONNX Runtime called directly at its best batch size (rows/s) against rows/s
-    served by Ferry under many concurrent 64-row requests (loadtest closed loop, same machine).
+    served by Ferry under many concurrent 64-row requests (loadtest closed loop, same machine, at
+    its best concurrency). Server and client CPU per request are measured too, and with them the
+    ceiling that gRPC's per-request cost leaves on this machine (see docs/benchmarks.md).
 (b) echo latency: p50/p99 of single small requests to Ferry's `echo` against a bare grpc.aio
     echo server (bench/bare_echo_server.py), the floor for Python gRPC here.
 
-    python bench/serving_core.py [--rounds 3] [--seconds 8]
+    python bench/serving_core.py [--rounds 3] [--seconds 8] [--concurrency 64 256]
 
 Rounds alternate baseline and Ferry so drift on a noisy machine hits both. Prints one table and
 writes the full results as JSON under bench/results/.
@@ -14,17 +16,18 @@ writes the full results as JSON under bench/results/.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -32,7 +35,9 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from loadtest.run import run_closed_loop  # noqa: E402
+import uvloop  # noqa: E402
+
+from loadtest.run import LoadResult, run_closed_loop  # noqa: E402
 from server.example_repo import write_example_repo  # noqa: E402
 
 
@@ -49,6 +54,30 @@ def start(cmd: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
         time.sleep(0.05)
     process.kill()
     raise RuntimeError(f"{cmd[0]} did not start:\n{log.read_text()}")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measured_load(
+    server_pid: int, address: str, model: str, **kwargs: float | int
+) -> tuple[LoadResult, float, float]:
+    """A closed-loop run, with the server's and this client's CPU microseconds per request."""
+    server0, client0 = process_cpu_s(server_pid), own_cpu_s()
+    result = uvloop.run(run_closed_loop(address, model, warmup_s=0.5, **kwargs))  # type: ignore[arg-type]
+    server_us = (process_cpu_s(server_pid) - server0) * 1e6
+    client_us = (own_cpu_s() - client0) * 1e6
+    # Both CPU figures span warm-up too; count its requests at the measured rate.
+    requests = max(1.0, result.requests_per_s * (result.duration_s + 0.5))
+    return result, server_us / requests, client_us / requests
 
 
 def direct_dlrm(model: Path, seconds: float) -> dict[str, float]:
@@ -79,7 +108,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
@@ -98,49 +127,71 @@ def main() -> int:
         ],
         work / "ferry.log",
     )
-    rounds = []
+    rounds: list[dict[str, Any]] = []
     bare, bare_addr = start([sys.executable, "bench/bare_echo_server.py"], work / "bare.log")
+    cores = os.cpu_count() or 1
     try:
         for _ in range(args.rounds):
             direct = direct_dlrm(repo / "dlrm" / "1" / "model.onnx", args.seconds / 2)
-            served = asyncio.run(
-                run_closed_loop(
+            best = max(direct.values())
+            served: list[dict[str, Any]] = []
+            for concurrency in args.concurrency:
+                run, server_us, client_us = measured_load(
+                    ferry.pid,
                     ferry_addr,
                     "dlrm",
-                    concurrency=args.concurrency,
+                    concurrency=concurrency,
                     rows=64,
                     duration_s=args.seconds,
                     id_range=1000,
                 )
+                served.append(
+                    {
+                        "concurrency": concurrency,
+                        "rows_per_s": run.rows_per_s,
+                        "errors": run.errors,
+                        "latency_ms": run.latency_ms,
+                        "server_cpu_us_per_request": server_us,
+                        "client_cpu_us_per_request": client_us,
+                    }
+                )
+            top = max(served, key=lambda s: s["rows_per_s"])
+            # The same 64-row requests to `echo` (no model work): what gRPC and Ferry cost per
+            # request on each side. With ONNX Runtime's own CPU per row (direct run, all cores
+            # busy), that bounds what any Python gRPC server could serve on these cores.
+            _, echo_server_us, echo_client_us = measured_load(
+                ferry.pid,
+                ferry_addr,
+                "echo",
+                concurrency=int(top["concurrency"]),
+                rows=64,
+                duration_s=args.seconds / 2,
             )
-            floor = asyncio.run(
+            ort_us_per_row = cores * 1e6 / best
+            ceiling = cores * 1e6 / (echo_server_us + echo_client_us + 64 * ort_us_per_row) * 64
+            floor = uvloop.run(
                 run_closed_loop(
-                    bare_addr,
-                    "echo",
-                    concurrency=1,
-                    rows=1,
-                    duration_s=args.seconds,
-                    free_dim=16,
+                    bare_addr, "echo", concurrency=1, rows=1, duration_s=args.seconds, free_dim=16
                 )
             )
-            echo = asyncio.run(
+            echo = uvloop.run(
                 run_closed_loop(
-                    ferry_addr,
-                    "echo",
-                    concurrency=1,
-                    rows=1,
-                    duration_s=args.seconds,
-                    free_dim=16,
+                    ferry_addr, "echo", concurrency=1, rows=1, duration_s=args.seconds, free_dim=16
                 )
             )
-            best = max(direct.values())
             rounds.append(
                 {
                     "direct_rows_per_s": direct,
-                    "served_rows_per_s": served.rows_per_s,
-                    "served_errors": served.errors,
-                    "served_latency_ms": served.latency_ms,
-                    "throughput_ratio": served.rows_per_s / best,
+                    "served": served,
+                    "served_rows_per_s": top["rows_per_s"],
+                    "served_concurrency": top["concurrency"],
+                    "throughput_ratio": top["rows_per_s"] / best,
+                    "echo64_server_cpu_us_per_request": echo_server_us,
+                    "echo64_client_cpu_us_per_request": echo_client_us,
+                    "ort_cpu_us_per_row": ort_us_per_row,
+                    "grpc_ceiling_rows_per_s": ceiling,
+                    "ceiling_ratio": ceiling / best,
+                    "served_of_ceiling": top["rows_per_s"] / ceiling,
                     "bare_echo_ms": floor.latency_ms,
                     "ferry_echo_ms": echo.latency_ms,
                     "echo_p50_ratio": echo.latency_ms["p50"] / floor.latency_ms["p50"],
@@ -157,25 +208,32 @@ def main() -> int:
         return f"{np.median(values):.3f} (min {min(values):.3f}, max {max(values):.3f})"
 
     print(
-        f"{'round':>5} {'direct best rows/s':>19} {'served rows/s':>14} {'ratio':>6} "
-        f"{'bare p50/p99 ms':>16} {'ferry p50/p99 ms':>17} {'p50 x':>6}"
+        f"{'round':>5} {'direct rows/s':>14} {'served rows/s':>14} {'conc':>5} {'ratio':>6} "
+        f"{'ceiling':>8} {'srv/cli us/req':>15} {'bare p50/p99 ms':>16} "
+        f"{'ferry p50/p99 ms':>17} {'p50 x':>6}"
     )
     for i, r in enumerate(rounds):
+        top = max(r["served"], key=lambda s: s["rows_per_s"])
         print(
-            f"{i + 1:>5} {max(r['direct_rows_per_s'].values()):>19.0f} "
-            f"{r['served_rows_per_s']:>14.0f} {r['throughput_ratio']:>6.2f} "
+            f"{i + 1:>5} {max(r['direct_rows_per_s'].values()):>14.0f} "
+            f"{r['served_rows_per_s']:>14.0f} {r['served_concurrency']:>5} "
+            f"{r['throughput_ratio']:>6.2f} {r['ceiling_ratio']:>8.2f} "
+            f"{top['server_cpu_us_per_request']:>7.0f}/{top['client_cpu_us_per_request']:<7.0f} "
             f"{r['bare_echo_ms']['p50']:>7.3f}/{r['bare_echo_ms']['p99']:<8.3f} "
             f"{r['ferry_echo_ms']['p50']:>8.3f}/{r['ferry_echo_ms']['p99']:<8.3f} "
             f"{r['echo_p50_ratio']:>6.2f}"
         )
     print(f"throughput ratio served/direct: {spread('throughput_ratio')}")
+    print(f"gRPC ceiling / direct:          {spread('ceiling_ratio')}")
+    print(f"served / gRPC ceiling:          {spread('served_of_ceiling')}")
     print(f"echo p50 ratio ferry/bare:      {spread('echo_p50_ratio')}")
     print(f"echo p99 ratio ferry/bare:      {spread('echo_p99_ratio')}")
 
-    record = {
+    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    record: dict[str, Any] = {
         "benchmark": "serving_core",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "date": date,
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, onnxruntime {ort.__version__}",
         "settings": vars(args),
@@ -183,7 +241,7 @@ def main() -> int:
     }
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"serving_core-{record['date'][:16].replace(':', '-')}.json"
+    path = out / f"serving_core-{date[:16].replace(':', '-')}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"full results: {path.relative_to(ROOT)}")
     return 0
