@@ -5,7 +5,8 @@
     ├── ModelNotFound           no such model, or no such version                    (permanent)
     ├── Unsupported             a protocol feature Ferry does not implement          (permanent)
     ├── Unavailable             try again later                                      (retryable)
-    │   ├── QueueFull           the model's queue holds as much as it may
+    │   ├── QueueFull           the model's queue holds as many requests or bytes as it may
+    │   ├── QueueTimeout        the request waited in the queue past its policy's timeout
     │   ├── ModelNotReady       the model exists but is not serving
     │   └── ShuttingDown        the server is draining
     ├── DeadlineExceeded        the caller's deadline passed before the answer was ready
@@ -43,6 +44,10 @@ class Unavailable(FerryError):
 
 class QueueFull(Unavailable):
     """The model's queue is at its bound; refused at once instead of waiting."""
+
+
+class QueueTimeout(Unavailable):
+    """The request's queue policy timeout passed before it could start (action REJECT)."""
 
 
 class ModelNotReady(Unavailable):

@@ -8,6 +8,7 @@ backend, so a fake engine in memory can stand in for a real one in tests.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -27,6 +28,61 @@ class TensorSpec:
     name: str
     datatype: DataType
     dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """Inclusive bounds of one input's non-batch dims; `opt` is what the engine tuned for."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not len(self.min) == len(self.opt) == len(self.max):
+            raise ValueError(f"min/opt/max ranks differ: {self.min} {self.opt} {self.max}")
+        for lo, mid, hi in zip(self.min, self.opt, self.max, strict=True):
+            if not 0 <= lo <= mid <= hi:
+                raise ValueError(f"need 0 <= min <= opt <= max, got {lo}, {mid}, {hi}")
+
+    def contains(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) == len(self.min) and all(
+            lo <= d <= hi for lo, d, hi in zip(self.min, shape, self.max, strict=True)
+        )
+
+    def __str__(self) -> str:
+        return f"{list(self.min)}..{list(self.max)}"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One optimization profile: a box of input shapes that one instance serves for life.
+
+    index: the profile's number (TensorRT's profile index; config order for ONNX models).
+    ranges: shape bounds (batch dimension excluded) of the inputs it constrains; an input not
+        named here may take any shape its model dims allow.
+    max_rows: most rows in one batch on this profile; 0 = the model's max_batch_size.
+    """
+
+    index: int = 0
+    ranges: Mapping[str, ShapeRange] = field(default_factory=dict)
+    max_rows: int = 0
+
+    def fits(self, shapes: Mapping[str, tuple[int, ...]]) -> bool:
+        return all(r.contains(shapes[name]) for name, r in self.ranges.items() if name in shapes)
+
+    @property
+    def volume(self) -> int:
+        """Elements of the largest shapes it admits: what "smallest profile" compares."""
+        return sum(math.prod(r.max) for r in self.ranges.values())
+
+    def describe(self) -> str:
+        inside = ", ".join(f"{name} {r}" for name, r in self.ranges.items()) or "any shape"
+        return f"profile {self.index} ({inside})"
+
+
+UNBOUNDED = Profile()
+"""The profile of a model that declares none: every shape its dims allow."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +114,23 @@ class ExecutionResult:
 
 
 Parts = Sequence[Mapping[str, np.ndarray]]
-"""A batch as the engine receives it: each request's inputs, in row order, not yet gathered."""
+"""Each request's inputs, in row order, not yet gathered."""
+
+
+@dataclass(frozen=True)
+class Feed:
+    """A batch as an instance receives it.
+
+    parts: each request's inputs, in row order, not yet gathered (the instance gathers them
+        straight into its own staging buffer: one copy per request and input).
+    rows: the batch's rows (the sum of the parts' rows for a batched model).
+    padded: for each padded input, the non-batch shape of the batch and the pad value; a part
+        shorter than that shape fills the corner of its rows, the rest holds the pad value.
+    """
+
+    parts: Parts
+    rows: int
+    padded: Mapping[str, tuple[tuple[int, ...], int | float]] = field(default_factory=dict)
 
 
 class Instance(Protocol):
@@ -67,11 +139,16 @@ class Instance(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def run(self, parts: Parts) -> ExecutionResult:
-        """Gather `parts` into one batch (one copy per request and input), run, return outputs.
+    @property
+    def profile(self) -> Profile:
+        """The optimization profile this instance serves for its whole life."""
+        ...
 
-        For a batched model the outputs' first dimension is the sum of the parts' rows; for an
-        unbatched model (max_batch_size 0) `parts` holds exactly one request.
+    async def run(self, feed: Feed) -> ExecutionResult:
+        """Gather the feed into one batch (one copy per request and input), run, return outputs.
+
+        For a batched model the outputs' first dimension is `feed.rows`; for an unbatched model
+        (max_batch_size 0) the feed holds exactly one request.
         """
         ...
 
@@ -89,6 +166,11 @@ class Engine(Protocol):
     @property
     def outputs(self) -> Sequence[TensorSpec]: ...
 
-    def create_instance(self, name: str, device: Device) -> Instance: ...
+    @property
+    def profiles(self) -> Sequence[Profile]:
+        """Profiles the artifact itself carries (TensorRT); empty when it has none (ONNX)."""
+        ...
+
+    def create_instance(self, name: str, device: Device, profile: Profile) -> Instance: ...
 
     def close(self) -> None: ...

@@ -1,7 +1,8 @@
 """An in-memory engine for tests of the scheduler: no model file, no threads.
 
-`FakeInstance.run` computes `output = input * 2 + instance_index` style answers from the
-gathered batch, so a test can tell which rows went where, and it can be held on an
+`FakeInstance.run` computes `y = 2x` from the gathered (and, when asked, padded) batch, so a
+test can tell which rows went where; it logs every batch's size, shape and profile, and it can
+be held on an
 `asyncio.Event` or made to fail, to drive the batcher through cancellation and errors.
 """
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from common.datatypes import DATATYPES
 from common.errors import EngineError
-from engines.base import Device, ExecutionResult, Parts, TensorSpec, Timings
+from engines.base import UNBOUNDED, Device, ExecutionResult, Feed, Profile, TensorSpec, Timings
 from engines.staging import gather
 
 FP32 = DATATYPES["FP32"]
@@ -23,21 +24,28 @@ FP32 = DATATYPES["FP32"]
 class FakeInstance:
     """Doubles input `x` into output `y`; records every batch it ran."""
 
-    def __init__(self, name: str, engine: FakeEngine) -> None:
+    def __init__(self, name: str, engine: FakeEngine, profile: Profile) -> None:
         self._name = name
         self._engine = engine
+        self._profile = profile
         self.batches: list[int] = []
 
     @property
     def name(self) -> str:
         return self._name
 
-    async def run(self, parts: Parts) -> ExecutionResult:
+    @property
+    def profile(self) -> Profile:
+        return self._profile
+
+    async def run(self, feed: Feed) -> ExecutionResult:
         self._engine.running += 1
         try:
             if self._engine.gate is not None:
                 await self._engine.gate.wait()
-            x = gather(parts, "x")
+            x = gather(feed, "x")
+            self._engine.shapes_log.append((self._profile.index, x.shape))
+            self._engine.value_log.append([float(v) for v in x.reshape(len(x), -1)[:, 0]])
             self.batches.append(int(x.shape[0]))
             self._engine.batch_log.append(int(x.shape[0]))
             if self._engine.fail is not None and self._engine.fail(x):
@@ -62,6 +70,8 @@ class FakeEngine:
         self.drop_last_row = False
         self.running = 0
         self.batch_log: list[int] = []
+        self.shapes_log: list[tuple[int, tuple[int, ...]]] = []  # (profile index, batch shape)
+        self.value_log: list[list[float]] = []  # first element of every row, batch by batch
         self.instances: list[FakeInstance] = []
 
     @property
@@ -72,8 +82,14 @@ class FakeEngine:
     def outputs(self) -> Sequence[TensorSpec]:
         return (TensorSpec("y", FP32, (-1, -1)),)
 
-    def create_instance(self, name: str, device: Device) -> FakeInstance:
-        instance = FakeInstance(name, self)
+    @property
+    def profiles(self) -> Sequence[Profile]:
+        return ()
+
+    def create_instance(
+        self, name: str, device: Device, profile: Profile = UNBOUNDED
+    ) -> FakeInstance:
+        instance = FakeInstance(name, self, profile)
         self.instances.append(instance)
         return instance
 

@@ -4,20 +4,40 @@ from __future__ import annotations
 
 import numpy as np
 
-from engines.base import Parts
+from engines.base import Feed
 
 
-def gather(parts: Parts, name: str) -> np.ndarray:
+def gather(feed: Feed, name: str) -> np.ndarray:
     """One array holding input `name` of every part, rows in order.
 
-    A single part is passed through untouched (zero copies: it already is the batch). Otherwise
-    one buffer is allocated for the whole batch and each part is copied into its row range once;
-    `np.concatenate(out=...)` does that copy in C, without a per-row Python loop.
+    A single unpadded part is passed through untouched (zero copies: it already is the batch).
+    Otherwise one buffer is allocated for the whole batch and each part is copied into its row
+    range once; `np.concatenate(out=...)` does that copy in C, without a per-row Python loop.
+    A padded input's buffer is filled with the pad value first and each part is copied into the
+    corner of its rows (one slice assignment per request, also in C).
     """
-    if len(parts) == 1:
-        return parts[0][name]
+    parts = feed.parts
     first = parts[0][name]
-    rows = sum(int(p[name].shape[0]) for p in parts)
-    out = np.empty((rows, *first.shape[1:]), dtype=first.dtype)
+    padded = feed.padded.get(name)
+    if padded is not None:
+        shape, value = padded
+        if any(p[name].shape[1:] != shape for p in parts):
+            return _gather_padded(feed, name, shape, value, first.dtype)
+    if len(parts) == 1:
+        return first
+    out = np.empty((feed.rows, *first.shape[1:]), dtype=first.dtype)
     np.concatenate([p[name] for p in parts], axis=0, out=out)
+    return out
+
+
+def _gather_padded(
+    feed: Feed, name: str, shape: tuple[int, ...], value: int | float, dtype: np.dtype
+) -> np.ndarray:
+    out = np.full((feed.rows, *shape), value, dtype=dtype)
+    start = 0
+    for part in feed.parts:
+        array = part[name]
+        end = start + array.shape[0]
+        out[(slice(start, end), *(slice(0, d) for d in array.shape[1:]))] = array
+        start = end
     return out

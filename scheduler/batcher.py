@@ -1,58 +1,90 @@
-"""Batch formation: when the next batch leaves, and which requests ride in it.
+"""Batch formation for one profile: when the next batch leaves, and which requests ride in it.
 
-`next_batch()` is awaited only when an instance is free (the dispatcher holds one), so while all
-instances are busy requests pile up and leave together. A batch leaves when the oldest request's
-lane holds `max_batch_size` rows, or a preferred batch size worth of rows, or the oldest request
-has waited `max_queue_delay_s` (counted from its arrival), whichever comes first.
+`next_batch()` is awaited only when an instance is free (the runner holds one), so while all
+instances are busy requests pile up and leave together. A batch is led by the head of the queue
+(highest priority first, then oldest) and takes every waiting request with the head's batch key,
+in priority order, while rows fit. It leaves when those rows reach the profile's batch limit or a
+preferred batch size, or when the oldest of them has waited `max_queue_delay_s` (counted from its
+arrival), whichever comes first.
+
+Time limits are enforced while requests wait, not only when a batch forms: one timer per batcher
+fires at the earliest queue timeout or caller deadline, so a request is refused (REJECT), moved
+back (DELAY) or failed (deadline) on time even while every instance is busy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 
-from common.errors import InvalidInput, QueueFull, ShuttingDown
+from common.errors import DeadlineExceeded, QueueFull, QueueTimeout, ShuttingDown
+from engines.base import Profile
 from scheduler.batch import Batch
 from scheduler.clock import Clock, monotonic_ns
-from scheduler.config import BatchingConfig
+from scheduler.config import BatchingConfig, TimeoutAction
 from scheduler.queue import RequestQueue
 from scheduler.request import InferenceRequest, set_exception_if_pending
+from scheduler.shapes import Padding
 
 
 class Batcher:
-    def __init__(self, config: BatchingConfig, clock: Clock = monotonic_ns) -> None:
+    def __init__(
+        self,
+        config: BatchingConfig,
+        profile: Profile,
+        padding: Padding | None = None,
+        clock: Clock = monotonic_ns,
+    ) -> None:
         self._config = config
+        self._profile = profile
+        self._padding = padding or Padding()
         self._clock = clock
-        self._queue = RequestQueue()
+        # With an injected clock, time moves only when a test moves it (and calls poke()).
+        self._real_time = clock is monotonic_ns
+        self._queue = RequestQueue(config.levels)
         self._wakeup = asyncio.Event()
         self._closed = False
         self._delay_ns = int(config.max_queue_delay_s * 1e9)
         self._largest_preferred = max(config.preferred_batch_sizes, default=0)
+        limits = [n for n in (profile.max_rows, config.max_batch_size) if n > 0]
+        self.max_rows = min(limits) if limits else 0
+        self._limits: list[tuple[int, int, InferenceRequest]] = []  # (when, seq, request)
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0
 
     @property
-    def config(self) -> BatchingConfig:
-        return self._config
+    def profile(self) -> Profile:
+        return self._profile
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    @property
+    def nbytes(self) -> int:
+        """Input bytes held by waiting requests."""
+        return self._queue.nbytes
 
     def submit(self, request: InferenceRequest) -> None:
         """Queue `request` without waiting; refuse at once when that is impossible."""
         if self._closed:
             raise ShuttingDown("the model is shutting down")
-        limit = self._config.max_queue_size
-        if limit and len(self._queue) >= limit:
+        limit = self._config.policy(request.level).max_queue_size
+        if limit and self._queue.waiting_at(request.level) >= limit:
             raise QueueFull(f"Exceeds maximum queue size ({limit} requests waiting)")
-        if self._config.max_batch_size and request.rows > self._config.max_batch_size:
-            raise InvalidInput(
-                f"request has {request.rows} rows, more than max_batch_size "
-                f"{self._config.max_batch_size}"
-            )
-        request.enqueued_ns = self._clock()
+        now = self._clock()
+        request.enqueued_ns = now
         self._queue.push(request)
+        for when in (request.deadline_ns, request.queue_deadline_ns):
+            if when is not None:
+                heapq.heappush(self._limits, (when, next(self._seq), request))
+                self._arm(now)
         self._wakeup.set()
 
     def poke(self) -> None:
         """Re-evaluate now (tests call this after moving a fake clock)."""
+        self._sweep(self._clock())
         self._wakeup.set()
 
     async def next_batch(self) -> Batch:
@@ -60,12 +92,14 @@ class Batcher:
         while True:
             if self._closed:
                 raise ShuttingDown("the model is shutting down")
-            head = self._queue.oldest()
+            now = self._clock()
+            self._sweep(now)
+            head = self._queue.head()
             if head is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            wait_ns = self._wait_before_leaving(head)
+            wait_ns = self._wait_before_leaving(head, now)
             if wait_ns <= 0:
                 return self._take(head)
             self._wakeup.clear()
@@ -74,33 +108,88 @@ class Batcher:
             except TimeoutError:
                 pass
 
-    def _wait_before_leaving(self, head: InferenceRequest) -> int:
+    def _wait_before_leaving(self, head: InferenceRequest, now: int) -> int:
         """0 when the batch led by `head` should leave now, else nanoseconds left to wait."""
-        config = self._config
-        if not config.batched:
+        if not self._config.batched:
             return 0
         rows = self._queue.rows(head.batch_key)
-        if rows >= config.max_batch_size:
+        if rows >= self.max_rows:
             return 0
         if self._largest_preferred and rows >= self._largest_preferred:
             return 0
-        return head.enqueued_ns + self._delay_ns - self._clock()
+        oldest = self._queue.oldest(head.batch_key) or head
+        return oldest.enqueued_ns + self._delay_ns - now
 
     def _take(self, head: InferenceRequest) -> Batch:
-        config = self._config
-        if not config.batched:
-            return Batch(self._queue.take(head.batch_key, max_rows=head.rows, max_requests=1))
+        if not self._config.batched:
+            return Batch(self._queue.take_one(head))
         rows = self._queue.rows(head.batch_key)
-        limit = config.max_batch_size
-        if config.preferred_batch_sizes and rows < limit:
-            fitting = [p for p in config.preferred_batch_sizes if p <= rows]
+        limit = self.max_rows
+        if self._config.preferred_batch_sizes and rows < limit:
+            fitting = [p for p in self._config.preferred_batch_sizes if p <= rows]
             if fitting:
                 limit = max(fitting)
-        return Batch(self._queue.take(head.batch_key, max_rows=limit))
+        requests = self._queue.take(head.batch_key, max_rows=limit)
+        if not requests:  # the head is always taken; anything else is a bug, never a spin
+            raise RuntimeError("batch formation took no request")
+        padded = (
+            self._padding.batch_shapes([r.shapes for r in requests], self._profile)
+            if self._padding.inputs
+            else {}
+        )
+        return Batch(requests, padded, self._padding)
+
+    # ---- time limits while waiting ----------------------------------------------------------
+
+    def _sweep(self, now: int) -> None:
+        """Apply every deadline and queue timeout that has passed by `now`."""
+        limits = self._limits
+        while limits and limits[0][0] <= now:
+            _, _, request = heapq.heappop(limits)
+            if request not in self._queue:
+                continue
+            if request.expired(now):
+                self._queue.remove(request)
+                set_exception_if_pending(
+                    request.future,
+                    DeadlineExceeded("the request's deadline passed while it was queued"),
+                )
+            elif request.queue_deadline_ns is not None and now >= request.queue_deadline_ns:
+                if request.timeout_action is TimeoutAction.DELAY:
+                    self._queue.delay(request)
+                else:
+                    self._queue.remove(request)
+                    set_exception_if_pending(
+                        request.future, QueueTimeout("Request timeout expired")
+                    )
+
+    def _arm(self, now: int) -> None:
+        """Make the timer fire at the earliest pending limit (real time only)."""
+        if not self._real_time or not self._limits or self._closed:
+            return
+        when = self._limits[0][0]
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(loop.time() + max(when - now, 0) / 1e9, self._on_timer)
+        self._timer_at = when
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self._clock()
+        self._sweep(now)
+        self._wakeup.set()
+        self._arm(now)
 
     def close(self, exc: BaseException) -> None:
         """Stop forming batches; every waiting request fails with `exc`."""
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._limits.clear()
         for request in self._queue.drain():
             set_exception_if_pending(request.future, exc)
         self._wakeup.set()

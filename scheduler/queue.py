@@ -1,9 +1,14 @@
-"""Waiting requests of one model: one FIFO lane per batch key, oldest-first across lanes.
+"""Waiting requests of one profile: priority slots, each with one FIFO lane per batch key.
 
-Requests with different non-batch shapes can never share a batch, so each shape gets its own
-lane; forming a batch then costs O(requests taken), never a scan over incompatible requests.
-A caller that cancels leaves the counts at once (its future's done-callback) and is skipped
-when its lane is next popped, so removal is O(1).
+Slots are served in order: level 1 in time, level 1 delayed, level 2 in time, level 2 delayed,
+and so on. A request whose queue timeout passed under action DELAY moves to its level's delayed
+slot, so it waits behind every request of its own and higher levels still in time (Triton's
+rule) but keeps its place ahead of lower levels.
+
+Requests with different batch keys can never share a batch, so each key gets its own lane; forming
+a batch costs O(requests taken), never a scan over incompatible requests. A request that leaves
+early (cancelled, timed out, moved) stays in its lane as a stale entry and is skipped when it
+reaches the front, so removal is O(1).
 """
 
 from __future__ import annotations
@@ -16,84 +21,133 @@ from scheduler.request import InferenceRequest
 
 
 class RequestQueue:
-    def __init__(self) -> None:
-        self._lanes: dict[Hashable, deque[InferenceRequest]] = {}
+    def __init__(self, levels: int = 1) -> None:
+        self._slots: list[dict[Hashable, deque[InferenceRequest]]] = [{} for _ in range(2 * levels)]
+        self._where: dict[InferenceRequest, int] = {}  # live request -> its slot
         self._rows: dict[Hashable, int] = {}
-        self._queued: set[InferenceRequest] = set()
+        self._per_level = [0] * levels
+        self._per_slot = [0] * (2 * levels)
+        self.nbytes = 0
 
     def __len__(self) -> int:
-        """Requests waiting (cancelled ones excluded)."""
-        return len(self._queued)
+        """Requests waiting (those that left early excluded)."""
+        return len(self._where)
+
+    def __contains__(self, request: InferenceRequest) -> bool:
+        return request in self._where
+
+    def waiting_at(self, level: int) -> int:
+        """Requests waiting at priority queue index `level`."""
+        return self._per_level[level]
 
     def push(self, request: InferenceRequest) -> None:
-        key = request.batch_key
-        lane = self._lanes.get(key)
-        if lane is None:
-            lane = self._lanes[key] = deque()
-            self._rows[key] = 0
-        lane.append(request)
-        self._rows[key] += request.rows
-        self._queued.add(request)
+        self._append(request, 2 * request.level)
+        self._rows[request.batch_key] = self._rows.get(request.batch_key, 0) + request.rows
+        self._per_level[request.level] += 1
+        self.nbytes += request.nbytes
         request.future.add_done_callback(functools.partial(self._on_done, request))
 
-    def _on_done(self, request: InferenceRequest, _future: object) -> None:
-        self._forget(request)
+    def _append(self, request: InferenceRequest, slot: int) -> None:
+        lane = self._slots[slot].get(request.batch_key)
+        if lane is None:
+            lane = self._slots[slot][request.batch_key] = deque()
+        lane.append(request)
+        previous = self._where.get(request)
+        if previous is not None:
+            self._per_slot[previous] -= 1
+        self._where[request] = slot
+        self._per_slot[slot] += 1
 
-    def _forget(self, request: InferenceRequest) -> None:
-        """Drop a request from the counts (it was cancelled, failed, or taken)."""
-        if request in self._queued:
-            self._queued.discard(request)
+    def delay(self, request: InferenceRequest) -> None:
+        """Move a waiting request behind the in-time requests of its level (action DELAY)."""
+        slot = self._where.get(request)
+        if slot is not None and slot % 2 == 0:
+            request.delayed = True
+            self._append(request, slot + 1)
+
+    def remove(self, request: InferenceRequest) -> None:
+        """Take a request out of the counts now (it failed or was answered while waiting)."""
+        slot = self._where.pop(request, None)
+        if slot is not None:
+            self._per_slot[slot] -= 1
             self._rows[request.batch_key] -= request.rows
+            self._per_level[request.level] -= 1
+            self.nbytes -= request.nbytes
+
+    def _on_done(self, request: InferenceRequest, _future: object) -> None:
+        self.remove(request)
 
     def rows(self, key: Hashable) -> int:
-        """Rows waiting in lane `key`."""
+        """Rows waiting with batch key `key`, over all slots."""
         return self._rows.get(key, 0)
 
-    def oldest(self) -> InferenceRequest | None:
-        """The live request that has waited longest, or None when nothing waits."""
+    def _front(self, slot: int, key: Hashable) -> InferenceRequest | None:
+        lane = self._slots[slot].get(key)
+        while lane:
+            if self._where.get(lane[0]) == slot:
+                return lane[0]
+            lane.popleft()
+        if lane is not None:
+            del self._slots[slot][key]
+        return None
+
+    def head(self) -> InferenceRequest | None:
+        """The request to serve next: the oldest of the first slot that holds any."""
+        for slot, lanes in enumerate(self._slots):
+            best: InferenceRequest | None = None
+            for key in list(lanes):
+                front = self._front(slot, key)
+                if front is not None and (best is None or front.enqueued_ns < best.enqueued_ns):
+                    best = front
+            if best is not None:
+                return best
+        return None
+
+    def oldest(self, key: Hashable) -> InferenceRequest | None:
+        """The longest-waiting request with batch key `key` in any slot."""
         best: InferenceRequest | None = None
-        for key in list(self._lanes):
-            lane = self._lanes[key]
-            while lane and lane[0] not in self._queued:
-                lane.popleft()
-            if not lane:
-                del self._lanes[key]
-                del self._rows[key]
-                continue
-            if best is None or lane[0].enqueued_ns < best.enqueued_ns:
-                best = lane[0]
+        for slot in range(len(self._slots)):
+            front = self._front(slot, key)
+            if front is not None and (best is None or front.enqueued_ns < best.enqueued_ns):
+                best = front
         return best
 
-    def take(
-        self, key: Hashable, max_rows: int, max_requests: int | None = None
-    ) -> list[InferenceRequest]:
-        """Pop live requests of lane `key` in FIFO order while their rows fit in `max_rows`.
+    def take(self, key: Hashable, max_rows: int) -> list[InferenceRequest]:
+        """Pop requests with batch key `key`, slot by slot in FIFO order, while rows fit.
 
-        The first live request is always taken (the caller checked it fits the model).
+        The first is always taken (the caller made sure one request fits a batch). Stops at the
+        first request that does not fit, so no request is overtaken by a later one of its slot,
+        and moves on to a later slot only when the slots before it are empty: a request never
+        rides in an earlier batch than one of higher priority that waits with another shape.
         """
-        lane = self._lanes.get(key)
         taken: list[InferenceRequest] = []
         rows = 0
-        while lane:
-            request = lane[0]
-            if request not in self._queued:
-                lane.popleft()
-                continue
-            if taken and (rows + request.rows > max_rows or len(taken) == max_requests):
-                break
-            lane.popleft()
-            self._forget(request)
-            taken.append(request)
-            rows += request.rows
-            if max_requests is not None and len(taken) == max_requests:
-                break
+        for slot in range(len(self._slots)):
+            while (front := self._front(slot, key)) is not None:
+                if taken and rows + front.rows > max_rows:
+                    return taken
+                self._slots[slot][key].popleft()
+                self.remove(front)
+                taken.append(front)
+                rows += front.rows
+            if self._per_slot[slot]:
+                return taken
         return taken
 
+    def take_one(self, request: InferenceRequest) -> list[InferenceRequest]:
+        """Pop exactly `request` (a model without batching runs requests one by one)."""
+        slot = self._where[request]
+        lane = self._slots[slot][request.batch_key]
+        if lane[0] is request:
+            lane.popleft()
+        self.remove(request)
+        return [request]
+
     def drain(self) -> list[InferenceRequest]:
-        """Remove and return every live request (used when the model stops)."""
-        live = [r for lane in self._lanes.values() for r in lane if r in self._queued]
+        """Remove and return every waiting request (used when the model stops)."""
+        live = list(self._where)
         for request in live:
-            self._forget(request)
-        self._lanes.clear()
-        self._rows.clear()
+            self.remove(request)
+        for lanes in self._slots:
+            lanes.clear()
         return live

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from engines.base import Timings
+from scheduler.config import TimeoutAction
+from scheduler.shapes import Shapes
 
 
 @dataclass
@@ -25,20 +27,36 @@ class InferenceResult:
 class InferenceRequest:
     """Inputs already validated against the model: arrays whose first dim is `rows`.
 
-    `batch_key` says which requests may share a batch (equal non-batch shapes); the caller
-    awaits `future`, which the scheduler completes exactly once.
+    `batch_key` says which requests may share a batch (equal shapes, padded axes aside);
+    `shapes` are the non-batch shapes (used to pad a batch); `level` is the priority queue index
+    (0 first). The caller awaits `future`, which the scheduler completes exactly once.
+
+    A chunk of a split request has `chunk_index` >= 0; only chunk 0 counts in per-request
+    statistics, so a split request counts once.
     """
 
     inputs: dict[str, np.ndarray]
     rows: int
     batch_key: Hashable
     future: asyncio.Future[InferenceResult]
-    deadline_ns: int | None = None  # monotonic; None = no deadline
+    shapes: Shapes = field(default_factory=dict)
+    level: int = 0
+    nbytes: int = 0
+    deadline_ns: int | None = None  # monotonic; the caller's deadline; None = none
+    queue_deadline_ns: int | None = None  # monotonic; the queue policy's timeout; None = none
+    timeout_action: TimeoutAction = TimeoutAction.REJECT
     enqueued_ns: int = 0
     id: str = ""
+    chunk_index: int = -1
+    delayed: bool = False  # its queue timeout passed under action DELAY
 
     def expired(self, now_ns: int) -> bool:
         return self.deadline_ns is not None and now_ns >= self.deadline_ns
+
+    @property
+    def counts(self) -> bool:
+        """Whether this entry stands for a caller's request in per-request statistics."""
+        return self.chunk_index <= 0
 
 
 def set_result_if_pending(future: asyncio.Future[InferenceResult], result: InferenceResult) -> None:

@@ -1,42 +1,49 @@
-"""One model version's scheduler: a batcher, a pool of instances, and the pump between them.
+"""One model version's scheduler: the only object the server hands requests to.
 
-    submit() ──► Batcher (queue + batch formation) ──► pump ──► one task per batch ──► Instance
-                                                        ▲                                │
-                                                        └──── instance back to the pool ◄┘
+    infer() ─► route to the smallest fitting profile ─► split if oversized ─► ProfileRunner
+                                                                                 │
+    answer ◄─ join chunks ◄─ wait for its turn (preserve_ordering) ◄─────────────┘
 
-The pump takes a free instance, then the next batch, and starts a task to run it; it never
-awaits engine work itself. Every request's future is completed exactly once on every path:
-result, engine error, deadline, cancellation or shutdown (see docs in ../shared/docs/style.md).
+It owns what spans profiles: routing, priority levels and queue policies, splitting and joining
+oversized requests, answer order, and the bound on bytes held in the queues. Each profile's
+queue, batches and instances live in a ProfileRunner (scheduler/runner.py).
+
+Early refusal by estimate: a request whose deadline will pass while it waits is not refused
+speculatively from a guess of the queue ahead (estimates are noisy and would refuse requests that
+could have made it). Instead time limits are enforced exactly: a request whose deadline has
+passed on arrival is refused at once, one whose deadline passes while queued fails at that
+moment, and one whose caller gives up leaves the queue at once. None is ever computed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import math
 import time
-from collections.abc import Hashable, Sequence
+from collections import defaultdict
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 import numpy as np
 
-from common.errors import DeadlineExceeded, EngineError, FerryError, ShuttingDown
-from engines.base import Instance
-from scheduler.batch import Batch
+from common.errors import DeadlineExceeded, EngineError, InvalidInput, QueueFull
+from engines.base import Instance, Profile, Timings
 from scheduler.batcher import Batcher
 from scheduler.clock import Clock, monotonic_ns
 from scheduler.config import BatchingConfig
-from scheduler.request import (
-    InferenceRequest,
-    InferenceResult,
-    set_exception_if_pending,
-    set_result_if_pending,
-)
+from scheduler.request import InferenceRequest, InferenceResult
+from scheduler.runner import ProfileRunner
+from scheduler.shapes import Padding, route, smallest_first
 from scheduler.stats import ModelStats
-
-log = logging.getLogger("ferry.scheduler")
 
 
 class ModelScheduler:
-    """Runs one model version's requests in dynamic batches on its instances."""
+    """Runs one model version's requests in dynamic batches on its instances.
+
+    Instances are grouped by the profile each is bound to; every profile with instances gets its
+    own queue. `padding` marks inputs that may be padded so that requests of different lengths
+    share a batch.
+    """
 
     def __init__(
         self,
@@ -44,166 +51,251 @@ class ModelScheduler:
         instances: Sequence[Instance],
         config: BatchingConfig,
         *,
+        padding: Padding | None = None,
         stats: ModelStats | None = None,
         clock: Clock = monotonic_ns,
     ) -> None:
         if not instances:
             raise ValueError(f"{name}: a scheduler needs at least one instance")
         self.name = name
+        self.config = config
         self.stats = stats if stats is not None else ModelStats()
-        self._instances = list(instances)
-        self._batcher = Batcher(config, clock)
+        self._padding = padding or Padding()
         self._clock = clock
-        self._idle: asyncio.Queue[Instance] = asyncio.Queue()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._pump: asyncio.Task[None] | None = None
+        self._batched_dim = config.max_batch_size > 0
+        groups: dict[int, list[Instance]] = defaultdict(list)
+        profiles: dict[int, Profile] = {}
+        for instance in instances:
+            groups[instance.profile.index].append(instance)
+            profiles[instance.profile.index] = instance.profile
+        self._profiles = smallest_first(list(profiles.values()))
+        self._constrained = any(p.ranges for p in self._profiles)
+        self._runners = {
+            index: ProfileRunner(
+                f"{name}/profile{index}" if len(groups) > 1 else name,
+                Batcher(config, profiles[index], self._padding, clock),
+                members,
+                self.stats,
+                clock,
+                self._on_runner_failure,
+            )
+            for index, members in groups.items()
+        }
         self._failure: BaseException | None = None
+        self._last_release: asyncio.Future[None] | None = None
 
     @property
-    def config(self) -> BatchingConfig:
-        return self._batcher.config
+    def profiles(self) -> Sequence[Profile]:
+        """Served profiles, smallest first."""
+        return self._profiles
 
     @property
     def healthy(self) -> bool:
-        """False once the pump died; the model then answers every request with an error."""
+        """False once a pump died; the model then answers every request with an error."""
         return self._failure is None
 
     def num_enqueued(self) -> int:
-        return len(self._batcher)
+        return sum(len(r.batcher) for r in self._runners.values())
+
+    def queued_bytes(self) -> int:
+        return sum(r.batcher.nbytes for r in self._runners.values())
+
+    def poke(self) -> None:
+        """Re-evaluate every queue now (tests call this after moving an injected clock)."""
+        for runner in self._runners.values():
+            runner.batcher.poke()
 
     async def start(self) -> None:
-        for instance in self._instances:
-            self._idle.put_nowait(instance)
-        self._pump = asyncio.create_task(self._run(), name=f"ferry-pump-{self.name}")
-        self._pump.add_done_callback(self._on_pump_done)
+        for runner in self._runners.values():
+            runner.start()
 
     async def infer(
         self,
         inputs: dict[str, np.ndarray],
         rows: int,
-        batch_key: Hashable,
         *,
+        priority: int = 0,
+        timeout_s: float | None = None,
         deadline_ns: int | None = None,
         request_id: str = "",
+        nbytes: int | None = None,
     ) -> InferenceResult:
         """Queue one request and wait for its rows; the only call the server makes per request.
 
-        If the caller is cancelled (client gone, deadline hit) the request leaves the queue at
-        once, or, if it is already in a running batch, its rows are simply dropped.
+        `priority` and `timeout_s` are the request's own parameters (0 / None: the model's
+        defaults); `deadline_ns` is the caller's deadline on the monotonic clock. If the caller
+        is cancelled (client gone, deadline hit) the request leaves the queue at once, or, if it
+        is already in a running batch, its rows are simply dropped.
         """
-        future: asyncio.Future[InferenceResult] = asyncio.get_running_loop().create_future()
-        request = InferenceRequest(
-            inputs, rows, batch_key, future, deadline_ns=deadline_ns, id=request_id
-        )
-        self.submit(request)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-
-    def submit(self, request: InferenceRequest) -> None:
         if self._failure is not None:
             raise EngineError(f"model {self.name} stopped serving after an internal error")
-        self._batcher.submit(request)
+        now = self._clock()
+        if deadline_ns is not None and now >= deadline_ns:
+            raise DeadlineExceeded("the request's deadline had passed when it arrived")
+        config = self.config
+        batched = self._batched_dim
+        shapes = {n: a.shape[1:] if batched else a.shape for n, a in inputs.items()}
+        profile = route(self._profiles, shapes) if self._constrained else self._profiles[0]
+        runner = self._runners[profile.index]
+        level = config.level_of(priority)
+        policy = config.policy(level)
+        timeout = policy.timeout_s(timeout_s)
+        size = nbytes if nbytes is not None else sum(a.nbytes for a in inputs.values())
+        limit = config.max_queue_bytes
+        if limit and self.queued_bytes() + size > limit:
+            raise QueueFull(
+                f"Exceeds maximum queue bytes: model {self.name} holds {self.queued_bytes()} "
+                f"bytes of queued input, this request's {size} would pass its limit of {limit}"
+            )
+        loop = asyncio.get_running_loop()
 
-    async def _run(self) -> None:
-        while True:
-            instance = await self._idle.get()
-            try:
-                batch = await self._batcher.next_batch()
-            except BaseException:
-                self._idle.put_nowait(instance)
-                raise
-            task = asyncio.create_task(self._execute(instance, batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._on_batch_done)
-
-    async def _execute(self, instance: Instance, batch: Batch) -> None:
-        try:
-            now = self._clock()
-            live: list[InferenceRequest] = []
-            for request in batch.requests:
-                if request.future.done():
-                    continue
-                if request.expired(now):
-                    set_exception_if_pending(
-                        request.future,
-                        DeadlineExceeded("the request's deadline passed while it was queued"),
-                    )
-                    continue
-                live.append(request)
-            if not live:
-                return
-            batch = Batch(live)
-            for request in live:
-                self.stats.record_queue(now - request.enqueued_ns)
-            await self._compute(instance, batch, now)
-        finally:
-            self._idle.put_nowait(instance)
-
-    async def _compute(self, instance: Instance, batch: Batch, start_ns: int) -> None:
-        try:
-            result = await instance.run(batch.parts())
-            answers = batch.scatter(result.outputs, self._batcher.config.max_batch_size > 0)
-        except asyncio.CancelledError:
-            for request in batch.requests:
-                set_exception_if_pending(
-                    request.future, ShuttingDown("the server is shutting down")
-                )
-            raise
-        except FerryError as exc:
-            for request in batch.requests:
-                set_exception_if_pending(request.future, exc)
-            return
-        except Exception as exc:
-            log.exception("model %s: instance %s failed a batch", self.name, instance.name)
-            error = EngineError(f"model {self.name} failed to run the batch: {type(exc).__name__}")
-            for request in batch.requests:
-                set_exception_if_pending(request.future, error)
-            return
-        rows = batch.rows
-        self.stats.record_execution(
-            rows, len(batch.requests), result.timings, int(time.time() * 1000)
-        )
-        for request, outputs in zip(batch.requests, answers, strict=True):
-            set_result_if_pending(
-                request.future,
-                InferenceResult(outputs, start_ns - request.enqueued_ns, result.timings, rows),
+        def request(part: dict[str, np.ndarray], part_rows: int, index: int) -> InferenceRequest:
+            return InferenceRequest(
+                part,
+                part_rows,
+                self._padding.batch_key(shapes),
+                loop.create_future(),
+                shapes=shapes,
+                level=level,
+                nbytes=size * part_rows // max(rows, 1),
+                deadline_ns=deadline_ns,
+                queue_deadline_ns=None if timeout is None else now + int(timeout * 1e9),
+                timeout_action=policy.timeout_action,
+                id=request_id,
+                chunk_index=index,
             )
 
-    def _on_batch_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            log.debug("model %s: batch task cancelled", self.name)
-        elif (exc := task.exception()) is not None:
-            log.error("model %s: batch task failed", self.name, exc_info=exc)
+        max_rows = runner.batcher.max_rows
+        if batched and max_rows and rows > max_rows:
+            if not config.split_oversized:
+                raise InvalidInput(
+                    f"request has {rows} rows, more than the {max_rows} a batch of "
+                    f"{profile.describe()} may hold (splitting is off for this model)"
+                )
+            chunks = [
+                request({k: a[start : start + n] for k, a in inputs.items()}, n, i)
+                for i, (start, n) in enumerate(_chunks(rows, max_rows))
+            ]
+        else:
+            chunks = [request(inputs, rows, -1)]
+        accepted: list[InferenceRequest] = []
+        try:
+            for chunk in chunks:
+                runner.batcher.submit(chunk)
+                accepted.append(chunk)
+        except BaseException:
+            for chunk in accepted:
+                chunk.future.cancel()
+            raise
+        if not config.preserve_ordering:
+            return await _wait(chunks)
+        return await self._in_arrival_order(_wait(chunks))
 
-    def _on_pump_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is None or isinstance(exc, ShuttingDown):
-            return
+    async def _in_arrival_order(
+        self, work: Coroutine[Any, Any, InferenceResult]
+    ) -> InferenceResult:
+        """Await `work`, then hold the answer until every earlier request has been answered."""
+        previous = self._last_release
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._last_release = mine
+        error: BaseException | None = None
+        result: InferenceResult | None = None
+        try:
+            result = await work
+        except asyncio.CancelledError:
+            _release_after(previous, mine)
+            raise
+        except BaseException as exc:  # answered with an error: still in its turn
+            error = exc
+        try:
+            if previous is not None and not previous.done():
+                await asyncio.shield(previous)
+        finally:
+            _release_after(previous, mine)
+        if error is not None:
+            raise error
+        assert result is not None
+        return result
+
+    def _on_runner_failure(self, exc: BaseException) -> None:
         self._failure = exc
-        log.error("model %s: scheduler pump died; failing every waiter", self.name, exc_info=exc)
-        self._batcher.close(
-            EngineError(f"model {self.name} stopped serving after an internal error")
-        )
+        for runner in self._runners.values():
+            runner.batcher.close(
+                EngineError(f"model {self.name} stopped serving after an internal error")
+            )
 
     async def stop(self) -> None:
         """Refuse new work, fail what waits, cancel running batches, close the instances."""
-        self._batcher.close(ShuttingDown("the server is shutting down"))
-        tasks = [t for t in (self._pump, *self._tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for instance in self._instances:
-            await instance.close()
+        for runner in self._runners.values():
+            await runner.stop()
 
     async def drain(self, timeout_s: float) -> None:
         """Wait up to `timeout_s` for queued and running work to finish (graceful shutdown)."""
         deadline = time.monotonic() + timeout_s
         # Shutdown only: a short poll is simpler than wiring an event through every path.
-        while (len(self._batcher) or self._tasks) and time.monotonic() < deadline:  # noqa: ASYNC110
+        while any(r.busy for r in self._runners.values()) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+def _chunks(rows: int, size: int) -> list[tuple[int, int]]:
+    """(start, rows) of each chunk: as few as possible, the same size give or take one row."""
+    count = math.ceil(rows / size)
+    base, extra = divmod(rows, count)
+    spans, start = [], 0
+    for i in range(count):
+        n = base + (1 if i < extra else 0)
+        spans.append((start, n))
+        start += n
+    return spans
+
+
+async def _wait(chunks: list[InferenceRequest]) -> InferenceResult:
+    """The request's result; a split request's chunks joined back in row order.
+
+    The first chunk to fail fails the request and the other chunks are withdrawn (left in the
+    queue they are skipped; in a running batch their rows are dropped).
+    """
+    futures = [c.future for c in chunks]
+    if len(futures) == 1:
+        try:
+            return await futures[0]
+        except asyncio.CancelledError:
+            futures[0].cancel()
+            raise
+    try:
+        await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        for future in futures:
+            future.cancel()
+        raise
+    for future in futures:
+        error = future.exception() if future.done() and not future.cancelled() else None
+        if error is not None:
+            for other in futures:
+                other.cancel()
+            raise error
+    parts = [f.result() for f in futures]
+    first = parts[0]
+    return InferenceResult(
+        {name: np.concatenate([p.outputs[name] for p in parts]) for name in first.outputs},
+        max(p.queue_ns for p in parts),
+        Timings(
+            sum(p.timings.input_ns for p in parts),
+            sum(p.timings.infer_ns for p in parts),
+            sum(p.timings.output_ns for p in parts),
+        ),
+        max(p.batch_rows for p in parts),
+    )
+
+
+def _release_after(previous: asyncio.Future[None] | None, mine: asyncio.Future[None]) -> None:
+    """Let the next request go once `previous` has gone (now, if it already has)."""
+
+    def release(_: object = None) -> None:
+        if not mine.done():
+            mine.set_result(None)
+
+    if previous is None or previous.done():
+        release()
+    else:
+        previous.add_done_callback(release)

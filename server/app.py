@@ -45,7 +45,8 @@ class FerryServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.repository = ModelRepository(
-            config.model_repository, RepositoryOptions(config.default_max_batch_size)
+            config.model_repository,
+            RepositoryOptions(config.default_max_batch_size, config.max_queue_bytes),
         )
         self.readiness = ReadinessState(self.repository, config.strict_readiness)
         self._health = health_aio.HealthServicer()

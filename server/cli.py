@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
         help="max_batch_size for batchable models without config.pbtxt (default 4)",
     )
     serve.add_argument(
+        "--max-queue-bytes",
+        type=int,
+        default=512 * 1024 * 1024,
+        help="input bytes each model's queues may hold before refusing new requests "
+        "(default 512 MiB; 0 = no bound; parameter ferry.max_queue_bytes overrides per model)",
+    )
+    serve.add_argument(
         "--strict-readiness",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -72,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             unix_socket=args.unix_socket,
             max_message_bytes=args.max_message_bytes,
             default_max_batch_size=args.default_max_batch_size,
+            max_queue_bytes=args.max_queue_bytes,
             strict_readiness=args.strict_readiness,
             drain_timeout_s=args.drain_timeout,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,14 +51,25 @@ class Signature:
     # The backend stores BYTES as text (ONNX Runtime): every element must be valid UTF-8, checked
     # here so that one caller's bad string fails its own request, not a whole batch.
     utf8_bytes: bool = False
+    # More rows than max_batch_size are accepted (the scheduler splits them into chunks).
+    split_oversized: bool = False
 
 
 @dataclass
 class DecodedRequest:
+    """A validated request: arrays, rows, requested outputs and the scheduling parameters.
+
+    priority: the `priority` parameter (0 = the model's default level).
+    timeout_s: the `timeout` parameter (sent in microseconds; queue time only), or None.
+    nbytes: the input bytes as received, which the model's queue bound counts.
+    """
+
     inputs: dict[str, np.ndarray]
     rows: int
-    batch_key: Hashable
     outputs: tuple[str, ...]
+    priority: int = 0
+    timeout_s: float | None = None
+    nbytes: int = 0
 
 
 def decode(request: pb.ModelInferRequest, sig: Signature) -> DecodedRequest:
@@ -80,7 +91,7 @@ def decode(request: pb.ModelInferRequest, sig: Signature) -> DecodedRequest:
             raise InvalidInput(f"unknown input '{tensor.name}' (the model's inputs: {known})")
         if tensor.name in inputs:
             raise InvalidInput(f"input '{tensor.name}' is given more than once")
-        shape = _check_shape(tensor, spec, sig.max_batch_size)
+        shape = _check_shape(tensor, spec, sig)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(
@@ -96,13 +107,40 @@ def decode(request: pb.ModelInferRequest, sig: Signature) -> DecodedRequest:
     if missing:
         raise InvalidInput(f"missing input(s): {', '.join(repr(m) for m in missing)}")
     rows = _rows(inputs, sig)
-    key = tuple((name, inputs[name].shape[1:]) for name in sig.inputs)
-    return DecodedRequest(inputs, rows, key, _requested_outputs(request, sig))
+    priority = _integer_parameter(request, "priority")
+    timeout_us = _integer_parameter(request, "timeout")
+    nbytes = sum(len(r) for r in raw) if raw else sum(a.nbytes for a in inputs.values())
+    return DecodedRequest(
+        inputs,
+        rows,
+        _requested_outputs(request, sig),
+        priority=priority,
+        timeout_s=timeout_us / 1e6 if timeout_us else None,
+        nbytes=nbytes,
+    )
+
+
+def _integer_parameter(request: pb.ModelInferRequest, name: str) -> int:
+    """A non-negative integer request parameter (int64 or uint64, as clients send); 0 if absent."""
+    if name not in request.parameters:
+        return 0
+    param = request.parameters[name]
+    kind = param.WhichOneof("parameter_choice")
+    if kind not in ("int64_param", "uint64_param"):
+        raise InvalidInput(
+            f"request parameter '{name}' must be an integer (int64_param or uint64_param), "
+            f"got {kind or 'no value'}"
+        )
+    value = int(getattr(param, kind))
+    if value < 0:
+        raise InvalidInput(f"request parameter '{name}' must be >= 0, got {value}")
+    return value
 
 
 def _check_shape(
-    tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec, mbs: int
+    tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec, sig: Signature
 ) -> tuple[int, ...]:
+    mbs = sig.max_batch_size
     name = tensor.name
     if tensor.datatype != spec.datatype.name:
         raise InvalidInput(
@@ -121,7 +159,7 @@ def _check_shape(
     if mbs > 0:
         if shape[0] == 0:
             raise InvalidInput(f"input '{name}': batch size 0; send at least one row")
-        if shape[0] > mbs:
+        if shape[0] > mbs and not sig.split_oversized:
             raise InvalidInput(
                 f"input '{name}': batch size {shape[0]} exceeds the model's max_batch_size {mbs}"
             )

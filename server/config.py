@@ -17,6 +17,9 @@ class ServerConfig:
     unix_socket: also listen on this Unix socket path (sidecars); None = no socket.
     max_message_bytes: largest request or response message, both directions. Default 256 MiB.
     default_max_batch_size: max_batch_size for models without config.pbtxt that can batch.
+    max_queue_bytes: input bytes each model's queues may hold; past it new requests are refused
+        with UNAVAILABLE, so memory stays bounded under any load. 0 = no bound. A model's
+        `ferry.max_queue_bytes` parameter overrides it.
     strict_readiness: ServerReady (and health) report ready only when every model loaded, as
         Triton does by default; off: ready once the server runs.
     drain_timeout_s: on SIGTERM/SIGINT, how long in-flight requests may take to finish.
@@ -28,6 +31,7 @@ class ServerConfig:
     unix_socket: str | None = None
     max_message_bytes: int = 256 * 1024 * 1024
     default_max_batch_size: int = 4
+    max_queue_bytes: int = 512 * 1024 * 1024
     strict_readiness: bool = True
     drain_timeout_s: float = 30.0
 
@@ -42,5 +46,7 @@ class ServerConfig:
             raise ValueError(
                 f"default_max_batch_size must be >= 0, got {self.default_max_batch_size}"
             )
+        if self.max_queue_bytes < 0:
+            raise ValueError(f"max_queue_bytes must be >= 0, got {self.max_queue_bytes}")
         if self.drain_timeout_s < 0:
             raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")

@@ -60,6 +60,13 @@ input [
 output [ { name: "score" data_type: TYPE_FP32 dims: [ 1 ] } ]
 dynamic_batching { max_queue_delay_microseconds: 200 }
 instance_group [ { count: 1 kind: KIND_CPU } ]
+# Two optimization profiles, one instance each: short histories batch with short ones only.
+# Id 0 is padding that the model ignores, so histories of different lengths share a batch.
+parameters [
+  { key: "ferry.profile.0" value: { string_value: "history:1..64" } },
+  { key: "ferry.profile.1" value: { string_value: "history:1..512" } },
+  { key: "ferry.pad.history" value: { string_value: "0" } }
+]
 """,
 }
 

@@ -17,9 +17,11 @@ from google.protobuf.message import Message
 
 from common.datatypes import DataType, from_config_type
 from common.errors import ModelLoadError
-from engines.base import TensorSpec
+from engines.base import Profile, TensorSpec
 from proto import model_config_pb2 as mc
 from scheduler.config import BatchingConfig
+from scheduler.shapes import Padding
+from server import scheduling_config as scheduling
 from server.codec import Signature
 
 ONNXRUNTIME = "onnxruntime"
@@ -32,18 +34,7 @@ _UNSUPPORTED: dict[str, tuple[str, ...]] = {
     "inference.ModelConfig": ("optimization",),
     "inference.ModelInput": ("reshape", "is_shape_tensor", "allow_ragged_batch", "optional"),
     "inference.ModelOutput": ("reshape", "is_shape_tensor", "label_filename"),
-    "inference.ModelInstanceGroup": ("gpus", "profile", "passive", "host_policy"),
-    "inference.ModelDynamicBatching": (
-        "preserve_ordering",
-        "priority_levels",
-        "default_priority_level",
-        "priority_queue_policy",
-    ),
-    "inference.ModelQueuePolicy": (
-        "timeout_action",
-        "default_timeout_microseconds",
-        "allow_timeout_override",
-    ),
+    "inference.ModelInstanceGroup": ("gpus", "passive", "host_policy"),
 }
 # Top-level Triton fields that Ferry's schema does not even declare.
 _TRITON_ONLY = {
@@ -79,8 +70,14 @@ class ModelSettings:
     backend: str
     signature: Signature
     batching: BatchingConfig
-    instance_count: int
+    profiles: tuple[Profile, ...]  # declared in the config; () = unconstrained
+    padding: Padding
+    instances: tuple[Profile, ...]  # the profile of each instance to create
     parameters: dict[str, str]
+
+    @property
+    def instance_count(self) -> int:
+        return len(self.instances)
 
 
 def parse(text: str, where: str) -> mc.ModelConfig:
@@ -149,6 +146,7 @@ def complete(
     backend: str,
     had_file: bool,
     default_max_batch_size: int,
+    default_max_queue_bytes: int = 0,
     where: str,
 ) -> ModelSettings:
     """Fill what the config leaves out from the model file, and check the two agree."""
@@ -186,20 +184,29 @@ def complete(
     missing = [s.name for s in engine_inputs if s.name not in {i.name for i in inputs}]
     if missing:
         raise ModelLoadError(f"{where}: the model needs input(s) {missing} that the config lacks")
-    batching = _batching(config, where)
+    parameters = {k: v.string_value for k, v in config.parameters.items()}
+    scheduling.check_keys(parameters, where)
+    batching = scheduling.batching(config, parameters, default_max_queue_bytes, where)
+    by_name = {s.name: s for s in inputs}
+    profiles = scheduling.profiles(parameters, by_name, where)
     return ModelSettings(
         name=name,
         config=config,
         backend=backend,
         signature=Signature(
-            {s.name: s for s in inputs},
+            by_name,
             {s.name: s for s in outputs},
             mbs,
             utf8_bytes=backend == ONNXRUNTIME,
+            split_oversized=batching.split_oversized,
         ),
         batching=batching,
-        instance_count=instance_count(config, where),
-        parameters={k: v.string_value for k, v in config.parameters.items()},
+        profiles=profiles,
+        padding=scheduling.padding(
+            parameters, by_name, {s.name: s for s in outputs}, mbs > 0, where
+        ),
+        instances=tuple(scheduling.instance_plan(config, profiles, where)),
+        parameters=parameters,
     )
 
 
@@ -267,41 +274,9 @@ def _match(
     return specs
 
 
-def _batching(config: mc.ModelConfig, where: str) -> BatchingConfig:
-    dyn = config.dynamic_batching
-    try:
-        return BatchingConfig(
-            max_batch_size=config.max_batch_size,
-            dynamic=config.HasField("dynamic_batching") and config.max_batch_size > 0,
-            preferred_batch_sizes=tuple(sorted(set(dyn.preferred_batch_size))),
-            max_queue_delay_s=dyn.max_queue_delay_microseconds / 1e6,
-            max_queue_size=dyn.default_queue_policy.max_queue_size,
-        )
-    except ValueError as exc:
-        raise ModelLoadError(f"{where}: dynamic_batching: {exc}") from None
-
-
 def model_filename(config: mc.ModelConfig, backend: str) -> str:
     """The artifact's file name inside a version folder."""
     return config.default_model_filename or _DEFAULT_FILENAMES[backend]
-
-
-def instance_count(config: mc.ModelConfig, where: str) -> int:
-    """Instances to create: the sum of the CPU instance groups (1 when none is given)."""
-    total = 0
-    for group in config.instance_group or [mc.ModelInstanceGroup()]:
-        kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
-        if kind == "KIND_GPU":
-            raise ModelLoadError(
-                f"{where}: instance_group kind KIND_GPU needs a GPU backend, which this build "
-                "does not have; use KIND_CPU"
-            )
-        if kind == "KIND_MODEL":
-            raise ModelLoadError(f"{where}: instance_group kind KIND_MODEL is not supported")
-        if group.count < 0:
-            raise ModelLoadError(f"{where}: instance_group count must be >= 0, got {group.count}")
-        total += group.count or 1
-    return total
 
 
 def read(path: Path) -> mc.ModelConfig | None:

@@ -20,7 +20,7 @@ from engines.base import Device, Engine
 from engines.onnxruntime import OnnxRuntimeEngine, options_from_parameters
 from proto import model_config_pb2 as mc
 from scheduler.scheduler import ModelScheduler
-from server import model_config
+from server import model_config, scheduling_config
 from server.model_config import ONNXRUNTIME, ModelSettings
 
 log = logging.getLogger("ferry.repository")
@@ -59,9 +59,11 @@ class ModelEntry:
 @dataclass(frozen=True)
 class RepositoryOptions:
     """default_max_batch_size: max_batch_size given to a model without config.pbtxt whose
-    tensors all have a free first dimension (Triton's --backend-config default is 4)."""
+    tensors all have a free first dimension (Triton's --backend-config default is 4).
+    max_queue_bytes: each model's bound on queued input bytes unless its config sets one."""
 
     default_max_batch_size: int = 4
+    max_queue_bytes: int = 0
 
 
 class ModelRepository:
@@ -119,14 +121,16 @@ class ModelRepository:
             entry.state = READY
             for served in entry.versions.values():
                 await served.scheduler.start()
+                settings = served.settings
                 log.info(
-                    "model %s version %s ready: backend %s, %d instance(s), max_batch_size %d%s",
+                    "model %s version %s ready: backend %s, %d instance(s), max_batch_size %d%s%s",
                     served.name,
                     served.version,
-                    served.settings.backend,
-                    served.settings.instance_count,
-                    served.settings.batching.max_batch_size,
-                    ", dynamic batching" if served.settings.batching.batched else "",
+                    settings.backend,
+                    settings.instance_count,
+                    settings.batching.max_batch_size,
+                    ", dynamic batching" if settings.batching.batched else "",
+                    f", {len(settings.profiles)} profiles" if settings.profiles else "",
                 )
 
     async def _load_model(self, folder: Path) -> dict[str, ServedVersion]:
@@ -180,7 +184,7 @@ class ModelRepository:
         if not path.is_file():
             raise ModelLoadError(f"{path}: model file not found")
         parameters = {k: v.string_value for k, v in config.parameters.items()}
-        count = model_config.instance_count(config, where)
+        count = scheduling_config.instance_total(config)
         if "intra_op_thread_count" not in parameters:
             # N instances share the cores instead of each spawning a thread per core.
             parameters["intra_op_thread_count"] = str(max(1, (os.cpu_count() or 1) // count))
@@ -195,16 +199,21 @@ class ModelRepository:
                 backend=backend,
                 had_file=had_file,
                 default_max_batch_size=self._options.default_max_batch_size,
+                default_max_queue_bytes=self._options.max_queue_bytes,
                 where=where,
             )
             instances = []
-            for i in range(settings.instance_count):
+            for i, profile in enumerate(settings.instances):
                 name = f"{folder.name}_{version}_{i}"
-                instances.append(await asyncio.to_thread(engine.create_instance, name, Device()))
+                instances.append(
+                    await asyncio.to_thread(engine.create_instance, name, Device(), profile)
+                )
         except BaseException:
             engine.close()
             raise
-        scheduler = ModelScheduler(f"{folder.name}:{version}", instances, settings.batching)
+        scheduler = ModelScheduler(
+            f"{folder.name}:{version}", instances, settings.batching, padding=settings.padding
+        )
         return ServedVersion(folder.name, version, settings, engine, scheduler)
 
     async def stop(self) -> None:

@@ -225,9 +225,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             result = await served.scheduler.infer(
                 decoded.inputs,
                 decoded.rows,
-                decoded.batch_key,
+                priority=decoded.priority,
+                timeout_s=decoded.timeout_s,
                 deadline_ns=deadline_ns,
                 request_id=request.id,
+                nbytes=decoded.nbytes,
             )
             response = encode(
                 result.outputs,

@@ -68,6 +68,66 @@ def add_constant(value: float, batched: bool = True) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=_opset())
 
 
+def identity_variable() -> onnx.ModelProto:
+    """y = x; x FP32 [batch, n] with n free."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "n"])],
+    )
+    return helper.make_model(graph, opset_imports=_opset())
+
+
+# Scheduler test models: a long max_queue_delay keeps requests waiting in the queue for a known
+# time, so queue policies, priorities, deadlines and byte bounds act deterministically.
+SCHEDULING = {
+    "nosplit": (
+        "add",
+        "max_batch_size: 8\ndynamic_batching { }\n"
+        'parameters { key: "ferry.split_oversized" value { string_value: "false" } }\n',
+    ),
+    "timeouts": (
+        "add",
+        "max_batch_size: 8\n"
+        "dynamic_batching {\n"
+        "  max_queue_delay_microseconds: 400000\n"
+        "  default_queue_policy { default_timeout_microseconds: 100000"
+        " allow_timeout_override: true }\n"
+        "}\n",
+    ),
+    "delayed": (
+        "add",
+        "max_batch_size: 8\n"
+        "dynamic_batching {\n"
+        "  max_queue_delay_microseconds: 300000\n"
+        "  default_queue_policy { timeout_action: DELAY default_timeout_microseconds: 50000 }\n"
+        "}\n",
+    ),
+    "ranked": (
+        "identity",
+        "max_batch_size: 4\n"
+        "dynamic_batching {\n"
+        "  max_queue_delay_microseconds: 300000\n"
+        "  priority_levels: 2\n"
+        "  default_priority_level: 2\n"
+        "}\n",
+    ),
+    "tinybytes": (
+        "identity",
+        "max_batch_size: 64\n"
+        "dynamic_batching { max_queue_delay_microseconds: 300000 }\n"
+        'parameters { key: "ferry.max_queue_bytes" value { string_value: "100" } }\n',
+    ),
+    "ordered": (
+        "identity",
+        "max_batch_size: 4\n"
+        "dynamic_batching { preserve_ordering: true }\n"
+        "instance_group { count: 2 kind: KIND_CPU }\n",
+    ),
+}
+
+
 def build_test_repo(root: Path) -> Path:
     """The example models plus the test-only ones below."""
     write_example_repo(root)
@@ -109,5 +169,24 @@ def build_test_repo(root: Path) -> Path:
     (root / "tinyqueue" / "config.pbtxt").write_text(
         'name: "tinyqueue"\nmax_batch_size: 8\n'
         "dynamic_batching { default_queue_policy { max_queue_size: 1 } }\n"
+    )
+    for name, (kind, config) in SCHEDULING.items():
+        graph = add_constant(0.0) if kind == "add" else identity_variable()
+        _save(graph, root / name / "1" / "model.onnx")
+        (root / name / "config.pbtxt").write_text(f'name: "{name}"\n' + config)
+
+    # The history example with a long delay and one padded profile: concurrent requests of
+    # different lengths are sure to share one padded batch.
+    padded = root / "history_padded"
+    (padded / "1").mkdir(parents=True)
+    (padded / "1" / "model.onnx").write_bytes((root / "history" / "1" / "model.onnx").read_bytes())
+    (padded / "config.pbtxt").write_text(
+        'name: "history_padded"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 256\n'
+        'input [ { name: "history" data_type: TYPE_INT64 dims: [ -1 ] },\n'
+        '        { name: "user" data_type: TYPE_FP32 dims: [ 16 ] } ]\n'
+        'output [ { name: "score" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+        "dynamic_batching { max_queue_delay_microseconds: 300000 }\n"
+        'parameters [ { key: "ferry.profile.0" value { string_value: "history:1..512" } },\n'
+        '             { key: "ferry.pad.history" value { string_value: "0" } } ]\n'
     )
     return root

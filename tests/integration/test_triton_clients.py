@@ -187,9 +187,8 @@ def test_bad_input_gets_precise_status(server: RunningServer) -> None:
     assert "input 'sparse': datatype FP32 does not match the model's INT64" in msg
     code, msg = status("dlrm", infer_inputs(tc, dense=dense[:, :12], sparse=sparse))
     assert "input 'dense': shape [2, 12] does not match the model's [-1, 13]" in msg
-    big_dense, big_sparse = dlrm_inputs(1025)
-    code, msg = status("dlrm", infer_inputs(tc, dense=big_dense, sparse=big_sparse))
-    assert "batch size 1025 exceeds the model's max_batch_size 1024" in msg
+    code, msg = status("nosplit", infer_inputs(tc, x=np.zeros((9, 4), np.float32)))
+    assert "batch size 9 exceeds the model's max_batch_size 8" in msg
     code, msg = status(
         "dlrm",
         infer_inputs(tc, dense=dense, sparse=sparse),

@@ -4,15 +4,27 @@ every request ends exactly once, with its own rows in order, and no batch exceed
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+from unittest.mock import patch
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.errors import DeadlineExceeded, EngineError
-from engines.base import Device
+from common.errors import DeadlineExceeded, EngineError, QueueTimeout
+from engines.base import Device, Profile, ShapeRange
 from engines.fake import FakeEngine
-from scheduler import BatchingConfig, ModelScheduler
+from scheduler import (
+    Batch,
+    Batcher,
+    BatchingConfig,
+    CutOutput,
+    ModelScheduler,
+    PaddedInput,
+    Padding,
+    QueuePolicy,
+)
+from scheduler.request import InferenceRequest
 
 request_plan = st.tuples(
     st.integers(min_value=1, max_value=6),  # rows
@@ -51,9 +63,7 @@ async def _scenario(plans: list[tuple[int, int, int, str]], max_batch: int, inst
         base = -1000.0 - index if fate == "poison" else float(index * 100)
         x = (base + np.arange(rows * width, dtype=np.float32)).reshape(rows, width)
         deadline = 0 if fate == "expire" else None
-        task = asyncio.create_task(
-            scheduler.infer({"x": x}, rows, ("x", (width,)), deadline_ns=deadline)
-        )
+        task = asyncio.create_task(scheduler.infer({"x": x}, rows, deadline_ns=deadline))
         tasks.append((task, x, fate))
         for _ in range(pause):
             await asyncio.sleep(0)
@@ -86,3 +96,139 @@ async def _scenario(plans: list[tuple[int, int, int, str]], max_batch: int, inst
     succeeded = sum(x.shape[0] for (_, x, _), o in pairs if not isinstance(o, BaseException))
     cancelled = sum(x.shape[0] for (_, x, _), o in pairs if isinstance(o, asyncio.CancelledError))
     assert succeeded <= scheduler.stats.inference_count <= succeeded + cancelled
+
+
+# ---- the full scheduler: profiles, padding, priorities, timeouts, deadlines, splitting ----------
+
+SHORT = Profile(0, {"x": ShapeRange((1,), (3,), (3,))})
+LONG = Profile(1, {"x": ShapeRange((1,), (6,), (6,))})
+
+arrival = st.fixed_dictionaries(
+    {
+        "rows": st.sampled_from([1, 1, 2, 3, 5, 8, 20]),
+        "width": st.sampled_from([1, 1, 2, 2, 3, 5]),
+        "priority": st.integers(min_value=0, max_value=3),
+        "gap_us": st.integers(min_value=0, max_value=1500),
+        "fate": st.sampled_from(["keep", "keep", "keep", "cancel", "deadline"]),
+        "release": st.sampled_from([False] * 5 + [True]),  # let running batches finish
+    }
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    plans=st.lists(arrival, min_size=1, max_size=40),
+    max_batch=st.integers(min_value=4, max_value=12),
+    levels=st.sampled_from([1, 2, 2, 3]),
+    timeouts_ms=st.lists(st.sampled_from([0, 3, 8, 50]), min_size=3, max_size=3),
+    padded=st.booleans(),
+)
+def test_priorities_limits_and_rows_hold_under_any_arrivals(
+    plans: list[dict[str, Any]],
+    max_batch: int,
+    levels: int,
+    timeouts_ms: list[int],
+    padded: bool,
+) -> None:
+    formed: list[tuple[list[int], list[int]]] = []  # (levels taken, levels left waiting)
+    original = Batcher._take
+
+    def watched(self: Batcher, head: InferenceRequest) -> Batch:
+        batch = original(self, head)
+        waiting = [r.level for r in self._queue._where]
+        formed.append(([r.level for r in batch.requests], waiting))
+        return batch
+
+    with patch.object(Batcher, "_take", watched):
+        asyncio.run(_full_scenario(plans, max_batch, levels, timeouts_ms, padded))
+    # Priority order: no batch carries a request while one of higher priority is left waiting.
+    for taken, waiting in formed:
+        assert not waiting or max(taken) <= min(waiting), (taken, waiting)
+
+
+async def _full_scenario(
+    plans: list[dict[str, Any]],
+    max_batch: int,
+    levels: int,
+    timeouts_ms: list[int],
+    padded: bool,
+) -> None:
+    clock = [0]
+    config = BatchingConfig(
+        max_batch_size=max_batch,
+        dynamic=True,
+        priority_levels=levels,
+        priority_policies={
+            level: QueuePolicy(default_timeout_s=timeouts_ms[level - 1] / 1e3)
+            for level in range(1, levels + 1)
+        },
+    )
+    padding = (
+        Padding({"x": PaddedInput(0.0, (0,))}, {"y": CutOutput("x", (0,))}) if padded else None
+    )
+    engine = FakeEngine()
+    engine.gate = asyncio.Event()
+    scheduler = ModelScheduler(
+        "full",
+        [
+            engine.create_instance("short", Device(), SHORT),
+            engine.create_instance("long", Device(), LONG),
+        ],
+        config,
+        padding=padding,
+        clock=lambda: clock[0],
+    )
+    await scheduler.start()
+    tasks: list[asyncio.Task[Any]] = []
+    arrived: list[int] = []
+    for index, plan in enumerate(plans):
+        rows, width = plan["rows"], plan["width"]
+        x = (index * 1000.0 + np.arange(rows, dtype=np.float32))[:, None].repeat(width, axis=1)
+        priority = plan["priority"] if plan["priority"] <= levels else 0
+        deadline = clock[0] + 3_000_000 if plan["fate"] == "deadline" else None
+        arrived.append(clock[0])
+        tasks.append(
+            asyncio.create_task(
+                scheduler.infer({"x": x}, rows, priority=priority, deadline_ns=deadline)
+            )
+        )
+        await asyncio.sleep(0)
+        if plan["fate"] == "cancel":
+            tasks[-1].cancel()
+        clock[0] += plan["gap_us"] * 1_000
+        scheduler.poke()  # what the timers do in real time
+        if plan["release"]:
+            gate, engine.gate = engine.gate, asyncio.Event()
+            gate.set()
+        for _ in range(4):
+            await asyncio.sleep(0)
+    engine.gate.set()
+    engine.gate = None
+    outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=30)
+    await scheduler.stop()
+
+    rows_run: dict[int, int] = {}
+    for (profile_index, shape), firsts in zip(engine.shapes_log, engine.value_log, strict=True):
+        assert shape[0] <= max_batch
+        assert shape[1] <= (SHORT, LONG)[profile_index].ranges["x"].max[0]
+        for value in firsts:
+            rows_run[int(value) // 1000] = rows_run.get(int(value) // 1000, 0) + 1
+
+    for index, (plan, task, outcome) in enumerate(zip(plans, tasks, outcomes, strict=True)):
+        assert task.done()
+        level = config.level_of(plan["priority"] if plan["priority"] <= levels else 0)
+        timeout_ns = timeouts_ms[level] * 1_000_000
+        if isinstance(outcome, asyncio.CancelledError):
+            assert plan["fate"] == "cancel"
+        elif isinstance(outcome, QueueTimeout):
+            assert timeout_ns and clock[0] - arrived[index] >= timeout_ns
+        elif isinstance(outcome, DeadlineExceeded):
+            assert plan["fate"] == "deadline" and clock[0] - arrived[index] >= 3_000_000
+        elif isinstance(outcome, BaseException):
+            raise AssertionError(f"request {index}: unexpected {outcome!r}")
+        else:
+            x = (index * 1000.0 + np.arange(plan["rows"], dtype=np.float32))[:, None]
+            np.testing.assert_array_equal(outcome.outputs["y"], 2 * x.repeat(plan["width"], axis=1))
+            if timeout_ns:
+                assert outcome.queue_ns < timeout_ns  # never waited past its policy
+            assert rows_run.get(index) == plan["rows"]  # each row computed exactly once

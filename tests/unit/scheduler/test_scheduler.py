@@ -11,7 +11,7 @@ import pytest
 from common.errors import DeadlineExceeded, EngineError, InvalidInput, QueueFull, ShuttingDown
 from engines.base import Device
 from engines.fake import FakeEngine
-from scheduler import BatchingConfig, ModelScheduler
+from scheduler import BatchingConfig, ModelScheduler, QueuePolicy
 from scheduler.request import InferenceResult
 
 pytestmark = pytest.mark.asyncio
@@ -35,10 +35,7 @@ async def make(
 def submit(
     scheduler: ModelScheduler, n: int, value: float, **kw: object
 ) -> asyncio.Task[InferenceResult]:
-    inputs = rows(n, value)
-    return asyncio.create_task(
-        scheduler.infer(inputs, n, ("x", inputs["x"].shape[1:]), **kw)  # type: ignore[arg-type]
-    )
+    return asyncio.create_task(scheduler.infer(rows(n, value), n, **kw))  # type: ignore[arg-type]
 
 
 async def settle() -> None:
@@ -82,10 +79,8 @@ async def test_batches_never_exceed_max_batch_size() -> None:
 async def test_only_equal_shapes_share_a_batch() -> None:
     scheduler, engine = await make(BATCHED)
     engine.gate = asyncio.Event()
-    narrow = [
-        asyncio.create_task(scheduler.infer(rows(1, 1.0, 2), 1, ("x", (2,)))) for _ in range(3)
-    ]
-    wide = [asyncio.create_task(scheduler.infer(rows(1, 1.0, 5), 1, ("x", (5,)))) for _ in range(3)]
+    narrow = [asyncio.create_task(scheduler.infer(rows(1, 1.0, 2), 1)) for _ in range(3)]
+    wide = [asyncio.create_task(scheduler.infer(rows(1, 1.0, 5), 1)) for _ in range(3)]
     await settle()
     engine.gate.set()
     results = await asyncio.gather(*narrow, *wide)
@@ -128,7 +123,7 @@ async def test_delay_window_starts_at_the_oldest_arrival() -> None:
     await settle()
     assert engine.batch_log == []
     now[0] = 1_000_000  # 1 ms after the first arrival: leave with both
-    scheduler._batcher.poke()
+    scheduler.poke()
     await asyncio.wait_for(asyncio.gather(first, second), timeout=5)
     assert engine.batch_log == [2]
     await scheduler.stop()
@@ -212,7 +207,9 @@ async def test_deadline_passed_while_queued_is_never_computed() -> None:
 
 
 async def test_queue_full_is_refused_at_once() -> None:
-    config = BatchingConfig(max_batch_size=8, dynamic=True, max_queue_size=2)
+    config = BatchingConfig(
+        max_batch_size=8, dynamic=True, default_policy=QueuePolicy(max_queue_size=2)
+    )
     scheduler, engine = await make(config)
     engine.gate = asyncio.Event()
     running = submit(scheduler, 1, 0.0)
@@ -226,10 +223,22 @@ async def test_queue_full_is_refused_at_once() -> None:
     await scheduler.stop()
 
 
-async def test_request_above_max_batch_size_is_refused() -> None:
-    scheduler, _ = await make(BATCHED)
-    with pytest.raises(InvalidInput, match="more than max_batch_size 8"):
+async def test_request_above_max_batch_size_is_refused_when_splitting_is_off() -> None:
+    scheduler, engine = await make(
+        BatchingConfig(max_batch_size=8, dynamic=True, split_oversized=False)
+    )
+    with pytest.raises(InvalidInput, match="more than the 8 a batch of profile 0"):
         await submit(scheduler, 9, 0.0)
+    assert engine.batch_log == []
+    await scheduler.stop()
+
+
+async def test_deadline_already_passed_on_arrival_is_refused_at_once() -> None:
+    now = [5_000]
+    scheduler, engine = await make(BATCHED, clock=lambda: now[0])
+    with pytest.raises(DeadlineExceeded, match="had passed when it arrived"):
+        await submit(scheduler, 1, 0.0, deadline_ns=5_000)
+    assert scheduler.num_enqueued() == 0 and engine.batch_log == []
     await scheduler.stop()
 
 

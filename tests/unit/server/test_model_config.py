@@ -37,10 +37,7 @@ def settle(text: str, *, had_file: bool = True):  # type: ignore[no-untyped-def]
             'input { name: "x" data_type: TYPE_FP32 dims: [4] reshape { shape: [2, 2] } }',
             "field 'input[0].reshape' is not supported",
         ),
-        (
-            "dynamic_batching { priority_levels: 2 }",
-            "field 'dynamic_batching.priority_levels' is not supported",
-        ),
+        ("instance_group { gpus: [0] }", "field 'instance_group[0].gpus' is not supported"),
     ],
 )
 def test_parse_refuses_with_the_field_named(text: str, message: str) -> None:

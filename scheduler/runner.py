@@ -1,0 +1,167 @@
+"""One profile's runner: its batcher, its instances, and the pump between them.
+
+    submit() ──► Batcher (queue + batch formation) ──► pump ──► one task per batch ──► Instance
+                                                        ▲                                │
+                                                        └──── instance back to the pool ◄┘
+
+The pump takes a free instance, then the next batch, and starts a task to run it; it never
+awaits engine work itself. Every request's future is completed exactly once on every path:
+result, engine error, deadline, cancellation or shutdown (see ../shared/docs/style.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from common.errors import DeadlineExceeded, EngineError, FerryError, ShuttingDown
+from engines.base import Instance, Profile
+from scheduler.batch import Batch
+from scheduler.batcher import Batcher
+from scheduler.clock import Clock
+from scheduler.request import (
+    InferenceRequest,
+    InferenceResult,
+    set_exception_if_pending,
+    set_result_if_pending,
+)
+from scheduler.stats import ModelStats
+
+log = logging.getLogger("ferry.scheduler")
+
+
+class ProfileRunner:
+    """Runs the batches of one profile's queue on the instances bound to that profile."""
+
+    def __init__(
+        self,
+        name: str,
+        batcher: Batcher,
+        instances: Sequence[Instance],
+        stats: ModelStats,
+        clock: Clock,
+        on_failure: Callable[[BaseException], None],
+    ) -> None:
+        self.name = name
+        self.batcher = batcher
+        self._instances = list(instances)
+        self._stats = stats
+        self._clock = clock
+        self._on_failure = on_failure
+        self._batched = batcher.max_rows > 0
+        self._idle: asyncio.Queue[Instance] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pump: asyncio.Task[None] | None = None
+
+    @property
+    def profile(self) -> Profile:
+        return self.batcher.profile
+
+    @property
+    def busy(self) -> bool:
+        """True while requests wait or batches run."""
+        return bool(len(self.batcher) or self._tasks)
+
+    def start(self) -> None:
+        for instance in self._instances:
+            self._idle.put_nowait(instance)
+        self._pump = asyncio.create_task(self._run(), name=f"ferry-pump-{self.name}")
+        self._pump.add_done_callback(self._on_pump_done)
+
+    async def _run(self) -> None:
+        while True:
+            instance = await self._idle.get()
+            try:
+                batch = await self.batcher.next_batch()
+            except BaseException:
+                self._idle.put_nowait(instance)
+                raise
+            task = asyncio.create_task(self._execute(instance, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._on_batch_done)
+
+    async def _execute(self, instance: Instance, batch: Batch) -> None:
+        try:
+            now = self._clock()
+            live: list[InferenceRequest] = []
+            for request in batch.requests:
+                if request.future.done():
+                    continue
+                if request.expired(now):
+                    set_exception_if_pending(
+                        request.future,
+                        DeadlineExceeded("the request's deadline passed while it was queued"),
+                    )
+                    continue
+                live.append(request)
+            if not live:
+                return
+            if len(live) != len(batch.requests):
+                batch = Batch(live, batch.padded, batch.padding)
+            for request in live:
+                if request.counts:
+                    self._stats.record_queue(now - request.enqueued_ns)
+            await self._compute(instance, batch, now)
+        finally:
+            self._idle.put_nowait(instance)
+
+    async def _compute(self, instance: Instance, batch: Batch, start_ns: int) -> None:
+        try:
+            result = await instance.run(batch.feed())
+            answers = batch.scatter(result.outputs, self._batched)
+        except asyncio.CancelledError:
+            for request in batch.requests:
+                set_exception_if_pending(
+                    request.future, ShuttingDown("the server is shutting down")
+                )
+            raise
+        except FerryError as exc:
+            for request in batch.requests:
+                set_exception_if_pending(request.future, exc)
+            return
+        except Exception as exc:
+            log.exception("%s: instance %s failed a batch", self.name, instance.name)
+            error = EngineError(f"model {self.name} failed to run the batch: {type(exc).__name__}")
+            for request in batch.requests:
+                set_exception_if_pending(request.future, error)
+            return
+        rows = batch.rows
+        self._stats.record_execution(
+            rows,
+            sum(1 for r in batch.requests if r.counts),
+            result.timings,
+            int(time.time() * 1000),
+        )
+        for request, outputs in zip(batch.requests, answers, strict=True):
+            set_result_if_pending(
+                request.future,
+                InferenceResult(outputs, start_ns - request.enqueued_ns, result.timings, rows),
+            )
+
+    def _on_batch_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            log.debug("%s: batch task cancelled", self.name)
+        elif (exc := task.exception()) is not None:
+            log.error("%s: batch task failed", self.name, exc_info=exc)
+
+    def _on_pump_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None or isinstance(exc, ShuttingDown):
+            return
+        log.error("%s: scheduler pump died; failing every waiter", self.name, exc_info=exc)
+        self._on_failure(exc)
+
+    async def stop(self) -> None:
+        """Fail what waits, cancel running batches, close the instances."""
+        self.batcher.close(ShuttingDown("the server is shutting down"))
+        tasks = [t for t in (self._pump, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for instance in self._instances:
+            await instance.close()

@@ -1,0 +1,262 @@
+"""Priority levels and queue policies, as Triton defines them: order, timeouts (REJECT and
+DELAY), per-request timeout override, per-level queue size, and the bound on queued bytes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from common.errors import InvalidInput, QueueFull, QueueTimeout
+from engines.base import Device
+from engines.fake import FakeEngine
+from scheduler import BatchingConfig, ModelScheduler, QueuePolicy, TimeoutAction
+from scheduler.request import InferenceResult
+
+pytestmark = pytest.mark.asyncio
+
+MS = 1_000_000  # nanoseconds
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+async def make(config: BatchingConfig, clock: Clock) -> tuple[ModelScheduler, FakeEngine]:
+    engine = FakeEngine()
+    scheduler = ModelScheduler(
+        "prio", [engine.create_instance("i0", Device())], config, clock=clock
+    )
+    await scheduler.start()
+    return scheduler, engine
+
+
+def ask(
+    scheduler: ModelScheduler, value: float, width: int = 2, **kw: object
+) -> asyncio.Task[InferenceResult]:
+    x = np.full((1, width), value, dtype=np.float32)
+    return asyncio.create_task(scheduler.infer({"x": x}, 1, **kw))  # type: ignore[arg-type]
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def values(engine: FakeEngine) -> list[float]:
+    """First element of each row the engine ran, in order (requests are told apart by value)."""
+    return [v for shape_values in engine.value_log for v in shape_values]
+
+
+TWO_LEVELS = BatchingConfig(max_batch_size=1, dynamic=True, priority_levels=2, default_priority=2)
+
+
+async def test_higher_priority_is_served_first() -> None:
+    clock = Clock()
+    scheduler, engine = await make(TWO_LEVELS, clock)
+    engine.gate = asyncio.Event()
+    blocker = ask(scheduler, 0.0)
+    await settle()
+    low = [ask(scheduler, 10.0 + i, priority=2) for i in range(3)]
+    default = ask(scheduler, 20.0)  # priority 0 = default level 2
+    high = [ask(scheduler, 30.0 + i, priority=1) for i in range(2)]
+    await settle()
+    engine.gate.set()
+    await asyncio.gather(blocker, *low, default, *high)
+    assert values(engine) == [0.0, 30.0, 31.0, 10.0, 11.0, 12.0, 20.0]
+    await scheduler.stop()
+
+
+async def test_priority_outside_the_levels_is_refused() -> None:
+    scheduler, _ = await make(TWO_LEVELS, Clock())
+    with pytest.raises(InvalidInput, match=r"priority 3 is outside the model's levels 1..2"):
+        await ask(scheduler, 1.0, priority=3)
+    await scheduler.stop()
+
+
+async def test_priority_is_ignored_by_a_model_without_levels() -> None:
+    scheduler, _ = await make(BatchingConfig(max_batch_size=4, dynamic=True), Clock())
+    result = await ask(scheduler, 1.0, priority=7)
+    assert result.outputs["y"][0, 0] == 2.0
+    await scheduler.stop()
+
+
+async def test_reject_timeout_fails_the_waiting_request_on_time() -> None:
+    clock = Clock()
+    config = BatchingConfig(
+        max_batch_size=1,
+        dynamic=True,
+        default_policy=QueuePolicy(default_timeout_s=0.005),
+    )
+    scheduler, engine = await make(config, clock)
+    engine.gate = asyncio.Event()
+    blocker = ask(scheduler, 0.0)
+    await settle()
+    waiting = ask(scheduler, 1.0)
+    await settle()
+    clock.now = 4 * MS
+    scheduler.poke()
+    await settle()
+    assert not waiting.done()
+    clock.now = 5 * MS  # the instance is still busy: the timeout is enforced anyway
+    scheduler.poke()
+    with pytest.raises(QueueTimeout, match="Request timeout expired"):
+        await waiting
+    assert scheduler.num_enqueued() == 0
+    engine.gate.set()
+    await blocker
+    assert values(engine) == [0.0]  # the timed-out request never ran
+    await scheduler.stop()
+
+
+async def test_delay_action_moves_a_late_request_behind_its_level_but_ahead_of_lower() -> None:
+    clock = Clock()
+    config = BatchingConfig(
+        max_batch_size=1,
+        dynamic=True,
+        priority_levels=2,
+        priority_policies={
+            1: QueuePolicy(timeout_action=TimeoutAction.DELAY, default_timeout_s=0.001)
+        },
+    )
+    scheduler, engine = await make(config, clock)
+    engine.gate = asyncio.Event()
+    blocker = ask(scheduler, 0.0)
+    await settle()
+    late = ask(scheduler, 1.0, priority=1)
+    await settle()
+    clock.now = 2 * MS  # `late` passes its timeout: delayed, not rejected
+    scheduler.poke()
+    low = ask(scheduler, 3.0, priority=2)
+    fresh = ask(scheduler, 2.0, priority=1)
+    await settle()
+    engine.gate.set()
+    await asyncio.gather(blocker, late, fresh, low)
+    assert values(engine) == [0.0, 2.0, 1.0, 3.0]
+    await scheduler.stop()
+
+
+async def test_request_timeout_override_only_shortens_the_default() -> None:
+    clock = Clock()
+    config = BatchingConfig(
+        max_batch_size=1,
+        dynamic=True,
+        default_policy=QueuePolicy(default_timeout_s=0.010, allow_timeout_override=True),
+    )
+    scheduler, engine = await make(config, clock)
+    engine.gate = asyncio.Event()
+    blocker = ask(scheduler, 0.0)
+    await settle()
+    short = ask(scheduler, 1.0, timeout_s=0.002)
+    long = ask(scheduler, 2.0, timeout_s=1.0)  # asks for more than the default: gets 10 ms
+    await settle()
+    clock.now = 3 * MS
+    scheduler.poke()
+    with pytest.raises(QueueTimeout):
+        await short
+    assert not long.done()
+    clock.now = 10 * MS
+    scheduler.poke()
+    with pytest.raises(QueueTimeout):
+        await long
+    engine.gate.set()
+    await blocker
+    await scheduler.stop()
+
+
+async def test_request_timeout_is_ignored_without_override() -> None:
+    clock = Clock()
+    scheduler, engine = await make(BatchingConfig(max_batch_size=1, dynamic=True), clock)
+    engine.gate = asyncio.Event()
+    blocker = ask(scheduler, 0.0)
+    await settle()
+    patient = ask(scheduler, 1.0, timeout_s=0.001)
+    await settle()
+    clock.now = 50 * MS
+    scheduler.poke()
+    engine.gate.set()
+    assert (await patient).outputs["y"][0, 0] == 2.0
+    await blocker
+    await scheduler.stop()
+
+
+async def test_queue_size_is_bounded_per_level() -> None:
+    clock = Clock()
+    config = BatchingConfig(
+        max_batch_size=1,
+        dynamic=True,
+        priority_levels=2,
+        priority_policies={2: QueuePolicy(max_queue_size=1)},
+    )
+    scheduler, engine = await make(config, clock)
+    engine.gate = asyncio.Event()
+    blocker = ask(scheduler, 0.0, priority=1)
+    await settle()
+    queued = ask(scheduler, 1.0, priority=2)
+    await settle()
+    with pytest.raises(QueueFull, match="Exceeds maximum queue size"):
+        await ask(scheduler, 2.0, priority=2)
+    others = [ask(scheduler, 3.0 + i, priority=1) for i in range(3)]  # level 1 is unbounded
+    await settle()
+    engine.gate.set()
+    await asyncio.gather(blocker, queued, *others)
+    await scheduler.stop()
+
+
+async def test_queued_bytes_are_bounded_and_freed() -> None:
+    clock = Clock()
+    config = BatchingConfig(max_batch_size=1, dynamic=True, max_queue_bytes=100)
+    scheduler, engine = await make(config, clock)
+    engine.gate = asyncio.Event()
+    blocker = ask(scheduler, 0.0, width=4)  # running: not queued
+    await settle()
+    first = ask(scheduler, 1.0, width=16)  # 64 bytes
+    await settle()
+    assert scheduler.queued_bytes() == 64
+    with pytest.raises(QueueFull, match=r"Exceeds maximum queue bytes.*limit of 100"):
+        await ask(scheduler, 2.0, width=16)
+    small = ask(scheduler, 3.0, width=8)  # 32 bytes: 96 in all, fits
+    await settle()
+    engine.gate.set()
+    await asyncio.gather(blocker, first, small)
+    assert scheduler.queued_bytes() == 0
+    assert (await ask(scheduler, 4.0, width=16)).outputs["y"].shape == (1, 16)
+    await scheduler.stop()
+
+
+async def test_lower_priority_does_not_fill_a_batch_while_higher_priority_waits() -> None:
+    clock = Clock()
+    config = BatchingConfig(max_batch_size=8, dynamic=True, priority_levels=2)
+    scheduler, engine = await make(config, clock)
+    engine.gate = asyncio.Event()
+    blocker = ask(scheduler, 0.0)
+    await settle()
+    first = ask(scheduler, 1.0, width=2, priority=1)
+    other_shape = ask(scheduler, 2.0, width=3, priority=1)
+    low_same_shape = ask(scheduler, 3.0, width=2, priority=2)
+    await settle()
+    engine.gate.set()
+    await asyncio.gather(blocker, first, other_shape, low_same_shape)
+    # `low_same_shape` could have ridden with `first`, but `other_shape` (higher) was waiting.
+    assert engine.value_log == [[0.0], [1.0], [2.0], [3.0]]
+    await scheduler.stop()
+
+
+async def test_lower_priority_fills_a_batch_once_higher_priority_is_all_in() -> None:
+    clock = Clock()
+    config = BatchingConfig(max_batch_size=8, dynamic=True, priority_levels=2)
+    scheduler, engine = await make(config, clock)
+    engine.gate = asyncio.Event()
+    blocker = ask(scheduler, 0.0)
+    await settle()
+    tasks = [ask(scheduler, 1.0, priority=1), ask(scheduler, 3.0, priority=2)]
+    await settle()
+    engine.gate.set()
+    await asyncio.gather(blocker, *tasks)
+    assert engine.value_log == [[0.0], [1.0, 3.0]]
+    await scheduler.stop()

@@ -1,0 +1,120 @@
+"""Optimization profiles and padding: each request joins the smallest profile it fits, each
+profile runs only on its own instances, and padded batches give every request its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from common.errors import InvalidInput
+from engines.base import Device, Profile, ShapeRange
+from engines.fake import FakeEngine
+from scheduler import BatchingConfig, CutOutput, ModelScheduler, PaddedInput, Padding
+from scheduler.request import InferenceResult
+
+pytestmark = pytest.mark.asyncio
+
+SHORT = Profile(0, {"x": ShapeRange((1,), (8,), (8,))})
+LONG = Profile(1, {"x": ShapeRange((1,), (64,), (64,))})
+PAD = Padding({"x": PaddedInput(0.0, (0,))}, {"y": CutOutput("x", (0,))})
+CONFIG = BatchingConfig(max_batch_size=16, dynamic=True)
+
+
+async def make(
+    profiles: list[Profile], padding: Padding | None = None, per_profile: int = 1
+) -> tuple[ModelScheduler, FakeEngine]:
+    engine = FakeEngine()
+    instances = [
+        engine.create_instance(f"p{p.index}i{i}", Device(), p)
+        for p in profiles
+        for i in range(per_profile)
+    ]
+    scheduler = ModelScheduler("prof", instances, CONFIG, padding=padding)
+    await scheduler.start()
+    return scheduler, engine
+
+
+def ask(scheduler: ModelScheduler, length: int, value: float) -> asyncio.Task[InferenceResult]:
+    x = value + np.arange(length, dtype=np.float32)[None, :]
+    return asyncio.create_task(scheduler.infer({"x": x}, 1))
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_each_request_runs_on_the_smallest_profile_it_fits() -> None:
+    scheduler, engine = await make([LONG, SHORT])
+    results = await asyncio.gather(ask(scheduler, 4, 1.0), ask(scheduler, 40, 2.0))
+    assert sorted(engine.shapes_log) == [(0, (1, 4)), (1, (1, 40))]
+    assert results[1].outputs["y"].shape == (1, 40)
+    await scheduler.stop()
+
+
+async def test_a_shape_that_fits_no_profile_is_refused_naming_the_ranges() -> None:
+    scheduler, engine = await make([SHORT, LONG])
+    with pytest.raises(InvalidInput) as info:
+        await ask(scheduler, 65, 0.0)
+    assert "x [65]" in str(info.value)
+    assert "profile 0 (x [1]..[8])" in str(info.value)
+    assert "profile 1 (x [1]..[64])" in str(info.value)
+    assert engine.shapes_log == []
+    await scheduler.stop()
+
+
+async def test_instances_never_run_another_profiles_batches() -> None:
+    scheduler, engine = await make([SHORT, LONG], per_profile=2)
+    engine.gate = asyncio.Event()
+    tasks = [ask(scheduler, n, float(n)) for n in (3, 50, 7, 9, 1, 64, 8, 20)]
+    await settle()
+    engine.gate.set()
+    await asyncio.gather(*tasks)
+    for instance in engine.instances:
+        assert instance.batches, f"{instance.name} never ran"
+    for profile_index, shape in engine.shapes_log:
+        limit = (SHORT, LONG)[profile_index].ranges["x"].max[0]
+        assert shape[1] <= limit
+    await scheduler.stop()
+
+
+async def test_padded_batch_gives_each_request_its_own_cut_back_answer() -> None:
+    scheduler, engine = await make([LONG], padding=PAD)
+    engine.gate = asyncio.Event()
+    blocker = ask(scheduler, 2, 0.0)
+    await settle()
+    lengths = [5, 1, 17, 9]
+    tasks = [ask(scheduler, n, 100.0 * i) for i, n in enumerate(lengths)]
+    await settle()
+    engine.gate.set()
+    await blocker
+    results = await asyncio.gather(*tasks)
+    assert engine.shapes_log[1] == (1, (4, 17))  # padded to the longest member
+    for i, (n, result) in enumerate(zip(lengths, results, strict=True)):
+        expected = 2 * (100.0 * i + np.arange(n, dtype=np.float32))[None, :]
+        np.testing.assert_array_equal(result.outputs["y"], expected)
+    await scheduler.stop()
+
+
+async def test_without_padding_only_equal_lengths_share_a_batch() -> None:
+    scheduler, engine = await make([LONG])
+    engine.gate = asyncio.Event()
+    blocker = ask(scheduler, 2, 0.0)
+    await settle()
+    tasks = [ask(scheduler, n, 0.0) for n in (5, 7, 5, 7)]
+    await settle()
+    engine.gate.set()
+    await asyncio.gather(blocker, *tasks)
+    assert sorted(shape for _, shape in engine.shapes_log[1:]) == [(2, 5), (2, 7)]
+    await scheduler.stop()
+
+
+async def test_buckets_round_the_padded_length_up_but_not_past_the_profile() -> None:
+    bucketed = Padding({"x": PaddedInput(-1.0, (0,), (16, 32, 128))})
+    scheduler, engine = await make([LONG], padding=bucketed)
+    await ask(scheduler, 10, 0.0)
+    await ask(scheduler, 40, 0.0)  # the 128 bucket is beyond the profile's 64
+    assert [shape for _, shape in engine.shapes_log] == [(1, 16), (1, 64)]
+    await scheduler.stop()
