@@ -1,0 +1,134 @@
+"""config.pbtxt to scheduler settings: Triton's queue policy fields, Ferry's `ferry.*` parameters
+(profiles, padding, splitting, byte bound), instance plans, and the exact error for each mistake."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.datatypes import DATATYPES
+from common.errors import ModelLoadError
+from engines.base import TensorSpec
+from scheduler import TimeoutAction
+from server.model_config import ONNXRUNTIME, ModelSettings, complete, parse
+
+HISTORY = TensorSpec("history", DATATYPES["INT64"], (-1, -1, -1))  # batch, then 2 free dims
+USER = TensorSpec("user", DATATYPES["FP32"], (-1, 16))
+SCORE = TensorSpec("score", DATATYPES["FP32"], (-1, 1))
+SEQ = TensorSpec("seq", DATATYPES["FP32"], (-1, -1, -1))
+
+
+def settle(text: str) -> ModelSettings:
+    return complete(
+        parse("max_batch_size: 8\n" + text, "m/config.pbtxt"),
+        "m",
+        [HISTORY, USER],
+        [SCORE, SEQ],
+        backend=ONNXRUNTIME,
+        had_file=True,
+        default_max_batch_size=4,
+        default_max_queue_bytes=1000,
+        where="m/config.pbtxt",
+    )
+
+
+def params(**values: str) -> str:
+    entries = ", ".join(
+        f'{{ key: "{k.replace("__", ".")}" value {{ string_value: "{v}" }} }}'
+        for k, v in values.items()
+    )
+    return f"parameters [ {entries} ]"
+
+
+def test_queue_policies_are_read_as_triton_defines_them() -> None:
+    settings = settle(
+        "dynamic_batching {\n"
+        "  priority_levels: 3 default_priority_level: 2 preserve_ordering: true\n"
+        "  default_queue_policy { default_timeout_microseconds: 5000 max_queue_size: 7 }\n"
+        "  priority_queue_policy { key: 1 value { timeout_action: DELAY"
+        " default_timeout_microseconds: 100 allow_timeout_override: true } }\n"
+        "}"
+    )
+    batching = settings.batching
+    assert batching.priority_levels == 3 and batching.default_priority == 2
+    assert batching.preserve_ordering
+    assert batching.level_of(0) == 1  # default level 2 -> queue index 1
+    assert batching.policy(1).default_timeout_s == pytest.approx(0.005)
+    assert batching.policy(1).max_queue_size == 7
+    high = batching.policy(0)
+    assert high.timeout_action is TimeoutAction.DELAY and high.allow_timeout_override
+    assert high.timeout_s(0.00005) == pytest.approx(0.00005)
+    assert high.timeout_s(1.0) == pytest.approx(0.0001)  # a request cannot lengthen it
+    assert batching.max_queue_bytes == 1000  # the server's default
+    assert batching.split_oversized
+
+
+def test_profiles_padding_and_flags_from_parameters() -> None:
+    settings = settle(
+        "dynamic_batching { }\n"
+        + params(
+            ferry__profile__0="history:1x1..4x64",
+            ferry__profile__1="history:1x1..4x128..8x512 user:16..16",
+            ferry__pad__history="0",
+            ferry__pad_buckets__history="64, 128,256",
+            ferry__cut__seq="history",
+            ferry__split_oversized="false",
+            ferry__max_queue_bytes="4096",
+        )
+    )
+    first, second = settings.profiles
+    assert str(first.ranges["history"]) == "[1, 1]..[4, 64]"
+    assert second.ranges["history"].opt == (4, 128)
+    assert second.ranges["user"].max == (16,)
+    padded = settings.padding.inputs["history"]
+    assert padded.value == 0 and padded.axes == (0, 1) and padded.buckets == (64, 128, 256)
+    assert settings.padding.outputs["seq"].input == "history"
+    assert not settings.batching.split_oversized and not settings.signature.split_oversized
+    assert settings.batching.max_queue_bytes == 4096
+    assert [p.index for p in settings.instances] == [0, 1]  # one instance per profile
+
+
+def test_instance_groups_choose_their_profiles() -> None:
+    settings = settle(
+        params(ferry__profile__0="history:1x1..4x4", ferry__profile__1="history:1x1..8x8")
+        + '\ninstance_group [ { count: 2 profile: ["1"] }, { count: 1 } ]'
+    )
+    assert [p.index for p in settings.instances] == [1, 1, 0, 1]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (params(ferry__bogus="1"), "parameter 'ferry.bogus' is unknown to Ferry"),
+        (params(ferry__profile__1="history:1x1..2x2"), "numbered 0..0 without gaps, got [1]"),
+        (params(ferry__profile__0="nope:1..2"), "'nope:1..2' must be <input>:<min>..<max>"),
+        (
+            params(ferry__profile__0="history:1..2"),
+            "input 'history' has 2 dims [-1, -1], the range",
+        ),
+        (params(ferry__profile__0="history:4x4..2x2"), "need 0 <= min <= opt <= max"),
+        (params(ferry__profile__0="user:1..8"), "input 'user' dim 0 is fixed at 16, outside"),
+        (params(ferry__pad__user="0"), "input 'user' has no variable (-1) dims to pad"),
+        (params(ferry__pad__history="zero"), "'zero' is not a INT64 value"),
+        (params(ferry__pad_buckets__history="8"), "needs 'ferry.pad.history'"),
+        (params(ferry__pad__history="0", ferry__cut__score="history"), "output 'score' has 0"),
+        (params(ferry__cut__seq="user"), "'user' is not a padded input"),
+        (params(ferry__split_oversized="maybe"), "must be true or false"),
+        (params(ferry__max_queue_bytes="-1"), "must be an integer >= 0"),
+        (
+            params(ferry__profile__0="history:1x1..2x2") + '\ninstance_group { profile: ["3"] }',
+            "instance_group profile ['3'] names no profile",
+        ),
+        (
+            "dynamic_batching { priority_levels: 2 default_priority_level: 3 }",
+            "must be in 1..priority_levels (2)",
+        ),
+        (
+            "dynamic_batching { priority_levels: 2 priority_queue_policy { key: 5 value { } } }",
+            "priority_queue_policy for level 5",
+        ),
+    ],
+)
+def test_mistakes_are_load_errors_that_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ModelLoadError) as info:
+        settle(text)
+    assert message in str(info.value)
