@@ -20,9 +20,7 @@ import datetime
 import json
 import os
 import platform
-import re
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,29 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 import uvloop  # noqa: E402
 
+from bench.harness import process_cpu_s, start  # noqa: E402
 from loadtest.run import LoadResult, run_closed_loop  # noqa: E402
 from server.example_repo import write_example_repo  # noqa: E402
-
-
-def start(cmd: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    handle = log.open("wb")
-    process = subprocess.Popen(cmd, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        match = re.search(r"serving on ([^,\s]+)", log.read_text())
-        if match:
-            return process, match.group(1)
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"{cmd[0]} did not start:\n{log.read_text()}")
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu_s() -> float:

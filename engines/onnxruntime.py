@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import os
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,12 +57,18 @@ class OnnxRuntimeOptions:
     intra_op_threads: threads one instance uses inside an operator; 0 lets ONNX Runtime pick
     (all cores). With several instances on few cores, 1 per instance avoids oversubscription.
     inter_op_threads: threads for running independent operators in parallel; 0 = default.
+    compute_nice: how much lower than the event loop's the CPU priority of the instance's
+    threads is (Linux nice steps, 0..19). Default 10: under full load the gRPC front end keeps
+    answering promptly and compute takes the CPU left over; 0 runs compute at equal priority.
     """
 
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    compute_nice: int = 10
 
     def __post_init__(self) -> None:
+        if not 0 <= self.compute_nice <= 19:
+            raise ValueError(f"compute_nice must be in 0..19, got {self.compute_nice}")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ValueError(
                 f"thread counts must be >= 0, got intra_op_threads={self.intra_op_threads}, "
@@ -82,9 +90,12 @@ class OnnxRuntimeEngine:
     def __init__(self, path: Path, options: OnnxRuntimeOptions = OnnxRuntimeOptions()) -> None:
         self._path = path
         self._options = options
-        self._spare: ort.InferenceSession | None = self._open()
-        self._inputs = tuple(_spec(a) for a in self._spare.get_inputs())
-        self._outputs = tuple(_spec(a) for a in self._spare.get_outputs())
+        # A one-thread session just to read the tensors; each instance opens its own session in
+        # its own (lower-priority) thread, whose thread pool inherits that priority.
+        described = self._open(threads=1)
+        self._inputs = tuple(_spec(a) for a in described.get_inputs())
+        self._outputs = tuple(_spec(a) for a in described.get_outputs())
+        del described
         kinds = {s.datatype.name for s in (*self._inputs, *self._outputs)}
         if {"BF16", "BYTES"} <= kinds:
             # BF16 needs OrtValues, which ONNX Runtime's Python API cannot make from strings.
@@ -92,9 +103,9 @@ class OnnxRuntimeEngine:
                 f"{path}: ONNX Runtime cannot serve a model that mixes BF16 and string tensors"
             )
 
-    def _open(self) -> ort.InferenceSession:
+    def _open(self, threads: int | None = None) -> ort.InferenceSession:
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self._options.intra_op_threads
+        opts.intra_op_num_threads = self._options.intra_op_threads if threads is None else threads
         opts.inter_op_num_threads = self._options.inter_op_threads
         opts.log_severity_level = 3
         try:
@@ -121,13 +132,12 @@ class OnnxRuntimeEngine:
             raise ModelLoadError(
                 f"instance {name}: the ONNX Runtime CPU backend cannot use {device}"
             )
-        # The session opened to read the tensors serves the first instance.
-        session = self._spare if self._spare is not None else self._open()
-        self._spare = None
-        return OnnxRuntimeInstance(name, session, self._inputs, self._outputs, profile)
+        return OnnxRuntimeInstance(
+            name, self._open, self._inputs, self._outputs, profile, self._options.compute_nice
+        )
 
     def close(self) -> None:
-        self._spare = None
+        return None
 
 
 INLINE_BUDGET_NS = 50_000
@@ -140,19 +150,29 @@ class OnnxRuntimeInstance:
     def __init__(
         self,
         name: str,
-        session: ort.InferenceSession,
+        open_session: Callable[[], ort.InferenceSession],
         inputs: Sequence[TensorSpec],
         outputs: Sequence[TensorSpec],
         profile: Profile,
+        nice: int = 0,
     ) -> None:
         self._name = name
         self._profile = profile
         self._inline_rows = 0  # batches of at most this many rows run on the event loop
-        self._session = session
         self._inputs = inputs
         self._outputs = outputs
         self._output_names = [o.name for o in outputs]
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ferry-{name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=f"ferry-{name}",
+            initializer=_lower_priority,
+            initargs=(nice,),
+        )
+        try:
+            self._session = self._executor.submit(open_session).result()
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
         self._needs_ort_values = any(s.datatype.name == "BF16" for s in (*inputs, *outputs))
 
     @property
@@ -204,6 +224,20 @@ class OnnxRuntimeInstance:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
+def _lower_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority by `nice` (Linux: per thread; inherited by the
+    threads it starts, such as ONNX Runtime's pool). The event loop keeps its priority, so under
+    full load it still answers promptly while compute takes whatever CPU is left."""
+    if nice > 0 and hasattr(os, "setpriority"):
+        tid = threading.get_native_id()
+        try:
+            os.setpriority(
+                os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19)
+            )
+        except OSError:
+            pass  # not permitted here: run at normal priority
+
+
 def _elapsed(result: ExecutionResult) -> int:
     t = result.timings
     return t.input_ns + t.infer_ns + t.output_ns
@@ -246,14 +280,18 @@ def _encode_str(s: str | bytes) -> bytes:
 def options_from_parameters(parameters: Mapping[str, str]) -> OnnxRuntimeOptions:
     """Session options from model config `parameters` (Triton's ONNX Runtime backend keys)."""
 
-    def number(key: str) -> int:
-        text = parameters.get(key, "0")
+    def number(key: str, default: int = 0) -> int:
+        text = parameters.get(key, str(default))
         try:
             return int(text)
         except ValueError:
             raise ModelLoadError(f"parameter '{key}' must be an integer, got '{text}'") from None
 
     try:
-        return OnnxRuntimeOptions(number("intra_op_thread_count"), number("inter_op_thread_count"))
+        return OnnxRuntimeOptions(
+            number("intra_op_thread_count"),
+            number("inter_op_thread_count"),
+            number("compute_thread_nice", OnnxRuntimeOptions.compute_nice),
+        )
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from exc

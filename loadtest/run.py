@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import sys
 import time
@@ -104,16 +105,34 @@ async def run_closed_loop(
     concurrency: int,
     rows: int,
     duration_s: float,
-    free_dim: int = 16,
+    free_dim: int | tuple[int, int] = 16,
     id_range: int = 1000,
     channels: int = 1,
     warmup_s: float = 1.0,
+    priority: int = 0,
+    pool: int = 64,
 ) -> LoadResult:
-    """Keep `concurrency` requests in flight for `duration_s` (after a warm-up) and measure."""
+    """Keep `concurrency` requests in flight for `duration_s` (after a warm-up) and measure.
+
+    `free_dim` sets the model's -1 dims: one size, or a (low, high) range from which `pool`
+    requests draw their sizes uniformly (seeded), sent in turn. `priority` > 0 sets the request
+    parameter of that name.
+    """
     opened = [grpc.aio.insecure_channel(address) for _ in range(max(channels, 1))]
     try:
         stubs = [pb_grpc.GRPCInferenceServiceStub(c) for c in opened]
-        request = await build_request(stubs[0], model, rows, free_dim, id_range)
+        if isinstance(free_dim, tuple):
+            sizes = np.random.default_rng(7).integers(free_dim[0], free_dim[1] + 1, pool)
+            requests = [
+                await build_request(stubs[0], model, rows, int(n), id_range, seed=i)
+                for i, n in enumerate(sizes)
+            ]
+        else:
+            requests = [await build_request(stubs[0], model, rows, free_dim, id_range)]
+        if priority:
+            for request in requests:
+                request.parameters["priority"].uint64_param = priority
+        turn = itertools.count()
         latencies: list[float] = []
         errors: Counter[str] = Counter()
         loop = asyncio.get_running_loop()
@@ -122,6 +141,7 @@ async def run_closed_loop(
 
         async def worker(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
             while (now := loop.time()) < stop:
+                request = requests[next(turn) % len(requests)]
                 t0 = time.perf_counter()
                 try:
                     await stub.ModelInfer(request)
@@ -175,12 +195,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds, after warm-up")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds not measured")
     parser.add_argument("--channels", type=int, default=1, help="gRPC channels to spread over")
-    parser.add_argument("--free-dim", type=int, default=16, help="size for -1 dims")
+    parser.add_argument(
+        "--free-dim",
+        default="16",
+        help="size for -1 dims: N, or LOW:HIGH for a pool of requests of sizes drawn in that range",
+    )
+    parser.add_argument("--priority", type=int, default=0, help="request priority (0 = default)")
     parser.add_argument("--id-range", type=int, default=1000, help="integer inputs in [0, N)")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.rows < 1 or args.duration <= 0:
         parser.error("--concurrency and --rows must be >= 1 and --duration > 0")
+    low, _, high = args.free_dim.partition(":")
+    try:
+        free_dim: int | tuple[int, int] = (int(low), int(high)) if high else int(low)
+    except ValueError:
+        parser.error("--free-dim takes N or LOW:HIGH")
     import uvloop
 
     result = uvloop.run(
@@ -190,10 +220,11 @@ def main(argv: list[str] | None = None) -> int:
             concurrency=args.concurrency,
             rows=args.rows,
             duration_s=args.duration,
-            free_dim=args.free_dim,
+            free_dim=free_dim,
             id_range=args.id_range,
             channels=args.channels,
             warmup_s=args.warmup,
+            priority=args.priority,
         )
     )
     print(report(result))

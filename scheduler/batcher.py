@@ -2,8 +2,8 @@
 
 `next_batch()` is awaited only when an instance is free (the runner holds one), so while all
 instances are busy requests pile up and leave together. A batch is led by the head of the queue
-(highest priority first, then oldest) and takes every waiting request with the head's batch key,
-in priority order, while rows fit. It leaves when those rows reach the profile's batch limit or a
+(highest priority first, then oldest) and takes the waiting requests of the head's priority level
+and batch key, oldest first, while rows fit. It leaves when those rows reach the profile's batch limit or a
 preferred batch size, or when the oldest of them has waited `max_queue_delay_s` (counted from its
 arrival), whichever comes first.
 
@@ -112,24 +112,24 @@ class Batcher:
         """0 when the batch led by `head` should leave now, else nanoseconds left to wait."""
         if not self._config.batched:
             return 0
-        rows = self._queue.rows(head.batch_key)
+        rows = self._queue.rows(head.level, head.batch_key)
         if rows >= self.max_rows:
             return 0
         if self._largest_preferred and rows >= self._largest_preferred:
             return 0
-        oldest = self._queue.oldest(head.batch_key) or head
+        oldest = self._queue.oldest(head.level, head.batch_key) or head
         return oldest.enqueued_ns + self._delay_ns - now
 
     def _take(self, head: InferenceRequest) -> Batch:
         if not self._config.batched:
             return Batch(self._queue.take_one(head))
-        rows = self._queue.rows(head.batch_key)
+        rows = self._queue.rows(head.level, head.batch_key)
         limit = self.max_rows
         if self._config.preferred_batch_sizes and rows < limit:
             fitting = [p for p in self._config.preferred_batch_sizes if p <= rows]
             if fitting:
                 limit = max(fitting)
-        requests = self._queue.take(head.batch_key, max_rows=limit)
+        requests = self._queue.take(head.level, head.batch_key, max_rows=limit)
         if not requests:  # the head is always taken; anything else is a bug, never a spin
             raise RuntimeError("batch formation took no request")
         padded = (

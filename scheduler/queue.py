@@ -3,7 +3,8 @@
 Slots are served in order: level 1 in time, level 1 delayed, level 2 in time, level 2 delayed,
 and so on. A request whose queue timeout passed under action DELAY moves to its level's delayed
 slot, so it waits behind every request of its own and higher levels still in time (Triton's
-rule) but keeps its place ahead of lower levels.
+rule) but keeps its place ahead of lower levels. A batch holds requests of one level only, so a
+high-priority request never waits for, nor computes alongside, a batch-load of lower ones.
 
 Requests with different batch keys can never share a batch, so each key gets its own lane; forming
 a batch costs O(requests taken), never a scan over incompatible requests. A request that leaves
@@ -24,7 +25,7 @@ class RequestQueue:
     def __init__(self, levels: int = 1) -> None:
         self._slots: list[dict[Hashable, deque[InferenceRequest]]] = [{} for _ in range(2 * levels)]
         self._where: dict[InferenceRequest, int] = {}  # live request -> its slot
-        self._rows: dict[Hashable, int] = {}
+        self._rows: dict[tuple[int, Hashable], int] = {}  # (level, key) -> rows waiting
         self._per_level = [0] * levels
         self._per_slot = [0] * (2 * levels)
         self.nbytes = 0
@@ -42,7 +43,8 @@ class RequestQueue:
 
     def push(self, request: InferenceRequest) -> None:
         self._append(request, 2 * request.level)
-        self._rows[request.batch_key] = self._rows.get(request.batch_key, 0) + request.rows
+        lane = (request.level, request.batch_key)
+        self._rows[lane] = self._rows.get(lane, 0) + request.rows
         self._per_level[request.level] += 1
         self.nbytes += request.nbytes
         request.future.add_done_callback(functools.partial(self._on_done, request))
@@ -70,16 +72,16 @@ class RequestQueue:
         slot = self._where.pop(request, None)
         if slot is not None:
             self._per_slot[slot] -= 1
-            self._rows[request.batch_key] -= request.rows
+            self._rows[(request.level, request.batch_key)] -= request.rows
             self._per_level[request.level] -= 1
             self.nbytes -= request.nbytes
 
     def _on_done(self, request: InferenceRequest, _future: object) -> None:
         self.remove(request)
 
-    def rows(self, key: Hashable) -> int:
-        """Rows waiting with batch key `key`, over all slots."""
-        return self._rows.get(key, 0)
+    def rows(self, level: int, key: Hashable) -> int:
+        """Rows waiting at priority queue index `level` with batch key `key`."""
+        return self._rows.get((level, key), 0)
 
     def _front(self, slot: int, key: Hashable) -> InferenceRequest | None:
         lane = self._slots[slot].get(key)
@@ -103,26 +105,26 @@ class RequestQueue:
                 return best
         return None
 
-    def oldest(self, key: Hashable) -> InferenceRequest | None:
-        """The longest-waiting request with batch key `key` in any slot."""
+    def oldest(self, level: int, key: Hashable) -> InferenceRequest | None:
+        """The longest-waiting request at `level` with batch key `key`."""
         best: InferenceRequest | None = None
-        for slot in range(len(self._slots)):
+        for slot in (2 * level, 2 * level + 1):
             front = self._front(slot, key)
             if front is not None and (best is None or front.enqueued_ns < best.enqueued_ns):
                 best = front
         return best
 
-    def take(self, key: Hashable, max_rows: int) -> list[InferenceRequest]:
-        """Pop requests with batch key `key`, slot by slot in FIFO order, while rows fit.
+    def take(self, level: int, key: Hashable, max_rows: int) -> list[InferenceRequest]:
+        """Pop requests of `level` with batch key `key`, in-time before delayed, FIFO, while rows
+        fit.
 
         The first is always taken (the caller made sure one request fits a batch). Stops at the
         first request that does not fit, so no request is overtaken by a later one of its slot,
-        and moves on to a later slot only when the slots before it are empty: a request never
-        rides in an earlier batch than one of higher priority that waits with another shape.
+        and takes delayed requests only when no in-time request of the level is left waiting.
         """
         taken: list[InferenceRequest] = []
         rows = 0
-        for slot in range(len(self._slots)):
+        for slot in (2 * level, 2 * level + 1):
             while (front := self._front(slot, key)) is not None:
                 if taken and rows + front.rows > max_rows:
                     return taken

@@ -247,7 +247,7 @@ async def test_lower_priority_does_not_fill_a_batch_while_higher_priority_waits(
     await scheduler.stop()
 
 
-async def test_lower_priority_fills_a_batch_once_higher_priority_is_all_in() -> None:
+async def test_batches_never_mix_priority_levels() -> None:
     clock = Clock()
     config = BatchingConfig(max_batch_size=8, dynamic=True, priority_levels=2)
     scheduler, engine = await make(config, clock)
@@ -258,5 +258,6 @@ async def test_lower_priority_fills_a_batch_once_higher_priority_is_all_in() -> 
     await settle()
     engine.gate.set()
     await asyncio.gather(blocker, *tasks)
-    assert engine.value_log == [[0.0], [1.0, 3.0]]
+    # The high-priority request runs alone rather than computing a batch of lower ones.
+    assert engine.value_log == [[0.0], [1.0], [3.0]]
     await scheduler.stop()

@@ -141,9 +141,10 @@ def test_priorities_limits_and_rows_hold_under_any_arrivals(
 
     with patch.object(Batcher, "_take", watched):
         asyncio.run(_full_scenario(plans, max_batch, levels, timeouts_ms, padded))
-    # Priority order: no batch carries a request while one of higher priority is left waiting.
+    # Priority order: a batch holds one level, and none leaves while a higher one waits.
     for taken, waiting in formed:
-        assert not waiting or max(taken) <= min(waiting), (taken, waiting)
+        assert len(set(taken)) == 1, taken
+        assert not waiting or taken[0] <= min(waiting), (taken, waiting)
 
 
 async def _full_scenario(

@@ -1,0 +1,70 @@
+"""What every benchmark script shares: starting servers, reading CPU time, recording results."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start(cmd: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a server process and wait for its "serving on ADDRESS" line."""
+    handle = log.open("wb")
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        match = re.search(r"serving on ([^,\s]+)", log.read_text())
+        if match:
+            return process, match.group(1)
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"{cmd[0]} did not start:\n{log.read_text()}")
+
+
+def ferry(repo: Path, log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start Ferry on a free loopback port serving `repo`."""
+    command = [sys.executable, "-m", "server", "serve", "--model-repository", str(repo)]
+    return start([*command, "--grpc-port", "0", *extra], log)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def record(name: str, settings: dict[str, Any], results: dict[str, Any]) -> Path:
+    """Write results with command, machine and date under bench/results/; returns the path."""
+    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    document = {
+        "benchmark": name,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": date,
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, onnxruntime {ort.__version__}",
+        "settings": settings,
+        **results,
+    }
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{date[:16].replace(':', '-')}.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path

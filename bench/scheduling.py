@@ -1,0 +1,282 @@
+"""Scheduler benchmarks (issue 3), every number against a baseline measured in the same run.
+
+(1) Priority isolation: p50/p99 of high-priority single-row requests to `dlrm_ranked` (the dlrm
+    model with two priority levels and max_batch_size 256) while a separate load-generator
+    process saturates it with low-priority 64-row requests, against the same probe with no
+    background load (and, to show what the priorities buy, against the probe sent at the
+    background's own low priority).
+(2) Mixed lengths on `history` (1..512 items, 4 rows per request): the example config (two
+    profiles, padding) against one profile with equal-shape-only batching (same instance count).
+(3) Oversized: one 10,000-row `dlrm` request (max_batch_size 1024) checked against ONNX Runtime,
+    its latency against ONNX Runtime running the same rows as 10 batches of 1,000 directly.
+
+    python bench/scheduling.py [--rounds 3] [--seconds 6]
+
+Rounds alternate baseline and measurement so drift on a noisy machine hits both. Prints one table
+per part and writes everything to bench/results/scheduling-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import ROOT, ferry, record, stop
+from loadtest.run import percentiles, run_closed_loop
+from proto import grpc_service_pb2 as pb
+from proto import grpc_service_pb2_grpc as pb_grpc
+from server.example_repo import write_example_repo
+
+
+def prepare(work: Path) -> tuple[Path, Path]:
+    """Two repositories: the examples plus `dlrm_ranked` (dlrm with two priority levels and
+    max_batch_size 256), and history without profiles or padding (one plain profile, two
+    instances like the example's two profiles)."""
+    main = work / "main"
+    write_example_repo(main)
+    ranked = main / "dlrm_ranked"
+    shutil.copytree(main / "dlrm", ranked)
+    (ranked / "config.pbtxt").write_text(
+        (ranked / "config.pbtxt")
+        .read_text()
+        .replace('name: "dlrm"', 'name: "dlrm_ranked"')
+        .replace("max_batch_size: 1024", "max_batch_size: 256")
+        .replace(
+            "max_queue_delay_microseconds: 200",
+            "max_queue_delay_microseconds: 200\n  priority_levels: 2\n  default_priority_level: 2",
+        )
+    )
+    plain = work / "plain"
+    (plain / "history").mkdir(parents=True)
+    shutil.copytree(main / "history" / "1", plain / "history" / "1")
+    text = (main / "history" / "config.pbtxt").read_text()
+    text = text[: text.index("# Two optimization profiles")]
+    (plain / "history" / "config.pbtxt").write_text(
+        text.replace("count: 1 kind: KIND_CPU", "count: 2 kind: KIND_CPU")
+    )
+    return main, plain
+
+
+async def probe(address: str, seconds: float, priority: int) -> dict[str, float]:
+    """Single-row dlrm requests one after another; latency percentiles in ms."""
+    rng = np.random.default_rng(3)
+    request = pb.ModelInferRequest(model_name="dlrm_ranked")
+    request.inputs.add(name="dense", datatype="FP32", shape=[1, 13])
+    request.inputs.add(name="sparse", datatype="INT64", shape=[1, 26])
+    request.raw_input_contents.append(rng.standard_normal((1, 13)).astype(np.float32).tobytes())
+    request.raw_input_contents.append(rng.integers(0, 1000, (1, 26)).astype(np.int64).tobytes())
+    request.parameters["priority"].uint64_param = priority
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(20):
+            await stub.ModelInfer(request)
+        samples: list[float] = []
+        stop_at = time.perf_counter() + seconds
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            await stub.ModelInfer(request)
+            samples.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.002)  # a trickle, not a second load
+    result = percentiles(samples)
+    result["requests"] = len(samples)
+    return result
+
+
+def background(address: str, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """A separate load-generator process: low-priority 64-row dlrm requests, saturating."""
+    command = [sys.executable, "loadtest/run.py", "--address", address, "--model", "dlrm_ranked"]
+    options = ["--concurrency", "64", "--rows", "64", "--priority", "2", "--warmup", "0.5"]
+    return subprocess.Popen(
+        [*command, *options, "--duration", str(seconds), "--json", str(out)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def priority_round(address: str, seconds: float, work: Path) -> dict[str, Any]:
+    alone = uvloop.run(probe(address, seconds, priority=1))
+    loaded: dict[str, Any] = {}
+    for label, priority in (("high", 1), ("same_as_background", 2)):
+        out = work / f"background-{label}.json"
+        load = background(address, seconds + 2.0, out)
+        time.sleep(1.5)
+        loaded[label] = uvloop.run(probe(address, seconds, priority=priority))
+        load.wait(timeout=seconds + 60)
+        loaded[label]["background_rows_per_s"] = json.loads(out.read_text())["rows_per_s"]
+    return {
+        "alone_ms": alone,
+        "loaded_high_ms": loaded["high"],
+        "loaded_same_priority_ms": loaded["same_as_background"],
+        "p99_ratio_high": loaded["high"]["p99"] / alone["p99"],
+        "p99_ratio_same_priority": loaded["same_as_background"]["p99"] / alone["p99"],
+    }
+
+
+def mixed_round(padded: str, plain: str, seconds: float) -> dict[str, Any]:
+    out = {}
+    for label, address in (("plain", plain), ("profiles_padding", padded)):
+        result = uvloop.run(
+            run_closed_loop(
+                address,
+                "history",
+                concurrency=32,
+                rows=4,
+                duration_s=seconds,
+                free_dim=(1, 512),
+                id_range=10_000,
+            )
+        )
+        out[label] = {
+            "rows_per_s": result.rows_per_s,
+            "latency_ms": result.latency_ms,
+            "errors": result.errors,
+        }
+    out["throughput_ratio"] = out["profiles_padding"]["rows_per_s"] / out["plain"]["rows_per_s"]
+    out["p99_ratio"] = (
+        out["profiles_padding"]["latency_ms"]["p99"] / out["plain"]["latency_ms"]["p99"]
+    )
+    return out
+
+
+def oversized_round(address: str, model: Path, repeats: int) -> dict[str, Any]:
+    rng = np.random.default_rng(11)
+    dense = rng.standard_normal((10_000, 13)).astype(np.float32)
+    sparse = rng.integers(0, 10**6, (10_000, 26)).astype(np.int64)
+    request = pb.ModelInferRequest(model_name="dlrm")
+    request.inputs.add(name="dense", datatype="FP32", shape=[10_000, 13])
+    request.inputs.add(name="sparse", datatype="INT64", shape=[10_000, 26])
+    request.raw_input_contents.extend([dense.tobytes(), sparse.tobytes()])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    (expected,) = session.run(None, {"dense": dense, "sparse": sparse})
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        answer = stub.ModelInfer(request)
+        got = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(10_000, 1)
+        correct = bool(np.allclose(got, expected, rtol=1e-5, atol=1e-6))
+        served = []
+        direct = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            stub.ModelInfer(request)
+            served.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for start in range(0, 10_000, 1_000):
+                end = start + 1_000
+                session.run(None, {"dense": dense[start:end], "sparse": sparse[start:end]})
+            direct.append(time.perf_counter() - t0)
+    served_ms = float(np.median(served) * 1e3)
+    direct_ms = float(np.median(direct) * 1e3)
+    return {
+        "correct": correct,
+        "served_ms": served_ms,
+        "direct_10x1000_ms": direct_ms,
+        "ratio": served_ms / direct_ms,
+    }
+
+
+def spread(values: list[float]) -> str:
+    return f"{np.median(values):.2f} (min {min(values):.2f}, max {max(values):.2f})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="ferry-sched-"))
+    main_repo, plain_repo = prepare(work)
+    server, address = ferry(main_repo, work / "ferry.log")
+    plain_server, plain_address = ferry(plain_repo, work / "plain.log")
+    rounds: list[dict[str, Any]] = []
+    try:
+        for _ in range(args.rounds):
+            rounds.append(
+                {
+                    "priority": priority_round(address, args.seconds, work),
+                    "mixed": mixed_round(address, plain_address, args.seconds),
+                    "oversized": oversized_round(
+                        address, main_repo / "dlrm" / "1" / "model.onnx", repeats=5
+                    ),
+                }
+            )
+    finally:
+        stop(server)
+        stop(plain_server)
+
+    print("(1) priority isolation: high-priority 1-row probe, p50/p99 ms")
+    print(
+        f"{'round':>5} {'alone':>15} {'loaded, high':>15} {'loaded, same':>15} {'x high':>7} {'x same':>7}"
+    )
+    for i, r in enumerate(rounds):
+        p = r["priority"]
+        print(
+            f"{i + 1:>5} {p['alone_ms']['p50']:>6.2f}/{p['alone_ms']['p99']:<8.2f}"
+            f"{p['loaded_high_ms']['p50']:>6.2f}/{p['loaded_high_ms']['p99']:<8.2f}"
+            f"{p['loaded_same_priority_ms']['p50']:>6.2f}/{p['loaded_same_priority_ms']['p99']:<8.2f}"
+            f"{p['p99_ratio_high']:>7.2f} {p['p99_ratio_same_priority']:>7.2f}"
+        )
+    print(
+        "p99 loaded/alone, high priority:    "
+        + spread([r["priority"]["p99_ratio_high"] for r in rounds])
+    )
+    print(
+        "p99 loaded/alone, same priority:    "
+        + spread([r["priority"]["p99_ratio_same_priority"] for r in rounds])
+    )
+    print()
+    print("(2) history, lengths 1..512: rows/s and p99 ms")
+    print(
+        f"{'round':>5} {'plain rows/s':>13} {'p99':>8} {'profiles+pad rows/s':>20} {'p99':>8} {'x rows/s':>9} {'x p99':>6}"
+    )
+    for i, r in enumerate(rounds):
+        m = r["mixed"]
+        print(
+            f"{i + 1:>5} {m['plain']['rows_per_s']:>13.0f} {m['plain']['latency_ms']['p99']:>8.2f} "
+            f"{m['profiles_padding']['rows_per_s']:>20.0f} "
+            f"{m['profiles_padding']['latency_ms']['p99']:>8.2f} {m['throughput_ratio']:>9.2f} "
+            f"{m['p99_ratio']:>6.2f}"
+        )
+    print(
+        "throughput profiles+padding / plain: "
+        + spread([r["mixed"]["throughput_ratio"] for r in rounds])
+    )
+    print(
+        "p99 profiles+padding / plain:        " + spread([r["mixed"]["p99_ratio"] for r in rounds])
+    )
+    print()
+    print("(3) one 10,000-row dlrm request (max_batch_size 1024)")
+    for i, r in enumerate(rounds):
+        o = r["oversized"]
+        print(
+            f"{i + 1:>5} correct {o['correct']}  served {o['served_ms']:.1f} ms  "
+            f"direct 10 x 1000 rows {o['direct_10x1000_ms']:.1f} ms  ratio {o['ratio']:.2f}"
+        )
+    print(
+        "served / direct 10 batches:          " + spread([r["oversized"]["ratio"] for r in rounds])
+    )
+    path = record("scheduling", vars(args), {"rounds": rounds})
+    print(f"full results: {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
