@@ -224,7 +224,8 @@ def main() -> int:
 
     print("(1) priority isolation: high-priority 1-row probe, p50/p99 ms")
     print(
-        f"{'round':>5} {'alone':>15} {'loaded, high':>15} {'loaded, same':>15} {'x high':>7} {'x same':>7}"
+        f"{'round':>5} {'alone':>15} {'loaded, high':>15} {'loaded, same':>15} "
+        f"{'x high':>7} {'x same':>7}"
     )
     for i, r in enumerate(rounds):
         p = r["priority"]
@@ -245,7 +246,8 @@ def main() -> int:
     print()
     print("(2) history, lengths 1..512: rows/s and p99 ms")
     print(
-        f"{'round':>5} {'plain rows/s':>13} {'p99':>8} {'profiles+pad rows/s':>20} {'p99':>8} {'x rows/s':>9} {'x p99':>6}"
+        f"{'round':>5} {'plain rows/s':>13} {'p99':>8} {'profiles+pad rows/s':>20} {'p99':>8} "
+        f"{'x rows/s':>9} {'x p99':>6}"
     )
     for i, r in enumerate(rounds):
         m = r["mixed"]

@@ -2,10 +2,10 @@
 
 `next_batch()` is awaited only when an instance is free (the runner holds one), so while all
 instances are busy requests pile up and leave together. A batch is led by the head of the queue
-(highest priority first, then oldest) and takes the waiting requests of the head's priority level
-and batch key, oldest first, while rows fit. It leaves when those rows reach the profile's batch limit or a
-preferred batch size, or when the oldest of them has waited `max_queue_delay_s` (counted from its
-arrival), whichever comes first.
+(highest priority first, then oldest) and takes the waiting requests of the head's priority
+level and batch key, oldest first, while rows fit. It leaves when those rows reach the profile's
+batch limit or a preferred batch size, or when the oldest of them has waited `max_queue_delay_s`
+(counted from its arrival), whichever comes first.
 
 Time limits are enforced while requests wait, not only when a batch forms: one timer per batcher
 fires at the earliest queue timeout or caller deadline, so a request is refused (REJECT), moved
