@@ -128,6 +128,9 @@ def priority_round(address: str, seconds: float, work: Path) -> dict[str, Any]:
     }
 
 
+ROWS = 32  # rows per history request: enough that the model, not gRPC, is the cost
+
+
 def mixed_round(padded: str, plain: str, seconds: float) -> dict[str, Any]:
     out = {}
     for label, address in (("plain", plain), ("profiles_padding", padded)):
@@ -136,7 +139,7 @@ def mixed_round(padded: str, plain: str, seconds: float) -> dict[str, Any]:
                 address,
                 "history",
                 concurrency=32,
-                rows=4,
+                rows=ROWS,
                 duration_s=seconds,
                 free_dim=(1, 512),
                 id_range=10_000,

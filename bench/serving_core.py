@@ -5,7 +5,8 @@
     its best concurrency). Server and client CPU per request are measured too, and with them the
     ceiling that gRPC's per-request cost leaves on this machine (see docs/benchmarks.md).
 (b) echo latency: p50/p99 of single small requests to Ferry's `echo` against a bare grpc.aio
-    echo server (bench/bare_echo_server.py), the floor for Python gRPC here.
+    echo server (bench/bare_echo_server.py), the floor for Python gRPC here; the two are probed
+    in alternating short slices so that the machine's drift hits both alike.
 
     python bench/serving_core.py [--rounds 3] [--seconds 8] [--concurrency 64 256]
 
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 
@@ -36,7 +38,9 @@ sys.path.insert(0, str(ROOT))
 import uvloop  # noqa: E402
 
 from bench.harness import process_cpu_s, start  # noqa: E402
-from loadtest.run import LoadResult, run_closed_loop  # noqa: E402
+from loadtest.run import LoadResult, percentiles, run_closed_loop  # noqa: E402
+from proto import grpc_service_pb2 as pb  # noqa: E402
+from proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
 from server.example_repo import write_example_repo  # noqa: E402
 
 
@@ -56,6 +60,34 @@ def measured_load(
     # Both CPU figures span warm-up too; count its requests at the measured rate.
     requests = max(1.0, result.requests_per_s * (result.duration_s + 0.5))
     return result, server_us / requests, client_us / requests
+
+
+async def interleaved_echo(
+    bare: str, ferry: str, seconds: float, slices: int = 8
+) -> tuple[dict[str, float], dict[str, float]]:
+    """One request in flight, 1 row x 16 FP32, alternating between the two servers in short
+    slices so that the machine's drift (other load, frequency, caches) hits both alike."""
+    request = pb.ModelInferRequest(model_name="echo")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+    request.raw_input_contents.append(np.ones((1, 16), np.float32).tobytes())
+    samples: dict[str, list[float]] = {bare: [], ferry: []}
+    channels = {a: grpc.aio.insecure_channel(a) for a in samples}
+    try:
+        stubs = {a: pb_grpc.GRPCInferenceServiceStub(c) for a, c in channels.items()}
+        for stub in stubs.values():  # connect and warm up
+            for _ in range(200):
+                await stub.ModelInfer(request)
+        for i in range(2 * slices):
+            address = (bare, ferry)[i % 2]
+            stub, out = stubs[address], samples[address]
+            stop_at = time.perf_counter() + seconds / slices  # each server: `seconds` in all
+            while (t0 := time.perf_counter()) < stop_at:
+                await stub.ModelInfer(request)
+                out.append(time.perf_counter() - t0)
+    finally:
+        for channel in channels.values():
+            await channel.close()
+    return percentiles(samples[bare]), percentiles(samples[ferry])
 
 
 def direct_dlrm(model: Path, seconds: float) -> dict[str, float]:
@@ -147,16 +179,7 @@ def main() -> int:
             )
             ort_us_per_row = cores * 1e6 / best
             ceiling = cores * 1e6 / (echo_server_us + echo_client_us + 64 * ort_us_per_row) * 64
-            floor = uvloop.run(
-                run_closed_loop(
-                    bare_addr, "echo", concurrency=1, rows=1, duration_s=args.seconds, free_dim=16
-                )
-            )
-            echo = uvloop.run(
-                run_closed_loop(
-                    ferry_addr, "echo", concurrency=1, rows=1, duration_s=args.seconds, free_dim=16
-                )
-            )
+            floor, echo = uvloop.run(interleaved_echo(bare_addr, ferry_addr, args.seconds))
             rounds.append(
                 {
                     "direct_rows_per_s": direct,
@@ -170,10 +193,10 @@ def main() -> int:
                     "grpc_ceiling_rows_per_s": ceiling,
                     "ceiling_ratio": ceiling / best,
                     "served_of_ceiling": top["rows_per_s"] / ceiling,
-                    "bare_echo_ms": floor.latency_ms,
-                    "ferry_echo_ms": echo.latency_ms,
-                    "echo_p50_ratio": echo.latency_ms["p50"] / floor.latency_ms["p50"],
-                    "echo_p99_ratio": echo.latency_ms["p99"] / floor.latency_ms["p99"],
+                    "bare_echo_ms": floor,
+                    "ferry_echo_ms": echo,
+                    "echo_p50_ratio": echo["p50"] / floor["p50"],
+                    "echo_p99_ratio": echo["p99"] / floor["p99"],
                 }
             )
     finally:

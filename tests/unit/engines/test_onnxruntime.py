@@ -1,0 +1,83 @@
+"""The ONNX Runtime backend on its own: answers equal a plain session's, tiny batches move onto
+the event loop and back, and compute threads run below the event loop's CPU priority."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from engines import onnxruntime as backend
+from engines.base import UNBOUNDED, Device, Feed
+from engines.onnxruntime import OnnxRuntimeEngine, OnnxRuntimeOptions
+from server.example_repo import write_example_repo
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("examples")
+    write_example_repo(root)
+    return root
+
+
+async def test_a_batch_equals_a_plain_session(examples: Path) -> None:
+    path = examples / "dlrm" / "1" / "model.onnx"
+    instance = OnnxRuntimeEngine(path).create_instance("d", Device(), UNBOUNDED)
+    rng = np.random.default_rng(2)
+    parts = [
+        {
+            "dense": rng.standard_normal((n, 13)).astype(np.float32),
+            "sparse": rng.integers(0, 10**6, (n, 26)).astype(np.int64),
+        }
+        for n in (3, 5)
+    ]
+    result = await instance.run(Feed(parts, 8))
+    feeds = {name: np.concatenate([p[name] for p in parts]) for name in ("dense", "sparse")}
+    (expected,) = ort.InferenceSession(str(path)).run(None, feeds)
+    np.testing.assert_allclose(result.outputs["ctr"], expected, rtol=1e-5, atol=1e-6)
+    await instance.close()
+
+
+async def test_fast_batches_run_inline_and_an_overrun_sends_them_back(
+    examples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = OnnxRuntimeEngine(examples / "echo" / "1" / "model.onnx").create_instance(
+        "e", Device(), UNBOUNDED
+    )
+    feed = Feed([{"x": np.ones((2, 4), np.float32)}], 2)
+    loop_thread = threading.get_ident()
+    ran_on: list[int] = []
+    original = instance._run_blocking
+
+    def spy(f: Feed) -> backend.ExecutionResult:
+        ran_on.append(threading.get_ident())
+        return original(f)
+
+    monkeypatch.setattr(instance, "_run_blocking", spy)
+    monkeypatch.setattr(backend, "INLINE_BUDGET_NS", 10**9)  # every run counts as fast
+    await instance.run(feed)  # first run: on the instance's thread, measured
+    await instance.run(feed)  # known fast: inline
+    assert ran_on[0] != loop_thread and ran_on[1] == loop_thread
+    monkeypatch.setattr(backend, "INLINE_BUDGET_NS", 0)  # now every run overruns
+    await instance.run(feed)  # inline once more, measured as too slow ...
+    await instance.run(feed)  # ... so back on the thread
+    assert ran_on[2] == loop_thread and ran_on[3] != loop_thread
+    await instance.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="needs POSIX priorities")
+async def test_compute_threads_run_below_the_event_loops_priority(examples: Path) -> None:
+    engine = OnnxRuntimeEngine(examples / "echo" / "1" / "model.onnx", OnnxRuntimeOptions(1, 0, 7))
+    instance = engine.create_instance("n", Device(), UNBOUNDED)
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    theirs = instance._executor.submit(
+        lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    ).result()
+    assert theirs == min(mine + 7, 19)
+    await instance.close()
