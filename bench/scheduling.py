@@ -5,8 +5,9 @@
     process saturates it with low-priority 64-row requests, against the same probe with no
     background load (and, to show what the priorities buy, against the probe sent at the
     background's own low priority).
-(2) Mixed lengths on `history` (1..512 items, 4 rows per request): the example config (two
-    profiles, padding) against one profile with equal-shape-only batching (same instance count).
+(2) Mixed lengths on `history` (1..512 items; 4 and 32 rows per request): the example config
+    (two profiles, padding) against one profile with equal-shape-only batching (same instance
+    count).
 (3) Oversized: one 10,000-row `dlrm` request (max_batch_size 1024) checked against ONNX Runtime,
     its latency against ONNX Runtime running the same rows as 10 batches of 1,000 directly.
 
@@ -128,18 +129,15 @@ def priority_round(address: str, seconds: float, work: Path) -> dict[str, Any]:
     }
 
 
-ROWS = 32  # rows per history request: enough that the model, not gRPC, is the cost
-
-
-def mixed_round(padded: str, plain: str, seconds: float) -> dict[str, Any]:
-    out = {}
+def mixed_round(padded: str, plain: str, seconds: float, rows: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"rows_per_request": rows}
     for label, address in (("plain", plain), ("profiles_padding", padded)):
         result = uvloop.run(
             run_closed_loop(
                 address,
                 "history",
                 concurrency=32,
-                rows=ROWS,
+                rows=rows,
                 duration_s=seconds,
                 free_dim=(1, 512),
                 id_range=10_000,
@@ -215,7 +213,9 @@ def main() -> int:
             rounds.append(
                 {
                     "priority": priority_round(address, args.seconds, work),
-                    "mixed": mixed_round(address, plain_address, args.seconds),
+                    "mixed": [
+                        mixed_round(address, plain_address, args.seconds, rows) for rows in (4, 32)
+                    ],
                     "oversized": oversized_round(
                         address, main_repo / "dlrm" / "1" / "model.onnx", repeats=5
                     ),
@@ -249,24 +249,23 @@ def main() -> int:
     print()
     print("(2) history, lengths 1..512: rows/s and p99 ms")
     print(
-        f"{'round':>5} {'plain rows/s':>13} {'p99':>8} {'profiles+pad rows/s':>20} {'p99':>8} "
-        f"{'x rows/s':>9} {'x p99':>6}"
+        f"{'round':>5} {'rows/req':>8} {'plain rows/s':>13} {'p99':>8} {'profiles+pad rows/s':>20} "
+        f"{'p99':>8} {'x rows/s':>9} {'x p99':>6}"
     )
     for i, r in enumerate(rounds):
-        m = r["mixed"]
-        print(
-            f"{i + 1:>5} {m['plain']['rows_per_s']:>13.0f} {m['plain']['latency_ms']['p99']:>8.2f} "
-            f"{m['profiles_padding']['rows_per_s']:>20.0f} "
-            f"{m['profiles_padding']['latency_ms']['p99']:>8.2f} {m['throughput_ratio']:>9.2f} "
-            f"{m['p99_ratio']:>6.2f}"
-        )
-    print(
-        "throughput profiles+padding / plain: "
-        + spread([r["mixed"]["throughput_ratio"] for r in rounds])
-    )
-    print(
-        "p99 profiles+padding / plain:        " + spread([r["mixed"]["p99_ratio"] for r in rounds])
-    )
+        for m in r["mixed"]:
+            print(
+                f"{i + 1:>5} {m['rows_per_request']:>8} {m['plain']['rows_per_s']:>13.0f} "
+                f"{m['plain']['latency_ms']['p99']:>8.2f} "
+                f"{m['profiles_padding']['rows_per_s']:>20.0f} "
+                f"{m['profiles_padding']['latency_ms']['p99']:>8.2f} {m['throughput_ratio']:>9.2f} "
+                f"{m['p99_ratio']:>6.2f}"
+            )
+    for k, rows in enumerate((4, 32)):
+        ratios = [r["mixed"][k]["throughput_ratio"] for r in rounds]
+        p99s = [r["mixed"][k]["p99_ratio"] for r in rounds]
+        print(f"{rows:>2} rows: throughput profiles+padding / plain: {spread(ratios)}")
+        print(f"{rows:>2} rows: p99 profiles+padding / plain:        {spread(p99s)}")
     print()
     print("(3) one 10,000-row dlrm request (max_batch_size 1024)")
     for i, r in enumerate(rounds):
