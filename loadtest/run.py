@@ -1,101 +1,35 @@
-"""Closed-loop load test against any server that speaks Triton's gRPC protocol.
+"""Load tests against any server that speaks Triton's gRPC protocol.
 
-    python loadtest/run.py --address 127.0.0.1:8001 --model dlrm --concurrency 32 \
-        --rows 64 --duration 10
+    python loadtest/run.py --model dlrm --concurrency 32 --rows 64             # closed loop
+    python loadtest/run.py --model dlrm --rate 2000 --rows 64                  # open loop
+    python loadtest/run.py --model dlrm --rows 64 --slo-ms 10 --max-rate 8000  # search
 
-N workers each keep one request in flight for `duration` seconds. Inputs are generated once from
-ModelMetadata (random values; integer ids below --id-range; free dims set to --free-dim). Prints
-achieved requests/s and rows/s, latency percentiles and errors by status code; --json writes the
-same as a file. It is a client only: Ferry's generated stubs, never server internals.
+Closed loop keeps N requests in flight. Open loop sends at Poisson times and measures latency from
+each request's intended send time. Search runs open loops at rising rates to find the highest
+that keeps a latency percentile under the SLO with at most the error budget failing. Inputs come
+from ModelMetadata (or an .npz file); requests are built and serialized before the clock starts.
+Prints a final table (and a live progress line with --processes); --json writes the result.
+It is a client only: Ferry's generated stubs, never server internals.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import itertools
 import json
 import sys
-import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
-
-import grpc
-import numpy as np
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
+from loadtest import processes, report
+from loadtest.processes import Plan
+from loadtest.search import Slo, search
+from loadtest.stats import LoadResult, percentiles
+from loadtest.workload import Choice, Workload, WorkloadError
 
-_NUMPY = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
-
-
-@dataclass
-class LoadResult:
-    model: str
-    concurrency: int
-    rows_per_request: int
-    duration_s: float
-    requests: int
-    errors: dict[str, int]
-    requests_per_s: float
-    rows_per_s: float
-    latency_ms: dict[str, float] = field(default_factory=dict)
-
-
-def percentiles(samples_s: list[float]) -> dict[str, float]:
-    """p50/p90/p99/max in milliseconds (numpy's linear interpolation)."""
-    if not samples_s:
-        return {}
-    ms = np.asarray(samples_s) * 1e3
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(ms.max())}
-
-
-async def build_request(
-    stub: pb_grpc.GRPCInferenceServiceStub,
-    model: str,
-    rows: int,
-    free_dim: int,
-    id_range: int,
-    seed: int = 0,
-) -> pb.ModelInferRequest:
-    """A request with `rows` rows of random inputs shaped by the model's metadata."""
-    meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name=model))
-    config = (await stub.ModelConfig(pb.ModelConfigRequest(name=model))).config
-    batched = config.max_batch_size > 0
-    rng = np.random.default_rng(seed)
-    request = pb.ModelInferRequest(model_name=model)
-    for tensor in meta.inputs:
-        dims = [free_dim if d < 0 else d for d in tensor.shape[1 if batched else 0 :]]
-        shape = [rows, *dims] if batched else dims
-        dtype = _NUMPY.get(tensor.datatype)
-        if dtype is None:
-            raise SystemExit(f"input {tensor.name}: datatype {tensor.datatype} not supported here")
-        data: np.ndarray
-        if np.issubdtype(dtype, np.integer):
-            data = rng.integers(0, id_range, size=shape).astype(dtype)
-        else:
-            data = rng.standard_normal(shape).astype(dtype)
-        request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=shape)
-        request.raw_input_contents.append(data.tobytes())
-    return request
+__all__ = ["LoadResult", "main", "percentiles", "run_closed_loop"]
 
 
 async def run_closed_loop(
@@ -112,122 +46,165 @@ async def run_closed_loop(
     priority: int = 0,
     pool: int = 64,
 ) -> LoadResult:
-    """Keep `concurrency` requests in flight for `duration_s` (after a warm-up) and measure.
-
-    `free_dim` sets the model's -1 dims: one size, or a (low, high) range from which `pool`
-    requests draw their sizes uniformly (seeded), sent in turn. `priority` > 0 sets the request
-    parameter of that name.
-    """
-    opened = [grpc.aio.insecure_channel(address) for _ in range(max(channels, 1))]
-    try:
-        stubs = [pb_grpc.GRPCInferenceServiceStub(c) for c in opened]
-        if isinstance(free_dim, tuple):
-            sizes = np.random.default_rng(7).integers(free_dim[0], free_dim[1] + 1, pool)
-            requests = [
-                await build_request(stubs[0], model, rows, int(n), id_range, seed=i)
-                for i, n in enumerate(sizes)
-            ]
-        else:
-            requests = [await build_request(stubs[0], model, rows, free_dim, id_range)]
-        if priority:
-            for request in requests:
-                request.parameters["priority"].uint64_param = priority
-        turn = itertools.count()
-        latencies: list[float] = []
-        errors: Counter[str] = Counter()
-        loop = asyncio.get_running_loop()
-        start = loop.time() + warmup_s
-        stop = start + duration_s
-
-        async def worker(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
-            while (now := loop.time()) < stop:
-                request = requests[next(turn) % len(requests)]
-                t0 = time.perf_counter()
-                try:
-                    await stub.ModelInfer(request)
-                    ok = True
-                except grpc.aio.AioRpcError as exc:
-                    ok = False
-                    code = exc.code().name
-                latency = time.perf_counter() - t0
-                if now >= start:
-                    if ok:
-                        latencies.append(latency)
-                    else:
-                        errors[code] += 1
-
-        await asyncio.gather(*(worker(stubs[i % len(stubs)]) for i in range(concurrency)))
-        done = len(latencies)
-        return LoadResult(
-            model=model,
-            concurrency=concurrency,
-            rows_per_request=rows,
-            duration_s=duration_s,
-            requests=done,
-            errors=dict(errors),
-            requests_per_s=done / duration_s,
-            rows_per_s=done * rows / duration_s,
-            latency_ms=percentiles(latencies),
-        )
-    finally:
-        for channel in opened:
-            await channel.close()
+    """A closed-loop run in this process's event loop (what the bench scripts call)."""
+    dims = (
+        Choice(tuple(range(free_dim[0], free_dim[1] + 1)), (1.0,) * (free_dim[1] - free_dim[0] + 1))
+        if isinstance(free_dim, tuple)
+        else Choice((free_dim,), (1.0,))
+    )
+    workload = Workload(
+        model,
+        rows=Choice((rows,), (1.0,)),
+        free_dim=dims,
+        id_range=id_range,
+        priorities=Choice((priority,), (1.0,)) if priority else None,
+        pool=pool,
+        seed=7,
+    )
+    plan = Plan(address, workload, "closed", concurrency, 0.0, duration_s, warmup_s, channels)
+    tally = await processes.run_here(plan)
+    return report.result_of(
+        tally, model=model, mode="closed", duration_s=duration_s, concurrency=concurrency
+    )
 
 
-def report(result: LoadResult) -> str:
-    lat = result.latency_ms
-    lines = [
-        f"model {result.model}: concurrency {result.concurrency}, "
-        f"{result.rows_per_request} rows/request, {result.duration_s:.1f} s",
-        f"  requests/s {result.requests_per_s:10.1f}   rows/s {result.rows_per_s:12.1f}",
-        "  latency ms  " + "  ".join(f"{k} {v:.3f}" for k, v in lat.items()),
-        "  errors      " + (", ".join(f"{k}: {v}" for k, v in result.errors.items()) or "none"),
-    ]
-    return "\n".join(lines)
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    target = parser.add_argument_group("target")
+    target.add_argument("--address", default="127.0.0.1:8001")
+    target.add_argument("--model", required=True)
+    target.add_argument("--model-version", default="")
+    load = parser.add_argument_group("load (closed loop unless --rate or --slo-ms)")
+    load.add_argument("--concurrency", type=int, default=8, help="closed loop: requests in flight")
+    load.add_argument("--rate", type=float, help="open loop: requests/s, Poisson arrivals")
+    load.add_argument("--duration", type=float, default=10.0, help="seconds measured (per step)")
+    load.add_argument("--warmup", type=float, default=1.0, help="seconds sent but not measured")
+    load.add_argument("--processes", type=int, default=1, help="client processes")
+    load.add_argument("--channels", type=int, default=1, help="gRPC channels per process")
+    load.add_argument("--streaming", action="store_true", help="ModelStreamInfer, not ModelInfer")
+    work = parser.add_argument_group("workload")
+    work.add_argument(
+        "--rows", default="1", help="rows per request: N, LOW:HIGH, V=W,V=W (weights) or @FILE"
+    )
+    work.add_argument("--free-dim", default="16", help="size of -1 dims (same forms as --rows)")
+    work.add_argument("--id-range", type=int, default=1000, help="integer inputs in [0, N)")
+    work.add_argument("--replay", type=Path, help=".npz with one array per input to send rows of")
+    work.add_argument("--priority", default="0", help="priority: N, or a mix such as 1=0.1,2=0.9")
+    work.add_argument("--deadline-ms", type=float, help="per-request gRPC deadline")
+    work.add_argument("--pool", type=int, default=64, help="distinct requests generated")
+    slo = parser.add_argument_group("search (with --slo-ms)")
+    slo.add_argument("--slo-ms", type=float, help="latency bound: search for the highest rate")
+    slo.add_argument("--percentile", default="p99", choices=["p50", "p90", "p99", "p99.9"])
+    slo.add_argument("--error-budget", type=float, default=0.001, help="failing share allowed")
+    slo.add_argument("--start-rate", type=float, default=100.0)
+    slo.add_argument("--max-rate", type=float, default=100_000.0)
+    slo.add_argument("--search-steps", type=int, default=5, help="bisection steps")
+    slo.add_argument("--plot", help="search: write latency against rate to this PNG")
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", type=Path, help="write the result(s) here")
+    out.add_argument("--no-server-stats", action="store_true", help="skip ModelStatistics")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--address", default="127.0.0.1:8001")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--rows", type=int, default=1, help="rows per request")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds, after warm-up")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds not measured")
-    parser.add_argument("--channels", type=int, default=1, help="gRPC channels to spread over")
-    parser.add_argument(
-        "--free-dim",
-        default="16",
-        help="size for -1 dims: N, or LOW:HIGH for a pool of requests of sizes drawn in that range",
-    )
-    parser.add_argument("--priority", type=int, default=0, help="request priority (0 = default)")
-    parser.add_argument("--id-range", type=int, default=1000, help="integer inputs in [0, N)")
-    parser.add_argument("--json", type=Path, help="also write the result here")
+    parser = _parser()
     args = parser.parse_args(argv)
-    if args.concurrency < 1 or args.rows < 1 or args.duration <= 0:
-        parser.error("--concurrency and --rows must be >= 1 and --duration > 0")
-    low, _, high = args.free_dim.partition(":")
+    if args.concurrency < 1 or args.duration <= 0 or args.processes < 1 or args.channels < 1:
+        parser.error("--concurrency, --processes, --channels must be >= 1 and --duration > 0")
     try:
-        free_dim: int | tuple[int, int] = (int(low), int(high)) if high else int(low)
-    except ValueError:
-        parser.error("--free-dim takes N or LOW:HIGH")
-    import uvloop
-
-    result = uvloop.run(
-        run_closed_loop(
-            args.address,
+        priority = Choice.parse(args.priority, "--priority")
+        workload = Workload(
             args.model,
-            concurrency=args.concurrency,
-            rows=args.rows,
-            duration_s=args.duration,
-            free_dim=free_dim,
+            args.model_version,
+            rows=Choice.parse(args.rows, "--rows"),
+            free_dim=Choice.parse(args.free_dim, "--free-dim"),
             id_range=args.id_range,
-            channels=args.channels,
-            warmup_s=args.warmup,
-            priority=args.priority,
+            priorities=None if priority.values == (0,) else priority,
+            deadline_s=args.deadline_ms / 1e3 if args.deadline_ms else None,
+            replay=args.replay,
+            pool=args.pool,
         )
+    except WorkloadError as exc:
+        parser.error(str(exc))
+    mode = "open" if args.rate or args.slo_ms else "closed"
+    plan = Plan(
+        args.address,
+        workload,
+        mode,
+        concurrency=args.concurrency,
+        rate=args.rate or 0.0,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        channels=args.channels,
+        streaming=args.streaming,
+        processes=args.processes,
     )
-    print(report(result))
+
+    def run_once(rate: float | None = None) -> LoadResult:
+        step = plan if rate is None else replace(plan, rate=rate)
+        before = (
+            None
+            if args.no_server_stats
+            else report.statistics(args.address, args.model, args.model_version)
+        )
+        tally = processes.run(step, live=args.processes > 1 or args.duration >= 30)
+        view = (
+            {}
+            if before is None
+            else report.server_view(
+                before, report.statistics(args.address, args.model, args.model_version)
+            )
+        )
+        return report.result_of(
+            tally,
+            model=args.model,
+            mode=step.mode,
+            duration_s=args.duration,
+            concurrency=step.concurrency if step.mode == "closed" else 0,
+            target_rate=step.rate,
+            processes=step.processes,
+            server=view,
+        )
+
+    try:
+        if args.slo_ms:
+            goal = Slo(args.slo_ms, args.percentile, args.error_budget)
+
+            def step(rate: float) -> LoadResult:
+                result = run_once(rate)
+                print(report.table(result), flush=True)
+                verdict = "meets" if goal.met_by(result) else "misses"
+                print(f"  => {verdict} {goal.percentile} <= {goal.latency_ms} ms\n", flush=True)
+                return result
+
+            found = search(
+                step,
+                goal,
+                start_rate=args.start_rate,
+                max_rate=args.max_rate,
+                bisect_steps=args.search_steps,
+            )
+            print(
+                f"highest rate meeting {goal.percentile} <= {goal.latency_ms} ms with at most "
+                f"{goal.error_budget:.2%} errors: {found.best_rate:.0f} requests/s"
+            )
+            if args.plot:
+                print(report.plot(found.steps, args.plot, goal.percentile))
+            if args.json:
+                document = {
+                    "best_rate": found.best_rate,
+                    "slo": asdict(goal),
+                    "steps": [
+                        {"rate": r, "ok": ok, "result": asdict(res)} for r, ok, res in found.steps
+                    ],
+                }
+                args.json.write_text(json.dumps(document, indent=2) + "\n")
+            return 0 if found.best_rate > 0 else 1
+        result = run_once()
+    except (WorkloadError, RuntimeError) as exc:
+        print(f"loadtest: {exc}", file=sys.stderr)
+        return 2
+    print(report.table(result))
     if args.json:
         args.json.write_text(json.dumps(asdict(result), indent=2) + "\n")
     return 0 if result.requests else 1

@@ -1,0 +1,148 @@
+"""Turning a run into numbers people read: the result record, the server's own view of the run
+(from ModelStatistics), the final table, and the optional latency-against-rate plot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from loadtest.stats import LoadResult, Tally, percentiles
+from proto import grpc_service_pb2 as pb
+from proto import grpc_service_pb2_grpc as pb_grpc
+
+SATURATED_CORE = 0.9  # a client process busier than this cannot promise its numbers
+
+
+def result_of(
+    tally: Tally,
+    *,
+    model: str,
+    mode: str,
+    duration_s: float,
+    concurrency: int = 0,
+    target_rate: float = 0.0,
+    processes: int = 1,
+    server: dict[str, float] | None = None,
+) -> LoadResult:
+    done = len(tally.latencies_s)
+    return LoadResult(
+        model=model,
+        mode=mode,
+        duration_s=duration_s,
+        requests=done,
+        rows=tally.rows,
+        errors=dict(tally.errors),
+        requests_per_s=done / duration_s,
+        rows_per_s=tally.rows / duration_s,
+        latency_ms=percentiles(tally.latencies_s),
+        concurrency=concurrency,
+        target_rate=target_rate,
+        rows_per_request=tally.rows / done if done else 0.0,
+        client_cpu_cores=tally.cpu_s / duration_s,
+        client_processes=processes,
+        late_sends=tally.late_sends,
+        server=server or {},
+    )
+
+
+def statistics(address: str, model: str, version: str = "") -> Any:
+    """The model's ModelStatistics now (one version: the one asked for, or the first)."""
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        answer = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model, version=version))
+    return answer.model_stats[0]
+
+
+def server_view(before: Any, after: Any) -> dict[str, float]:
+    """What the server saw between two ModelStatistics snapshots."""
+    stats_b, stats_a = before.inference_stats, after.inference_stats
+
+    def delta(name: str) -> tuple[int, int]:
+        a, b = getattr(stats_a, name), getattr(stats_b, name)
+        return a.count - b.count, a.ns - b.ns
+
+    success, _ = delta("success")
+    failed, _ = delta("fail")
+    queued, queue_ns = delta("queue")
+    computed, infer_ns = delta("compute_infer")
+    executions = after.execution_count - before.execution_count
+    rows = after.inference_count - before.inference_count
+    return {
+        "success": success,
+        "fail": failed,
+        "executions": executions,
+        "rows": rows,
+        "mean_batch_rows": rows / executions if executions else 0.0,
+        "mean_queue_ms": queue_ns / queued / 1e6 if queued else 0.0,
+        "mean_compute_ms": infer_ns / computed / 1e6 if computed else 0.0,
+    }
+
+
+def table(result: LoadResult) -> str:
+    lat = result.latency_ms
+    load = (
+        f"concurrency {result.concurrency}"
+        if result.mode == "closed"
+        else f"target {result.target_rate:.0f} requests/s (Poisson)"
+    )
+    lines = [
+        f"model {result.model}: {result.mode} loop, {load}, {result.duration_s:.1f} s, "
+        f"{result.rows_per_request:.1f} rows/request",
+        f"  requests/s {result.requests_per_s:10.1f}   rows/s {result.rows_per_s:12.1f}",
+        "  latency ms  " + "  ".join(f"{k} {v:.3f}" for k, v in lat.items()),
+        "  errors      " + (", ".join(f"{k}: {v}" for k, v in result.errors.items()) or "none"),
+        f"  client      {result.client_processes} process(es), "
+        f"{result.client_cpu_cores:.2f} cores of CPU",
+    ]
+    if result.server:
+        s = result.server
+        lines.append(
+            f"  server      {s['success']:.0f} ok, {s['fail']:.0f} failed, mean batch "
+            f"{s['mean_batch_rows']:.1f} rows, queue {s['mean_queue_ms']:.3f} ms, compute "
+            f"{s['mean_compute_ms']:.3f} ms (means per request)"
+        )
+    for warning in warnings(result):
+        lines.append(f"  WARNING     {warning}")
+    return "\n".join(lines)
+
+
+def warnings(result: LoadResult) -> list[str]:
+    out = []
+    per_process = result.client_cpu_cores / max(result.client_processes, 1)
+    if per_process > SATURATED_CORE:
+        out.append(
+            f"each client process used {per_process:.2f} cores: the client may be the "
+            "bottleneck; add --processes"
+        )
+    sent = result.requests + sum(result.errors.values())
+    if result.mode == "open" and sent and result.late_sends > 0.01 * sent:
+        out.append(
+            f"{result.late_sends} of {sent} requests left more than 1 ms late: the client "
+            "cannot keep the rate (latencies still count from the intended times)"
+        )
+    return out
+
+
+def plot(steps: list[tuple[float, bool, LoadResult]], path: str, percentile: str) -> str:
+    """Latency percentiles against rate, as a PNG (needs matplotlib; says so when missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no plot: matplotlib is not installed (pip install matplotlib)"
+    ordered = sorted(steps, key=lambda s: s[0])
+    rates = [rate for rate, _, _ in ordered]
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for key in ("p50", "p99", "p99.9"):
+        axes.plot(
+            rates, [r.latency_ms.get(key, float("nan")) for _, _, r in ordered], "o-", label=key
+        )
+    axes.set_xlabel("requests/s (target)")
+    axes.set_ylabel("latency ms")
+    axes.set_title(f"latency against rate ({percentile} SLO search)")
+    axes.legend()
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    return f"plot: {path}"

@@ -1,0 +1,136 @@
+"""loadtest/run.py against the real server: its counts equal the server's statistics, the open
+loop holds its rate, errors are counted by status, and several processes and streaming work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loadtest import run as loadtest
+from loadtest.report import statistics
+from tests.conftest import RunningServer
+
+
+def run_tool(server: RunningServer, tmp_path: Path, *args: str) -> dict:  # type: ignore[type-arg]
+    out = tmp_path / "result.json"
+    code = loadtest.main(["--address", server.address, *args, "--json", str(out)])
+    document = json.loads(out.read_text())
+    document["exit_code"] = code
+    return document  # type: ignore[no-any-return]
+
+
+def test_closed_loop_counts_equal_the_servers(server: RunningServer, tmp_path: Path) -> None:
+    before = statistics(server.address, "echo").inference_stats.success.count
+    result = run_tool(
+        server,
+        tmp_path,
+        "--model",
+        "echo",
+        "--concurrency",
+        "4",
+        "--rows",
+        "1:8",
+        "--duration",
+        "1.5",
+        "--warmup",
+        "0",
+    )
+    after = statistics(server.address, "echo").inference_stats.success.count
+    assert result["exit_code"] == 0 and result["errors"] == {}
+    assert result["requests"] > 100
+    assert after - before == result["requests"] == result["server"]["success"]
+    assert 1 <= result["rows_per_request"] <= 8
+    assert set(result["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max"}
+
+
+def test_open_loop_keeps_its_rate(server: RunningServer, tmp_path: Path) -> None:
+    result = run_tool(
+        server,
+        tmp_path,
+        "--model",
+        "dlrm",
+        "--rate",
+        "200",
+        "--rows",
+        "16",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+    )
+    assert result["mode"] == "open" and result["errors"] == {}
+    assert result["requests_per_s"] == pytest.approx(200, rel=0.15)
+    assert result["server"]["success"] == result["requests"]
+
+
+def test_errors_are_counted_by_status(server: RunningServer, tmp_path: Path) -> None:
+    # `timeouts` rejects every request that waits 100 ms for a batch that never fills.
+    result = run_tool(
+        server,
+        tmp_path,
+        "--model",
+        "timeouts",
+        "--concurrency",
+        "3",
+        "--rows",
+        "1",
+        "--duration",
+        "0.6",
+        "--warmup",
+        "0",
+    )
+    assert result["exit_code"] == 1  # nothing succeeded
+    assert result["requests"] == 0
+    assert result["errors"]["UNAVAILABLE"] >= 3
+    assert result["server"]["fail"] == result["errors"]["UNAVAILABLE"]
+
+
+def test_processes_and_streaming(server: RunningServer, tmp_path: Path) -> None:
+    before = statistics(server.address, "echo").inference_stats.success.count
+    result = run_tool(
+        server,
+        tmp_path,
+        "--model",
+        "echo",
+        "--concurrency",
+        "8",
+        "--processes",
+        "2",
+        "--streaming",
+        "--rows",
+        "4",
+        "--duration",
+        "1.5",
+        "--warmup",
+        "0",
+    )
+    after = statistics(server.address, "echo").inference_stats.success.count
+    assert result["client_processes"] == 2 and result["errors"] == {}
+    assert after - before == result["requests"] > 100
+    assert result["client_cpu_cores"] > 0
+
+
+def test_search_mode_finds_a_rate(server: RunningServer, tmp_path: Path) -> None:
+    result = run_tool(
+        server,
+        tmp_path,
+        "--model",
+        "echo",
+        "--slo-ms",
+        "100",
+        "--start-rate",
+        "50",
+        "--max-rate",
+        "200",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.1",
+        "--search-steps",
+        "1",
+    )
+    assert result["exit_code"] == 0
+    assert result["best_rate"] == 200
+    assert [step["rate"] for step in result["steps"]] == [50, 100, 200]
