@@ -133,6 +133,7 @@ class ProfileRunner:
             sum(1 for r in batch.requests if r.counts),
             result.timings,
             int(time.time() * 1000),
+            parts=len(batch.requests),
         )
         for request, outputs in zip(batch.requests, answers, strict=True):
             set_result_if_pending(

@@ -41,8 +41,16 @@ class ModelStats:
     last_inference_ms: int = 0
     batch_stats: dict[int, BatchSizeStats] = field(default_factory=dict)
 
-    def record_execution(self, rows: int, requests: int, timings: Timings, wall_ms: int) -> None:
-        """One batch ran: `rows` rows from `requests` requests."""
+    def record_execution(
+        self, rows: int, requests: int, timings: Timings, wall_ms: int, parts: int | None = None
+    ) -> None:
+        """One batch ran: `rows` rows from `requests` requests, in `parts` queue entries.
+
+        A split request's chunks are separate entries but one request: each chunk adds its
+        batch's time to the request's compute, the request is counted once (with its first
+        chunk), so the mean compute per request covers all of its chunks.
+        """
+        parts = requests if parts is None else parts
         self.execution_count += 1
         self.inference_count += rows
         self.last_inference_ms = wall_ms
@@ -50,10 +58,10 @@ class ModelStats:
         per_size.compute_input.add(timings.input_ns)
         per_size.compute_infer.add(timings.infer_ns)
         per_size.compute_output.add(timings.output_ns)
-        # Every request of the batch spent the batch's compute time.
-        self.compute_input.add(timings.input_ns * requests, requests)
-        self.compute_infer.add(timings.infer_ns * requests, requests)
-        self.compute_output.add(timings.output_ns * requests, requests)
+        # Every entry of the batch spent the batch's compute time.
+        self.compute_input.add(timings.input_ns * parts, requests)
+        self.compute_infer.add(timings.infer_ns * parts, requests)
+        self.compute_output.add(timings.output_ns * parts, requests)
 
     def record_queue(self, ns: int) -> None:
         self.queue.add(ns)

@@ -43,6 +43,8 @@ async def test_an_oversized_request_is_split_and_joined_in_order() -> None:
     assert sorted(engine.batch_log) == [7, 7, 7]  # as few chunks as possible, evenly sized
     assert scheduler.stats.inference_count == 21
     assert scheduler.stats.queue.count == 1  # one request, however many chunks
+    compute = scheduler.stats.compute_infer
+    assert compute.count == 1 and compute.ns == 3 * 2  # FakeEngine: 2 ns per batch, 3 chunks
     await scheduler.stop()
 
 
