@@ -134,7 +134,12 @@ async def prepare(channel: grpc.aio.Channel, workload: Workload) -> list[Prepare
                 raise WorkloadError(
                     f"input {tensor.name}: datatype {tensor.datatype} not supported"
                 )
-            dims = [free if d < 0 else int(d) for d in tensor.shape[1 if batched else 0 :]]
+            model_dims = [int(d) for d in tensor.shape[1 if batched else 0 :]]
+            dims = [free if d < 0 else d for d in model_dims]
+            if replay is not None and tensor.name in replay:
+                own = replay[tensor.name].shape[1 if batched else 0 :]
+                if len(own) == len(model_dims):  # free dims take the replayed data's sizes
+                    dims = [int(o) if d < 0 else d for d, o in zip(model_dims, own, strict=True)]
             shape = [rows, *dims] if batched else dims
             if replay is not None:
                 data = _replayed(replay, tensor.name, dtype, shape, offset, batched)

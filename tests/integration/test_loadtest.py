@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from loadtest import run as loadtest
@@ -134,3 +135,58 @@ def test_search_mode_finds_a_rate(server: RunningServer, tmp_path: Path) -> None
     assert result["exit_code"] == 0
     assert result["best_rate"] == 200
     assert [step["rate"] for step in result["steps"]] == [50, 100, 200]
+
+
+def test_replay_priorities_and_deadlines(server: RunningServer, tmp_path: Path) -> None:
+    rows = tmp_path / "rows.npz"
+    np.savez(rows, x=np.arange(40, dtype=np.float32).reshape(10, 4))
+    result = run_tool(
+        server,
+        tmp_path,
+        "--model",
+        "ranked",
+        "--replay",
+        str(rows),
+        "--rows",
+        "4",
+        "--priority",
+        "1=0.5,2=0.5",
+        "--concurrency",
+        "2",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+    )
+    assert result["exit_code"] == 0 and result["errors"] == {} and result["requests"] > 10
+    # `timeouts` holds a lone request for 100 ms: a 20 ms deadline expires first.
+    late = run_tool(
+        server,
+        tmp_path,
+        "--model",
+        "timeouts",
+        "--deadline-ms",
+        "20",
+        "--concurrency",
+        "2",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0",
+    )
+    assert set(late["errors"]) == {"DEADLINE_EXCEEDED"}
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((4, 4), np.float64))
+    code = loadtest.main(
+        [
+            "--address",
+            server.address,
+            "--model",
+            "ranked",
+            "--replay",
+            str(bad),
+            "--duration",
+            "0.2",
+        ]
+    )
+    assert code == 2  # refused before sending: float64 rows for an FP32 input
