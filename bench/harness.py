@@ -37,7 +37,7 @@ def start(cmd: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
 def ferry(repo: Path, log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     """Start Ferry on a free loopback port serving `repo`."""
     command = [sys.executable, "-m", "server", "serve", "--model-repository", str(repo)]
-    return start([*command, "--grpc-port", "0", *extra], log)
+    return start([*command, "--grpc-port", "0", "--metrics-port", "0", *extra], log)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import uvloop  # noqa: E402
 
+from bench.harness import ferry as start_ferry  # noqa: E402
 from bench.harness import process_cpu_s, start  # noqa: E402
 from loadtest.run import LoadResult, percentiles, run_closed_loop  # noqa: E402
 from proto import grpc_service_pb2 as pb  # noqa: E402
@@ -124,19 +125,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
     repo = work / "models"
     write_example_repo(repo)
-    ferry, ferry_addr = start(
-        [
-            sys.executable,
-            "-m",
-            "server",
-            "serve",
-            "--model-repository",
-            str(repo),
-            "--grpc-port",
-            "0",
-        ],
-        work / "ferry.log",
-    )
+    ferry, ferry_addr = start_ferry(repo, work / "ferry.log")
     rounds: list[dict[str, Any]] = []
     bare, bare_addr = start([sys.executable, "bench/bare_echo_server.py"], work / "bare.log")
     cores = os.cpu_count() or 1

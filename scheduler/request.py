@@ -21,6 +21,9 @@ class InferenceResult:
     queue_ns: int
     timings: Timings
     batch_rows: int
+    batch_id: int = -1
+    started_ns: int = 0  # monotonic: when its (first) batch started
+    finished_ns: int = 0  # monotonic: when its (last) batch finished
 
 
 @dataclass(eq=False)
@@ -49,6 +52,7 @@ class InferenceRequest:
     id: str = ""
     chunk_index: int = -1
     delayed: bool = False  # its queue timeout passed under action DELAY
+    trace: object = None  # the caller's span context, opaque here (batch observers link it)
 
     def expired(self, now_ns: int) -> bool:
         return self.deadline_ns is not None and now_ns >= self.deadline_ns

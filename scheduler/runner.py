@@ -12,15 +12,17 @@ result, engine error, deadline, cancellation or shutdown (see ../shared/docs/sty
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from common.errors import DeadlineExceeded, EngineError, FerryError, ShuttingDown
-from engines.base import Instance, Profile
+from engines.base import Instance, Profile, Timings
 from scheduler.batch import Batch
 from scheduler.batcher import Batcher
 from scheduler.clock import Clock
+from scheduler.observer import BatchObserver, BatchRecord
 from scheduler.request import (
     InferenceRequest,
     InferenceResult,
@@ -43,8 +45,13 @@ class ProfileRunner:
         stats: ModelStats,
         clock: Clock,
         on_failure: Callable[[BaseException], None],
+        observers: Sequence[BatchObserver] = (),
+        batch_ids: Iterator[int] | None = None,
     ) -> None:
         self.name = name
+        self._observers = list(observers)
+        self._batch_ids = batch_ids if batch_ids is not None else itertools.count()
+        self.busy_ns: dict[str, int] = {i.name: 0 for i in instances}
         self.batcher = batcher
         self._instances = list(instances)
         self._stats = stats
@@ -108,9 +115,14 @@ class ProfileRunner:
             self._idle.put_nowait(instance)
 
     async def _compute(self, instance: Instance, batch: Batch, start_ns: int) -> None:
+        batch_id = next(self._batch_ids)
         try:
-            result = await instance.run(batch.feed())
-            answers = batch.scatter(result.outputs, self._batched)
+            try:
+                result = await instance.run(batch.feed())
+                answers = batch.scatter(result.outputs, self._batched)
+            finally:
+                finished = self._clock()
+                self.busy_ns[instance.name] += finished - start_ns
         except asyncio.CancelledError:
             for request in batch.requests:
                 set_exception_if_pending(
@@ -120,12 +132,14 @@ class ProfileRunner:
         except FerryError as exc:
             for request in batch.requests:
                 set_exception_if_pending(request.future, exc)
+            self._observe(instance, batch, batch_id, start_ns, finished, None, exc)
             return
         except Exception as exc:
             log.exception("%s: instance %s failed a batch", self.name, instance.name)
             error = EngineError(f"model {self.name} failed to run the batch: {type(exc).__name__}")
             for request in batch.requests:
                 set_exception_if_pending(request.future, error)
+            self._observe(instance, batch, batch_id, start_ns, finished, None, error)
             return
         rows = batch.rows
         self._stats.record_execution(
@@ -138,8 +152,49 @@ class ProfileRunner:
         for request, outputs in zip(batch.requests, answers, strict=True):
             set_result_if_pending(
                 request.future,
-                InferenceResult(outputs, start_ns - request.enqueued_ns, result.timings, rows),
+                InferenceResult(
+                    outputs,
+                    start_ns - request.enqueued_ns,
+                    result.timings,
+                    rows,
+                    batch_id,
+                    start_ns,
+                    finished,
+                ),
             )
+        self._observe(instance, batch, batch_id, start_ns, finished, result.timings, None)
+
+    def _observe(
+        self,
+        instance: Instance,
+        batch: Batch,
+        batch_id: int,
+        start_ns: int,
+        finished_ns: int,
+        timings: Timings | None,
+        error: BaseException | None,
+    ) -> None:
+        if not self._observers:
+            return
+        record = BatchRecord(
+            self.name,
+            instance.profile.index,
+            instance.name,
+            str(getattr(instance, "device", "cpu")),
+            batch_id,
+            batch.rows,
+            batch.requests,
+            batch.padding_ratio(),
+            start_ns,
+            finished_ns,
+            timings or Timings(),
+            error,
+        )
+        for observer in self._observers:
+            try:
+                observer.batch_done(record)
+            except Exception:  # an observer's bug must never fail requests
+                log.exception("%s: batch observer failed", self.name)
 
     def _on_batch_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -18,6 +18,7 @@ moment, and one whose caller gives up leaves the queue at once. None is ever com
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections import defaultdict
@@ -31,6 +32,7 @@ from engines.base import Instance, Profile, Timings
 from scheduler.batcher import Batcher
 from scheduler.clock import Clock, monotonic_ns
 from scheduler.config import BatchingConfig
+from scheduler.observer import BatchObserver
 from scheduler.request import InferenceRequest, InferenceResult
 from scheduler.runner import ProfileRunner
 from scheduler.shapes import Padding, route, smallest_first
@@ -54,6 +56,7 @@ class ModelScheduler:
         padding: Padding | None = None,
         stats: ModelStats | None = None,
         clock: Clock = monotonic_ns,
+        observers: Sequence[BatchObserver] = (),
     ) -> None:
         if not instances:
             raise ValueError(f"{name}: a scheduler needs at least one instance")
@@ -70,6 +73,7 @@ class ModelScheduler:
             profiles[instance.profile.index] = instance.profile
         self._profiles = smallest_first(list(profiles.values()))
         self._constrained = any(p.ranges for p in self._profiles)
+        batch_ids = itertools.count()
         self._runners = {
             index: ProfileRunner(
                 f"{name}/profile{index}" if len(groups) > 1 else name,
@@ -78,6 +82,8 @@ class ModelScheduler:
                 self.stats,
                 clock,
                 self._on_runner_failure,
+                observers,
+                batch_ids,
             )
             for index, members in groups.items()
         }
@@ -100,6 +106,14 @@ class ModelScheduler:
     def queued_bytes(self) -> int:
         return sum(r.batcher.nbytes for r in self._runners.values())
 
+    def queue_depths(self) -> dict[int, int]:
+        """Requests waiting per profile index."""
+        return {index: len(r.batcher) for index, r in self._runners.items()}
+
+    def busy_ns(self) -> dict[str, int]:
+        """Nanoseconds each instance has spent running batches since start."""
+        return {name: ns for r in self._runners.values() for name, ns in r.busy_ns.items()}
+
     def poke(self) -> None:
         """Re-evaluate every queue now (tests call this after moving an injected clock)."""
         for runner in self._runners.values():
@@ -119,6 +133,7 @@ class ModelScheduler:
         deadline_ns: int | None = None,
         request_id: str = "",
         nbytes: int | None = None,
+        trace: object = None,
     ) -> InferenceResult:
         """Queue one request and wait for its rows; the only call the server makes per request.
 
@@ -163,6 +178,7 @@ class ModelScheduler:
                 timeout_action=policy.timeout_action,
                 id=request_id,
                 chunk_index=index,
+                trace=trace,
             )
 
         max_rows = runner.batcher.max_rows
@@ -285,6 +301,9 @@ async def _wait(chunks: list[InferenceRequest]) -> InferenceResult:
             sum(p.timings.output_ns for p in parts),
         ),
         max(p.batch_rows for p in parts),
+        parts[-1].batch_id,
+        min(p.started_ns for p in parts),
+        max(p.finished_ns for p in parts),
     )
 
 

@@ -12,19 +12,22 @@ import logging
 import os
 import signal
 import stat
+import time
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
+from opentelemetry.sdk.trace import TracerProvider
 
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from proto._pool import POOL
 from server.config import ServerConfig
 from server.repository import ModelRepository, RepositoryOptions
-from server.servicer import InferenceServicer, ReadinessState
+from server.servicer import InferenceServicer, ReadinessState, Telemetry
+from telemetry import AccessLog, Metrics, Tracing, make_provider
 
 log = logging.getLogger("ferry.server")
 
@@ -42,12 +45,25 @@ def _describe_standard_services() -> None:
 
 
 class FerryServer:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, tracer_provider: TracerProvider | None = None) -> None:
+        """`tracer_provider` replaces the one the config describes (tests record spans)."""
         self.config = config
+        tracing = None
+        if tracer_provider is not None:
+            tracing = Tracing(tracer_provider)
+        elif config.tracing.enabled:
+            tracing = Tracing(make_provider(config.tracing))
+        metrics = Metrics(self._state) if config.metrics_port >= 0 else None
+        access_log = (
+            AccessLog(config.access_log, config.access_log_sample) if config.access_log else None
+        )
+        self.telemetry = Telemetry(tracing, metrics, access_log)
+        observers = tuple(o for o in (tracing, metrics) if o is not None)
         self.repository = ModelRepository(
             config.model_repository,
-            RepositoryOptions(config.default_max_batch_size, config.max_queue_bytes),
+            RepositoryOptions(config.default_max_batch_size, config.max_queue_bytes, observers),
         )
+        self.metrics_port: int | None = None
         self.readiness = ReadinessState(self.repository, config.strict_readiness)
         self._health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -64,7 +80,7 @@ class FerryServer:
         ]
         server = grpc.aio.server(options=options)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.repository, self.readiness), server
+            InferenceServicer(self.repository, self.readiness, self.telemetry), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         _describe_standard_services()
@@ -82,9 +98,34 @@ class FerryServer:
             self.addresses.append(f"unix:{self.config.unix_socket}")
         await server.start()
         self._server = server
+        if self.telemetry.metrics is not None:
+            host = self.config.host
+            self.metrics_port = self.telemetry.metrics.serve(host, self.config.metrics_port)
+            shown = f"[{host}]" if ":" in host else host
+            log.info("metrics on http://%s:%d/metrics", shown, self.metrics_port)
+        if self.telemetry.tracing is not None:
+            log.info(
+                "tracing: exporter %s, ratio %g",
+                self.config.tracing.exporter,
+                self.config.tracing.ratio,
+            )
         self.readiness.started = True
         await self._publish_health()
         log.info("serving on %s", ", ".join(self.addresses))
+
+    def _state(self) -> list[tuple[str, str, dict[int, int], dict[str, int], float]]:
+        """What the metrics endpoint reads at scrape time (from its own thread)."""
+        now = time.monotonic()
+        return [
+            (
+                s.name,
+                s.version,
+                s.scheduler.queue_depths(),
+                s.scheduler.busy_ns(),
+                now - s.started,
+            )
+            for s in self.repository.served()
+        ]
 
     async def _publish_health(self) -> None:
         status = (
@@ -103,6 +144,13 @@ class FerryServer:
             log.info("draining: finishing in-flight requests (up to %.1f s)", grace)
             await self._server.stop(grace)
         await self.repository.stop()
+        telemetry = self.telemetry
+        if telemetry.metrics is not None:
+            telemetry.metrics.stop()
+        if telemetry.tracing is not None:
+            await asyncio.to_thread(telemetry.tracing.shutdown)  # flushes unexported spans
+        if telemetry.access_log is not None:
+            telemetry.access_log.close()
         if self.config.unix_socket:
             _remove_stale_socket(Path(self.config.unix_socket))
         log.info("stopped")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from server.config import ServerConfig
+from telemetry.tracing import TracingConfig
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -54,6 +56,28 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGTERM, how long in-flight requests may take to finish (default 30)",
     )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8002,
+        help="Prometheus /metrics port (default 8002; 0 picks one; -1 turns metrics off)",
+    )
+    serve.add_argument(
+        "--tracing",
+        choices=["none", "otlp", "console"],
+        help="span exporter (default: OTEL_TRACES_EXPORTER, else none); OTLP is configured by "
+        "the standard OTEL_EXPORTER_OTLP_* variables",
+    )
+    serve.add_argument(
+        "--trace-ratio",
+        type=float,
+        help="share of requests traced, 0..1 (default: OTEL_TRACES_SAMPLER_ARG, else 1); a "
+        "caller's sampled traceparent is always followed",
+    )
+    serve.add_argument("--access-log", metavar="PATH", help="JSON lines per request ('-': stderr)")
+    serve.add_argument(
+        "--access-log-sample", type=float, default=1.0, help="share of requests logged (default 1)"
+    )
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     example = commands.add_parser("example-repo", help="write the example model repository")
@@ -82,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_queue_bytes=args.max_queue_bytes,
             strict_readiness=args.strict_readiness,
             drain_timeout_s=args.drain_timeout,
+            metrics_port=args.metrics_port,
+            tracing=TracingConfig.from_env(os.environ, args.tracing, args.trace_ratio),
+            access_log=args.access_log,
+            access_log_sample=args.access_log_sample,
         )
     except ValueError as exc:
         print(f"ferry: {exc}", file=sys.stderr)

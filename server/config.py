@@ -3,8 +3,10 @@ flags or the environment."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from telemetry.tracing import TracingConfig
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,10 @@ class ServerConfig:
     strict_readiness: ServerReady (and health) report ready only when every model loaded, as
         Triton does by default; off: ready once the server runs.
     drain_timeout_s: on SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    metrics_port: Prometheus /metrics on this port (same host); 0 picks a free one, < 0 = off.
+    tracing: where spans go and which share of requests is traced (telemetry/tracing.py).
+    access_log: write one JSON line per sampled request here ("-" = stderr); None = off.
+    access_log_sample: the share of requests the access log records.
     """
 
     model_repository: Path
@@ -34,6 +40,10 @@ class ServerConfig:
     max_queue_bytes: int = 512 * 1024 * 1024
     strict_readiness: bool = True
     drain_timeout_s: float = 30.0
+    metrics_port: int = 8002
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    access_log: str | None = None
+    access_log_sample: float = 1.0
 
     def __post_init__(self) -> None:
         if self.grpc_port > 65535:
@@ -48,5 +58,9 @@ class ServerConfig:
             )
         if self.max_queue_bytes < 0:
             raise ValueError(f"max_queue_bytes must be >= 0, got {self.max_queue_bytes}")
+        if self.metrics_port > 65535:
+            raise ValueError(f"metrics_port must be <= 65535, got {self.metrics_port}")
+        if not 0.0 < self.access_log_sample <= 1.0:
+            raise ValueError(f"access_log_sample must be in (0, 1], got {self.access_log_sample}")
         if self.drain_timeout_s < 0:
             raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")

@@ -10,8 +10,10 @@ it) and never stops the others from loading.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from common.errors import FerryError, ModelLoadError, ModelNotFound, ModelNotRea
 from engines.base import Device, Engine
 from engines.onnxruntime import OnnxRuntimeEngine, options_from_parameters
 from proto import model_config_pb2 as mc
+from scheduler.observer import BatchObserver
 from scheduler.scheduler import ModelScheduler
 from server import model_config, scheduling_config
 from server.model_config import ONNXRUNTIME, ModelSettings
@@ -38,6 +41,8 @@ class ServedVersion:
     settings: ModelSettings
     engine: Engine
     scheduler: ModelScheduler
+    sha256: str = ""  # of the model artifact: every response names it (provenance)
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -64,6 +69,7 @@ class RepositoryOptions:
 
     default_max_batch_size: int = 4
     max_queue_bytes: int = 0
+    observers: tuple[BatchObserver, ...] = ()  # told about every batch (tracing, metrics)
 
 
 class ModelRepository:
@@ -189,6 +195,7 @@ class ModelRepository:
             # N instances share the cores instead of each spawning a thread per core.
             parameters["intra_op_thread_count"] = str(max(1, (os.cpu_count() or 1) // count))
         options = options_from_parameters(parameters)
+        digest = await asyncio.to_thread(_sha256, path)
         engine = await asyncio.to_thread(OnnxRuntimeEngine, path, options)
         try:
             settings = model_config.complete(
@@ -212,9 +219,13 @@ class ModelRepository:
             engine.close()
             raise
         scheduler = ModelScheduler(
-            f"{folder.name}:{version}", instances, settings.batching, padding=settings.padding
+            f"{folder.name}:{version}",
+            instances,
+            settings.batching,
+            padding=settings.padding,
+            observers=self._options.observers,
         )
-        return ServedVersion(folder.name, version, settings, engine, scheduler)
+        return ServedVersion(folder.name, version, settings, engine, scheduler, digest)
 
     async def stop(self) -> None:
         for served in self.served():
@@ -223,3 +234,12 @@ class ModelRepository:
 
     async def drain(self, timeout_s: float) -> None:
         await asyncio.gather(*(s.scheduler.drain(timeout_s) for s in self.served()))
+
+
+def _sha256(path: Path) -> str:
+    """Hex sha256 of a model artifact, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -12,6 +12,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -19,10 +20,12 @@ import grpc
 from common.errors import FerryError, ModelNotFound, Unsupported
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
+from scheduler.request import InferenceResult
 from scheduler.stats import Duration, ModelStats
 from server.codec import decode, encode
 from server.errors import to_status
 from server.repository import READY, ModelRepository, ServedVersion
+from telemetry import AccessLog, Metrics, Tracing
 
 log = logging.getLogger("ferry.server")
 
@@ -79,10 +82,25 @@ class ReadinessState:
         return True
 
 
+@dataclass
+class Telemetry:
+    """The optional observers of every request: absent parts cost one `is None` test."""
+
+    tracing: Tracing | None = None
+    metrics: Metrics | None = None
+    access_log: AccessLog | None = None
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, repository: ModelRepository, readiness: ReadinessState) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        readiness: ReadinessState,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self._repository = repository
         self._readiness = readiness
+        self._telemetry = telemetry or Telemetry()
 
     # ---- health and metadata ----------------------------------------------------------------
 
@@ -158,7 +176,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        return await self._infer(request, context.time_remaining())
+        return await self._infer(
+            request, context.time_remaining(), context.invocation_metadata(), "ModelInfer"
+        )
 
     async def ModelStreamInfer(
         self,
@@ -171,10 +191,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
+        metadata = context.invocation_metadata()
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
-                response = await self._infer(request, context.time_remaining())
+                response = await self._infer(
+                    request, context.time_remaining(), metadata, "ModelStreamInfer"
+                )
                 answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
             except asyncio.CancelledError:
                 raise
@@ -213,12 +236,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await asyncio.gather(reader, *pending, return_exceptions=True)
 
     async def _infer(
-        self, request: pb.ModelInferRequest, time_remaining_s: float | None
+        self,
+        request: pb.ModelInferRequest,
+        time_remaining_s: float | None,
+        metadata: Any = None,
+        method: str = "ModelInfer",
     ) -> pb.ModelInferResponse:
         start = time.monotonic_ns()
-        served = self._repository.get(request.model_name, request.model_version)
-        stats = served.scheduler.stats
+        tracing = self._telemetry.tracing
+        span = (
+            None
+            if tracing is None
+            else tracing.start_request(
+                method,
+                metadata,
+                {
+                    "ferry.model": request.model_name,
+                    "ferry.version": request.model_version,
+                    "ferry.request_id": request.id,
+                },
+            )
+        )
+        result: InferenceResult | None = None
+        served: ServedVersion | None = None
         try:
+            served = self._repository.get(request.model_name, request.model_version)
             sig = served.settings.signature
             decoded = decode(request, sig)
             deadline_ns = None if time_remaining_s is None else start + int(time_remaining_s * 1e9)
@@ -230,6 +272,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 deadline_ns=deadline_ns,
                 request_id=request.id,
                 nbytes=decoded.nbytes,
+                trace=None if span is None else span.get_span_context(),
             )
             response = encode(
                 result.outputs,
@@ -239,11 +282,65 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 model_version=served.version,
                 request_id=request.id,
             )
-        except BaseException:
-            stats.record_failure(time.monotonic_ns() - start)
+            # Provenance: which artifact produced this answer.
+            response.parameters["model_version"].string_param = served.version
+            response.parameters["model_sha256"].string_param = served.sha256
+        except BaseException as exc:
+            self._finish(request, served, start, None, exc, span)
             raise
-        stats.record_success(time.monotonic_ns() - start)
+        self._finish(request, served, start, result, None, span)
         return response
+
+    def _finish(
+        self,
+        request: pb.ModelInferRequest,
+        served: ServedVersion | None,
+        start_ns: int,
+        result: InferenceResult | None,
+        error: BaseException | None,
+        span: Any,
+    ) -> None:
+        """Statistics, metrics, trace and access log for one finished request, in one place."""
+        total = time.monotonic_ns() - start_ns
+        telemetry = self._telemetry
+        code = "OK"
+        if error is not None:
+            code = (
+                "CANCELLED"
+                if isinstance(error, asyncio.CancelledError)
+                else to_status(error)[0].name
+            )
+        if served is not None:
+            stats = served.scheduler.stats
+            if error is None:
+                stats.record_success(total)
+            else:
+                stats.record_failure(total)
+            if telemetry.metrics is not None:
+                telemetry.metrics.request_done(served.name, served.version, total, result, error)
+        if span is not None and telemetry.tracing is not None:
+            enqueued = None if result is None else result.started_ns - result.queue_ns
+            telemetry.tracing.end_request(span, result, enqueued, error, code)
+        log = telemetry.access_log
+        if log is not None and log.wanted():
+            log.write(
+                {
+                    "id": request.id,
+                    "model": request.model_name,
+                    "version": served.version if served else request.model_version,
+                    "sha256": served.sha256 if served else "",
+                    "status": code,
+                    "rows": int(request.inputs[0].shape[0])
+                    if request.inputs and request.inputs[0].shape
+                    else 0,
+                    "batch": -1 if result is None else result.batch_id,
+                    "queue_us": 0 if result is None else result.queue_ns // 1000,
+                    "compute_us": 0
+                    if result is None
+                    else (result.finished_ns - result.started_ns) // 1000,
+                    "total_us": total // 1000,
+                }
+            )
 
     # ---- statistics and repository ----------------------------------------------------------
 

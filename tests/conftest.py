@@ -33,6 +33,7 @@ class RunningServer:
     unix_socket: str
     log_path: Path
     log_file: IO[str]
+    metrics_url: str = ""
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -58,6 +59,8 @@ def start_server(repo: Path, workdir: Path, *extra: str) -> RunningServer:
             "--no-strict-readiness",
             "--drain-timeout",
             "5",
+            "--metrics-port",
+            "0",
             *extra,
         ],
         cwd=ROOT,
@@ -73,7 +76,15 @@ def start_server(repo: Path, workdir: Path, *extra: str) -> RunningServer:
             address = match.group(1)
             with grpc.insecure_channel(address) as channel:
                 grpc.channel_ready_future(channel).result(timeout=10)
-            return RunningServer(process, address, socket_path, log_path, log_file)
+            metrics = re.search(r"metrics on (\S+)", log_path.read_text())
+            return RunningServer(
+                process,
+                address,
+                socket_path,
+                log_path,
+                log_file,
+                metrics.group(1) if metrics else "",
+            )
         if process.poll() is not None:
             break
         time.sleep(0.05)

@@ -1,0 +1,38 @@
+"""What the scheduler tells the outside about each batch: one record per execution.
+
+Tracing and metrics (telemetry/) observe batches through this hook, so the scheduler stays free
+of any telemetry library. With no observer registered the runner skips the record entirely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from engines.base import Timings
+from scheduler.request import InferenceRequest
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One batch execution. Times are monotonic nanoseconds (scheduler/clock.py)."""
+
+    model: str
+    profile: int
+    instance: str
+    device: str
+    batch_id: int
+    rows: int
+    requests: Sequence[InferenceRequest]
+    padding_ratio: float
+    started_ns: int
+    finished_ns: int
+    timings: Timings
+    error: BaseException | None = None
+
+
+class BatchObserver(Protocol):
+    def batch_done(self, record: BatchRecord) -> None:
+        """Called on the event loop after every batch; must not block or raise."""
+        ...
