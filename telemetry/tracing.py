@@ -126,17 +126,25 @@ class Tracing:
         if span.is_recording():
             if result is not None and enqueued_ns is not None:
                 context = trace.set_span_in_context(span)
-                self._interval("queue", context, enqueued_ns, result.started_ns)
-                compute = self._interval("compute", context, result.started_ns, result.finished_ns)
-                compute.set_attribute("ferry.batch_id", result.batch_id)
-                compute.set_attribute("ferry.batch_rows", result.batch_rows)
+                self._interval("queue", context, enqueued_ns, result.started_ns, {})
+                self._interval(
+                    "compute",
+                    context,
+                    result.started_ns,
+                    result.finished_ns,
+                    {"ferry.batch_id": result.batch_id, "ferry.batch_rows": result.batch_rows},
+                )
             span.set_attribute("rpc.grpc.status_code", code)
             if error is not None:
                 span.set_status(Status(StatusCode.ERROR, str(error)))
         span.end()
 
-    def _interval(self, name: str, context: Any, start_ns: int, end_ns: int) -> trace.Span:
-        child = self._tracer.start_span(name, context=context, start_time=start_ns + self._offset)
+    def _interval(
+        self, name: str, context: Any, start_ns: int, end_ns: int, attributes: dict[str, Any]
+    ) -> trace.Span:
+        child = self._tracer.start_span(
+            name, context=context, start_time=start_ns + self._offset, attributes=attributes
+        )
         child.end(end_time=max(end_ns, start_ns) + self._offset)
         return child
 

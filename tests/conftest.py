@@ -61,6 +61,8 @@ def start_server(repo: Path, workdir: Path, *extra: str) -> RunningServer:
             "5",
             "--metrics-port",
             "0",
+            "--access-log",
+            str(workdir / "access.log"),
             *extra,
         ],
         cwd=ROOT,

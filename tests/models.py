@@ -119,6 +119,16 @@ SCHEDULING = {
         "dynamic_batching { max_queue_delay_microseconds: 300000 }\n"
         'parameters { key: "ferry.max_queue_bytes" value { string_value: "100" } }\n',
     ),
+    # Observability tests only: a full batch (8 rows) leaves at once; a lone row waits for a
+    # 200 ms batch and its 50 ms queue timeout rejects it first.
+    "metered": (
+        "add",
+        "max_batch_size: 8\n"
+        "dynamic_batching {\n"
+        "  max_queue_delay_microseconds: 200000\n"
+        "  default_queue_policy { default_timeout_microseconds: 50000 }\n"
+        "}\n",
+    ),
     "ordered": (
         "identity",
         "max_batch_size: 4\n"
