@@ -11,8 +11,10 @@ COPY scheduler scheduler
 COPY engines engines
 COPY common common
 COPY loadtest loadtest
+COPY telemetry telemetry
 RUN python3 -m pip install --no-cache-dir . && ferry example-repo /models
 
-EXPOSE 8001
+# 8001: gRPC; 8002: Prometheus /metrics
+EXPOSE 8001 8002
 # The model repository is a volume in production: docker run -v /path/to/repo:/models ...
 ENTRYPOINT ["ferry", "serve", "--model-repository", "/models", "--host", "0.0.0.0"]

@@ -18,10 +18,12 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start(cmd: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start(
+    cmd: list[str], log: Path, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start a server process and wait for its "serving on ADDRESS" line."""
     handle = log.open("wb")
-    process = subprocess.Popen(cmd, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         match = re.search(r"serving on ([^,\s]+)", log.read_text())

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.server
 import json
 import os
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -87,34 +89,63 @@ async def test_a_shared_batch_is_one_span_linked_to_every_request(model_repo: Pa
 
 
 class Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+    """An OTLP receiver for both transports: gRPC (Export) and HTTP (POST /v1/traces)."""
+
     def __init__(self) -> None:
         self.names: list[str] = []
 
-    def Export(self, request, context):  # type: ignore[no-untyped-def]
+    def take(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
         for resource in request.resource_spans:
             for scope in resource.scope_spans:
                 self.names.extend(span.name for span in scope.spans)
+
+    def Export(self, request, context):  # type: ignore[no-untyped-def]
+        self.take(request)
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-@pytest.fixture
-def otlp_receiver() -> Iterator[tuple[str, Collector]]:
+@pytest.fixture(params=["grpc", "http/protobuf"])
+def otlp_receiver(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, Collector]]:
     collector = Collector()
-    receiver = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, receiver)
-    port = receiver.add_insecure_port("127.0.0.1:0")
-    receiver.start()
-    yield f"http://127.0.0.1:{port}", collector
-    receiver.stop(0)
+    if request.param == "grpc":
+        receiver = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, receiver)
+        port = receiver.add_insecure_port("127.0.0.1:0")
+        receiver.start()
+        yield request.param, f"http://127.0.0.1:{port}", collector
+        receiver.stop(0)
+        return
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.path == "/v1/traces":
+                collector.take(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
+            answer = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    http_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=http_server.serve_forever, daemon=True)
+    thread.start()
+    yield request.param, f"http://127.0.0.1:{http_server.server_port}", collector
+    http_server.shutdown()
+    http_server.server_close()
 
 
 def test_spans_arrive_at_a_real_otlp_receiver(
-    model_repo: Path, tmp_path: Path, otlp_receiver: tuple[str, Collector]
+    model_repo: Path, tmp_path: Path, otlp_receiver: tuple[str, str, Collector]
 ) -> None:
-    endpoint, collector = otlp_receiver
+    protocol, endpoint, collector = otlp_receiver
     environment = {
         "OTEL_TRACES_EXPORTER": "otlp",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }

@@ -1,0 +1,142 @@
+"""What tracing costs (issue 4): requests/s and p99 with tracing off, at ratio 0.01 and at 1.0,
+against the same server without any tracing code (git tag `pre-telemetry`, run from a worktree).
+
+    python bench/tracing.py [--rounds 3] [--seconds 4] [--baseline-ref pre-telemetry]
+
+Variants (one server each, `dlrm`, 64-row requests, closed loop at concurrency 64):
+    no tracing code   the commit before tracing, metrics and the access log existed
+    off               this tree, no exporter (metrics off, so tracing is the only difference)
+    off + metrics     this tree, no exporter, Prometheus metrics on
+    ratio 0.01        OTLP/gRPC export of 1% of requests to a receiver in this process
+    ratio 1.0         every request traced and exported
+Rounds visit the variants in turn; each prints its ratio against `no tracing code` of the round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import ROOT, record, start, stop
+from loadtest.processes import Plan, run
+from loadtest.report import result_of
+from loadtest.workload import Choice, Workload
+from server.example_repo import write_example_repo
+
+
+class Sink(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+    """An OTLP receiver that accepts and counts spans."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+
+    def Export(self, request, context):  # type: ignore[no-untyped-def]
+        self.spans += sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def measure(address: str, seconds: float) -> dict[str, Any]:
+    workload = Workload("dlrm", rows=Choice((64,), (1.0,)), id_range=1000)
+    plan = Plan(address, workload, "closed", concurrency=64, duration_s=seconds, warmup_s=0.5)
+    result = result_of(run(plan), model="dlrm", mode="closed", duration_s=seconds, concurrency=64)
+    return {"requests_per_s": result.requests_per_s, "latency_ms": result.latency_ms}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--baseline-ref", default="pre-telemetry")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="ferry-tracing-"))
+    repo = work / "models"
+    write_example_repo(repo)
+    baseline_tree = work / "baseline"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(baseline_tree), args.baseline_ref],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    sink = Sink()
+    receiver = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, receiver)
+    otlp_port = receiver.add_insecure_port("127.0.0.1:0")
+    receiver.start()
+    serve = [sys.executable, "-m", "server", "serve", "--model-repository", str(repo)]
+    serve += ["--grpc-port", "0"]
+    environment = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+    }
+    variants = {
+        "no tracing code": (serve, baseline_tree),
+        "off": ([*serve, "--metrics-port", "-1", "--tracing", "none"], ROOT),
+        "off + metrics": ([*serve, "--metrics-port", "0", "--tracing", "none"], ROOT),
+        "ratio 0.01": (
+            [*serve, "--metrics-port", "-1", "--tracing", "otlp", "--trace-ratio", "0.01"],
+            ROOT,
+        ),
+        "ratio 1.0": (
+            [*serve, "--metrics-port", "-1", "--tracing", "otlp", "--trace-ratio", "1"],
+            ROOT,
+        ),
+    }
+    servers: dict[str, tuple[Any, str]] = {}
+    rounds: list[dict[str, Any]] = []
+    try:
+        for name, (command, cwd) in variants.items():
+            log = work / f"{name.replace(' ', '_')}.log"
+            servers[name] = start(command, log, cwd=cwd, env=environment)
+        for _ in range(args.rounds):
+            rounds.append(
+                {name: measure(address, args.seconds) for name, (_, address) in servers.items()}
+            )
+    finally:
+        for process, _ in servers.values():
+            stop(process)
+        receiver.stop(0)
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(baseline_tree)], cwd=ROOT, check=False
+        )
+
+    print(f"dlrm, 64 rows/request, concurrency 64; spans received by the OTLP sink: {sink.spans}")
+    print(
+        f"{'variant':<16} {'requests/s':>11} {'x no tracing code':>22} {'p99 ms':>8} {'x p99':>6}"
+    )
+    summary = {}
+    for name in variants:
+        ratios = [
+            r[name]["requests_per_s"] / r["no tracing code"]["requests_per_s"] for r in rounds
+        ]
+        p99s = [
+            r[name]["latency_ms"]["p99"] / r["no tracing code"]["latency_ms"]["p99"] for r in rounds
+        ]
+        rate = float(np.median([r[name]["requests_per_s"] for r in rounds]))
+        p99 = float(np.median([r[name]["latency_ms"]["p99"] for r in rounds]))
+        summary[name] = {"requests_per_s": rate, "ratio": ratios, "p99_ms": p99, "p99_ratio": p99s}
+        spread = f"{np.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+        print(f"{name:<16} {rate:>11.0f} {spread:>22} {p99:>8.2f} {np.median(p99s):>6.2f}")
+    path = record(
+        "tracing", vars(args), {"rounds": rounds, "summary": summary, "spans_received": sink.spans}
+    )
+    print(f"full results: {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
