@@ -10,6 +10,11 @@ Variants (one server each, `dlrm`, 64-row requests, closed loop at concurrency 6
     ratio 0.01        OTLP/gRPC export of 1% of requests to a receiver in this process
     ratio 1.0         every request traced and exported
 Rounds visit the variants in turn; each prints its ratio against `no tracing code` of the round.
+
+End to end on 2 noisy cores the spread between rounds is wider than a few percent, so the script
+also measures the cost directly: the CPU time the request path spends in tracing (span start and
+end, one span per request, in this process) against the server's own CPU per request (from
+/proc, the `off` variant), a ratio that noise barely moves.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -26,14 +32,16 @@ from typing import Any
 import grpc
 import numpy as np
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import ROOT, record, start, stop
+from bench.harness import ROOT, process_cpu_s, record, start, stop
 from loadtest.processes import Plan, run
 from loadtest.report import result_of
 from loadtest.workload import Choice, Workload
 from server.example_repo import write_example_repo
+from telemetry.tracing import Tracing, TracingConfig, make_provider
 
 
 class Sink(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
@@ -47,11 +55,36 @@ class Sink(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-def measure(address: str, seconds: float) -> dict[str, Any]:
+def measure(address: str, seconds: float, pid: int) -> dict[str, Any]:
     workload = Workload("dlrm", rows=Choice((64,), (1.0,)), id_range=1000)
     plan = Plan(address, workload, "closed", concurrency=64, duration_s=seconds, warmup_s=0.5)
-    result = result_of(run(plan), model="dlrm", mode="closed", duration_s=seconds, concurrency=64)
-    return {"requests_per_s": result.requests_per_s, "latency_ms": result.latency_ms}
+    cpu0 = process_cpu_s(pid)
+    tally = run(plan)
+    cpu = process_cpu_s(pid) - cpu0
+    result = result_of(tally, model="dlrm", mode="closed", duration_s=seconds, concurrency=64)
+    requests = result.requests_per_s * (seconds + 0.5)  # the CPU spans the warm-up too
+    return {
+        "requests_per_s": result.requests_per_s,
+        "latency_ms": result.latency_ms,
+        "server_cpu_us_per_request": cpu * 1e6 / max(requests, 1.0),
+    }
+
+
+def tracing_cpu_us(ratio: float, n: int = 50_000) -> float:
+    """CPU microseconds per request that the request path spends on tracing at `ratio`."""
+    tracing = Tracing(make_provider(TracingConfig("console", ratio), exporter=_Discard()))
+    attributes = {"ferry.model": "dlrm", "ferry.version": "", "ferry.request_id": ""}
+    start = time.process_time()
+    for _ in range(n):
+        span = tracing.start_request("ModelInfer", (), dict(attributes))
+        span.get_span_context()
+        tracing.end_request(span, None, None, None, "OK")
+    return (time.process_time() - start) / n * 1e6
+
+
+class _Discard(SpanExporter):
+    def export(self, spans: Any) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
 
 
 def main() -> int:
@@ -104,7 +137,10 @@ def main() -> int:
             servers[name] = start(command, log, cwd=cwd, env=environment)
         for _ in range(args.rounds):
             rounds.append(
-                {name: measure(address, args.seconds) for name, (_, address) in servers.items()}
+                {
+                    name: measure(address, args.seconds, process.pid)
+                    for name, (process, address) in servers.items()
+                }
             )
     finally:
         for process, _ in servers.values():
@@ -131,8 +167,23 @@ def main() -> int:
         summary[name] = {"requests_per_s": rate, "ratio": ratios, "p99_ms": p99, "p99_ratio": p99s}
         spread = f"{np.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
         print(f"{name:<16} {rate:>11.0f} {spread:>22} {p99:>8.2f} {np.median(p99s):>6.2f}")
+    server_us = float(np.median([r["off"]["server_cpu_us_per_request"] for r in rounds]))
+    direct = {str(ratio): tracing_cpu_us(ratio) for ratio in (0.01, 1.0)}
+    print(f"server CPU per request with tracing off: {server_us:.0f} us (median of rounds)")
+    for ratio, cost in direct.items():
+        print(
+            f"tracing at ratio {ratio}: {cost:.1f} us of CPU per request = {cost / server_us:.2%}"
+        )
     path = record(
-        "tracing", vars(args), {"rounds": rounds, "summary": summary, "spans_received": sink.spans}
+        "tracing",
+        vars(args),
+        {
+            "rounds": rounds,
+            "summary": summary,
+            "spans_received": sink.spans,
+            "server_cpu_us_per_request_off": server_us,
+            "tracing_cpu_us_per_request": direct,
+        },
     )
     print(f"full results: {path.relative_to(ROOT)}")
     return 0

@@ -1,6 +1,19 @@
-"""gRPC front end: codec, model repository, services, CLI and process lifecycle."""
+"""gRPC front end: codec, model repository, services, CLI and process lifecycle.
 
-from server.app import FerryServer, serve
-from server.config import ServerConfig
+The public names load on first use, so that light modules (the example models, the codec) can be
+imported where the gRPC service libraries are not installed (the GPU machine's test runs).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = ["FerryServer", "ServerConfig", "serve"]
+_WHERE = {"FerryServer": "server.app", "serve": "server.app", "ServerConfig": "server.config"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'server' has no attribute {name!r}")

@@ -27,7 +27,10 @@ from proto._pool import POOL
 from server.config import ServerConfig
 from server.repository import ModelRepository, RepositoryOptions
 from server.servicer import InferenceServicer, ReadinessState, Telemetry
-from telemetry import AccessLog, Metrics, Tracing, make_provider
+from telemetry.access_log import AccessLog
+from telemetry.gpu import GpuCollector
+from telemetry.metrics import Metrics
+from telemetry.tracing import Tracing, make_provider
 
 log = logging.getLogger("ferry.server")
 
@@ -54,6 +57,10 @@ class FerryServer:
         elif config.tracing.enabled:
             tracing = Tracing(make_provider(config.tracing))
         metrics = Metrics(self._state) if config.metrics_port >= 0 else None
+        if metrics is not None:
+            gpus = GpuCollector()
+            if gpus.available:
+                metrics.registry.register(gpus)
         access_log = (
             AccessLog(config.access_log, config.access_log_sample) if config.access_log else None
         )

@@ -25,7 +25,9 @@ from scheduler.stats import Duration, ModelStats
 from server.codec import decode, encode
 from server.errors import to_status
 from server.repository import READY, ModelRepository, ServedVersion
-from telemetry import AccessLog, Metrics, Tracing
+from telemetry.access_log import AccessLog
+from telemetry.metrics import Metrics
+from telemetry.tracing import Tracing
 
 log = logging.getLogger("ferry.server")
 

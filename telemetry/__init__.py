@@ -1,11 +1,7 @@
-"""Observability: OpenTelemetry traces, Prometheus metrics and the access log.
+"""Observability: OpenTelemetry traces (tracing.py), Prometheus metrics (metrics.py, gpu.py)
+and the access log (access_log.py).
 
-The server owns one `Telemetry`; each part is optional and absent parts cost nothing. The
-scheduler reports batches through scheduler.observer, never importing from here.
+The server owns one of each it is configured for; absent parts cost nothing. The scheduler
+reports batches through scheduler.observer and never imports from here. Submodules are imported
+by name (nothing is pulled in here), so the GPU metrics work without the tracing libraries.
 """
-
-from telemetry.access_log import AccessLog
-from telemetry.metrics import Metrics
-from telemetry.tracing import Tracing, TracingConfig, make_provider
-
-__all__ = ["AccessLog", "Metrics", "Tracing", "TracingConfig", "make_provider"]
