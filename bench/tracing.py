@@ -37,9 +37,11 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import ROOT, process_cpu_s, record, start, stop
+from engines.base import Timings
 from loadtest.processes import Plan, run
 from loadtest.report import result_of
 from loadtest.workload import Choice, Workload
+from scheduler.request import InferenceResult
 from server.example_repo import write_example_repo
 from telemetry.tracing import Tracing, TracingConfig, make_provider
 
@@ -74,11 +76,12 @@ def tracing_cpu_us(ratio: float, n: int = 50_000) -> float:
     """CPU microseconds per request that the request path spends on tracing at `ratio`."""
     tracing = Tracing(make_provider(TracingConfig("console", ratio), exporter=_Discard()))
     attributes = {"ferry.model": "dlrm", "ferry.version": "", "ferry.request_id": ""}
+    result = InferenceResult({}, 1_000, Timings(), 64, 7, 2_000, 3_000)
     start = time.process_time()
     for _ in range(n):
         span = tracing.start_request("ModelInfer", (), dict(attributes))
         span.get_span_context()
-        tracing.end_request(span, None, None, None, "OK")
+        tracing.end_request(span, result, 1_000, None, "OK")  # with its queue/compute spans
     return (time.process_time() - start) / n * 1e6
 
 
@@ -136,10 +139,14 @@ def main() -> int:
             log = work / f"{name.replace(' ', '_')}.log"
             servers[name] = start(command, log, cwd=cwd, env=environment)
         for _ in range(args.rounds):
+            # Each round starts one variant later, so no variant always runs first or last.
+            names = list(servers)
+            shift = len(rounds) % len(names)
+            order = names[shift:] + names[:shift]
             rounds.append(
                 {
-                    name: measure(address, args.seconds, process.pid)
-                    for name, (process, address) in servers.items()
+                    name: measure(servers[name][1], args.seconds, servers[name][0].pid)
+                    for name in order
                 }
             )
     finally:

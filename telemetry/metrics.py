@@ -131,6 +131,7 @@ class Metrics(Collector):
             buckets=ROWS_BUCKETS,
             registry=self.registry,
         )
+        self._by_model: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self.registry.register(self)
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -147,7 +148,8 @@ class Metrics(Collector):
     ) -> None:
         key = (model, version)
         counts = self._counts
-        self.latency.labels(model, version).observe(total_ns / 1e9)
+        latency, queue, compute = self._children(key)
+        latency.observe(total_ns / 1e9)
         counts["nv_inference_request_duration_us"][key] += total_ns / 1e3
         if error is not None or result is None:
             reason = failure_reason(error) if error is not None else "OTHER"
@@ -159,10 +161,19 @@ class Metrics(Collector):
         counts["nv_inference_compute_input_duration_us"][key] += t.input_ns / 1e3
         counts["nv_inference_compute_infer_duration_us"][key] += t.infer_ns / 1e3
         counts["nv_inference_compute_output_duration_us"][key] += t.output_ns / 1e3
-        self.queue.labels(model, version).observe(result.queue_ns / 1e9)
-        self.compute.labels(model, version).observe(
-            max(result.finished_ns - result.started_ns, 0) / 1e9
-        )
+        queue.observe(result.queue_ns / 1e9)
+        compute.observe(max(result.finished_ns - result.started_ns, 0) / 1e9)
+
+    def _children(self, key: tuple[str, str]) -> tuple[Any, Any, Any]:
+        """The per-model histogram children, looked up once (labels() takes a lock)."""
+        found = self._by_model.get(key)
+        if found is None:
+            found = self._by_model[key] = (
+                self.latency.labels(*key),
+                self.queue.labels(*key),
+                self.compute.labels(*key),
+            )
+        return found
 
     def batch_done(self, record: BatchRecord) -> None:
         if record.error is not None:
