@@ -5,6 +5,7 @@ It imports nothing else of Ferry's, so `server`, `scheduler` and `engines` may a
 
 from common.datatypes import DATATYPES, DataType, datatype, from_config_type, from_numpy
 from common.errors import (
+    CudaError,
     DeadlineExceeded,
     EngineError,
     FerryError,
@@ -13,6 +14,7 @@ from common.errors import (
     ModelNotFound,
     ModelNotReady,
     QueueFull,
+    QueueTimeout,
     RequestCancelled,
     ShuttingDown,
     Unavailable,
@@ -21,6 +23,7 @@ from common.errors import (
 
 __all__ = [
     "DATATYPES",
+    "CudaError",
     "DataType",
     "DeadlineExceeded",
     "EngineError",
@@ -30,6 +33,7 @@ __all__ = [
     "ModelNotFound",
     "ModelNotReady",
     "QueueFull",
+    "QueueTimeout",
     "RequestCancelled",
     "ShuttingDown",
     "Unavailable",

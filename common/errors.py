@@ -12,6 +12,7 @@
     ├── DeadlineExceeded        the caller's deadline passed before the answer was ready
     ├── RequestCancelled        the caller went away
     ├── EngineError             the backend failed while running a batch
+    │   └── CudaError           a CUDA call failed; the message names the call and the error
     └── ModelLoadError          a model could not be loaded (reported, never raised to a caller)
 
 The server maps these to gRPC status codes in exactly one place (server/errors.py). Library
@@ -68,6 +69,10 @@ class RequestCancelled(FerryError):
 
 class EngineError(FerryError):
     """The backend failed while executing a batch; every member of the batch gets it."""
+
+
+class CudaError(EngineError):
+    """A CUDA call failed: the message names the call and the CUDA error (name and text)."""
 
 
 class ModelLoadError(FerryError):

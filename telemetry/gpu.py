@@ -14,30 +14,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from engines.cuda import nvml as nvml_access
+
 log = logging.getLogger("ferry.telemetry")
-
-
-def _nvml() -> tuple[Any, str]:
-    """The initialized pynvml module, or None and the reason it is unavailable."""
-    try:
-        import pynvml
-    except ImportError:
-        return None, "NVML bindings (nvidia-ml-py) are not installed"
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        return None, f"NVML cannot start: {exc}"
-    return pynvml, ""
 
 
 class GpuCollector(Collector):
     def __init__(self) -> None:
-        self._nvml, reason = _nvml()
+        self._nvml, reason = nvml_access.start()
         if self._nvml is None:
             log.info("no GPU metrics: %s", reason)
 
@@ -57,8 +45,8 @@ class GpuCollector(Collector):
         )
         for index in range(nvml.nvmlDeviceGetCount()):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            uuid = _text(nvml.nvmlDeviceGetUUID(handle))
-            name = _text(nvml.nvmlDeviceGetName(handle))
+            uuid = nvml_access.text(nvml.nvmlDeviceGetUUID(handle))
+            name = nvml_access.text(nvml.nvmlDeviceGetName(handle))
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
             used.add_metric([uuid, name, ""], float(memory.used))
             total.add_metric([uuid, name, ""], float(memory.total))
@@ -66,29 +54,11 @@ class GpuCollector(Collector):
                 busy.add_metric([uuid, name], nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100)
             except nvml.NVMLError:  # not reported while MIG is on
                 pass
-            for mig in _mig_devices(nvml, handle):
+            for mig in nvml_access.mig_devices(nvml, handle):
                 mig_memory = nvml.nvmlDeviceGetMemoryInfo(mig)
-                mig_uuid = _text(nvml.nvmlDeviceGetUUID(mig))
+                mig_uuid = nvml_access.text(nvml.nvmlDeviceGetUUID(mig))
                 used.add_metric([uuid, name, mig_uuid], float(mig_memory.used))
                 total.add_metric([uuid, name, mig_uuid], float(mig_memory.total))
         yield used
         yield total
         yield busy
-
-
-def _mig_devices(nvml: Any, handle: Any) -> Iterator[Any]:
-    try:
-        current, _ = nvml.nvmlDeviceGetMigMode(handle)
-    except nvml.NVMLError:  # a GPU without MIG support
-        return
-    if current != nvml.NVML_DEVICE_MIG_ENABLE:
-        return
-    for slot in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
-        try:
-            yield nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
-        except nvml.NVMLError:  # an empty slot
-            continue
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
