@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU test suite (pytest marker `gpu`) on the GPU machine, which has no package index.
 #   scripts/gpu_tests.sh pack   on a machine with an index: the pure-Python test dependencies
-#                               that the GPU machine lacks go to .gpu/wheels (ignored by git)
+#                               that the GPU machine lacks go to .gputest/wheels (ignored by git; apart from .gpu/, which ../shared/tools/gpu-pack.sh rebuilds)
 #   scripts/gpu_tests.sh run    on the GPU machine, from the project root with .gpu/ present:
 #                               installs them under /tmp/site and runs `pytest -m gpu tests/gpu`
 set -euo pipefail
@@ -9,14 +9,14 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 case "${1:-}" in
   pack)
-    mkdir -p .gpu/wheels
-    python3 -m pip download -q --no-deps -d .gpu/wheels \
+    mkdir -p .gputest/wheels
+    python3 -m pip download -q --no-deps -d .gputest/wheels \
       prometheus-client==0.26.0 pytest==9.2.0 pytest-asyncio==1.5.0 pluggy iniconfig packaging \
       pygments typing_extensions
-    ls .gpu/wheels
+    ls .gputest/wheels
     ;;
   run)
-    python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .gpu/wheels/*.whl
+    python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .gputest/wheels/*.whl
     PYTHONPATH=/tmp/site:$root python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider -rA
     ;;
   *)
