@@ -41,3 +41,19 @@ def _gather_padded(
         out[(slice(start, end), *(slice(0, d) for d in array.shape[1:]))] = array
         start = end
     return out
+
+
+def gather_into(feed: Feed, name: str, out: np.ndarray) -> None:
+    """Like gather(), but into `out` (a staging buffer the caller owns, e.g. pinned memory):
+    exactly one copy per request, padded inputs filled with their pad value first."""
+    padded = feed.padded.get(name)
+    if padded is not None and any(p[name].shape[1:] != out.shape[1:] for p in feed.parts):
+        out.fill(padded[1])
+        start = 0
+        for part in feed.parts:
+            array = part[name]
+            end = start + array.shape[0]
+            out[(slice(start, end), *(slice(0, d) for d in array.shape[1:]))] = array
+            start = end
+        return
+    np.concatenate([p[name] for p in feed.parts], axis=0, out=out)
