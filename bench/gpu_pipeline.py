@@ -90,7 +90,8 @@ def main() -> int:
     path = root / "dlrm" / "1" / "model.onnx"
     rows_out: list[dict[str, Any]] = []
     print(
-        f"{'batch':>6} {'direct rows/s':>14} {'ferry x1':>12} {'x1/direct':>10} {'ferry x2':>12} {'x2/direct':>10}"
+        f"{'batch':>6} {'direct rows/s':>14} {'ferry x1':>12} {'x1/direct':>10} "
+        f"{'ferry x2':>12} {'x2/direct':>10}"
     )
     for rows in BATCHES:
         base = direct(path, rows, args.seconds)
@@ -98,7 +99,8 @@ def main() -> int:
         two = asyncio.run(ferry(path, rows, args.seconds, 2))
         rows_out.append({"batch": rows, "direct": base, "ferry_x1": one, "ferry_x2": two})
         print(
-            f"{rows:>6} {base:>14.0f} {one:>12.0f} {one / base:>10.2f} {two:>12.0f} {two / base:>10.2f}"
+            f"{rows:>6} {base:>14.0f} {one:>12.0f} {one / base:>10.2f} "
+            f"{two:>12.0f} {two / base:>10.2f}"
         )
     if args.out:
         args.out.write_text(
