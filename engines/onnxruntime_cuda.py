@@ -7,8 +7,12 @@ output, grown to the largest batch seen. A batch goes:
 
     gather each request straight into pinned memory (one copy per request)
     → host-to-device copies on the stream → the session enqueues its kernels on the stream
-    → device-to-host copies of the outputs → an event; the event loop awaits it, never blocks
+    → device-to-host copies of the outputs → the instance's thread waits for its stream
     → outputs copied out of pinned memory (one copy), so the buffers serve the next batch
+
+All of that runs on the instance's own thread (one hand-off per batch); the event loop only
+awaits the result, so it never blocks, and two or more instances keep batches in flight on
+their own streams while the loop gathers the next ones.
 
 Needs the `onnxruntime-gpu` build and cuda-python; without them the engine refuses to load with
 a message saying so, and the CPU backend serves. An output whose dims (batch aside) are not fixed
@@ -167,16 +171,20 @@ class OnnxRuntimeCudaInstance:
 
     async def run(self, feed: Feed) -> ExecutionResult:
         loop = asyncio.get_running_loop()
-        t0 = time.perf_counter_ns()
         try:
-            # Gathering and enqueueing are CPU work: on the instance's thread, not the loop.
-            shapes = await loop.run_in_executor(self._executor, self._enqueue, feed)
+            # One hand-off per batch: the instance's thread gathers, enqueues, waits for its
+            # stream and copies out; the event loop only awaits the result.
+            return await loop.run_in_executor(self._executor, self._run_blocking, feed)
         except EngineError:
             raise
         except Exception as exc:  # ONNX Runtime's own exception types; translated here
             raise EngineError(f"onnxruntime CUDA failed to run the batch: {exc}") from exc
+
+    def _run_blocking(self, feed: Feed) -> ExecutionResult:
+        t0 = time.perf_counter_ns()
+        shapes = self._enqueue(feed)
         t1 = time.perf_counter_ns()
-        await self._stream.done()
+        self._stream.synchronize()
         t2 = time.perf_counter_ns()
         outputs: dict[str, np.ndarray] = {}
         host_bound = [s.name for s in self._outputs if s.name not in shapes]
