@@ -18,11 +18,13 @@ from google.protobuf.message import Message
 from common.datatypes import DataType, from_config_type
 from common.errors import ModelLoadError
 from engines.base import Profile, TensorSpec
+from engines.cuda.devices import Discovery
 from proto import model_config_pb2 as mc
 from scheduler.config import BatchingConfig
 from scheduler.shapes import Padding
 from server import scheduling_config as scheduling
 from server.codec import Signature
+from server.scheduling_config import PlannedInstance
 
 ONNXRUNTIME = "onnxruntime"
 _PLATFORMS = {"onnxruntime_onnx": ONNXRUNTIME, "tensorrt_plan": "tensorrt"}
@@ -34,7 +36,7 @@ _UNSUPPORTED: dict[str, tuple[str, ...]] = {
     "inference.ModelConfig": ("optimization",),
     "inference.ModelInput": ("reshape", "is_shape_tensor", "allow_ragged_batch", "optional"),
     "inference.ModelOutput": ("reshape", "is_shape_tensor", "label_filename"),
-    "inference.ModelInstanceGroup": ("gpus", "passive", "host_policy"),
+    "inference.ModelInstanceGroup": ("passive", "host_policy"),
 }
 # Top-level Triton fields that Ferry's schema does not even declare.
 _TRITON_ONLY = {
@@ -72,7 +74,7 @@ class ModelSettings:
     batching: BatchingConfig
     profiles: tuple[Profile, ...]  # declared in the config; () = unconstrained
     padding: Padding
-    instances: tuple[Profile, ...]  # the profile of each instance to create
+    instances: tuple[PlannedInstance, ...]  # the profile and device of each instance
     parameters: dict[str, str]
 
     @property
@@ -147,6 +149,7 @@ def complete(
     had_file: bool,
     default_max_batch_size: int,
     default_max_queue_bytes: int = 0,
+    gpus: Discovery | None = None,
     where: str,
 ) -> ModelSettings:
     """Fill what the config leaves out from the model file, and check the two agree."""
@@ -205,7 +208,7 @@ def complete(
         padding=scheduling.padding(
             parameters, by_name, {s.name: s for s in outputs}, mbs > 0, where
         ),
-        instances=tuple(scheduling.instance_plan(config, profiles, where)),
+        instances=tuple(scheduling.instance_plan(config, profiles, where, gpus)),
         parameters=parameters,
     )
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import FerryError, ModelLoadError, ModelNotFound, ModelNotReady
-from engines.base import Device, Engine
+from engines.base import Engine
+from engines.cuda.devices import Discovery, discover
 from engines.onnxruntime import OnnxRuntimeEngine, options_from_parameters
 from proto import model_config_pb2 as mc
 from scheduler.observer import BatchObserver
@@ -77,6 +78,13 @@ class ModelRepository:
         self.root = root
         self._options = options
         self._models: dict[str, ModelEntry] = {}
+        self._discovery: Discovery | None = None
+
+    async def _gpus(self) -> Discovery:
+        """The host's GPUs, looked for once, when the first model asks for KIND_GPU."""
+        if self._discovery is None:
+            self._discovery = await asyncio.to_thread(discover)
+        return self._discovery
 
     def entries(self) -> list[ModelEntry]:
         return [self._models[name] for name in sorted(self._models)]
@@ -129,7 +137,8 @@ class ModelRepository:
                 await served.scheduler.start()
                 settings = served.settings
                 log.info(
-                    "model %s version %s ready: backend %s, %d instance(s), max_batch_size %d%s%s",
+                    "model %s version %s ready: backend %s, %d instance(s), "
+                    "max_batch_size %d%s%s%s",
                     served.name,
                     served.version,
                     settings.backend,
@@ -137,6 +146,7 @@ class ModelRepository:
                     settings.batching.max_batch_size,
                     ", dynamic batching" if settings.batching.batched else "",
                     f", {len(settings.profiles)} profiles" if settings.profiles else "",
+                    ", on " + ", ".join(sorted({str(i.device) for i in settings.instances})),
                 )
 
     async def _load_model(self, folder: Path) -> dict[str, ServedVersion]:
@@ -197,6 +207,7 @@ class ModelRepository:
         options = options_from_parameters(parameters)
         digest = await asyncio.to_thread(_sha256, path)
         engine = await asyncio.to_thread(OnnxRuntimeEngine, path, options)
+        gpu_engine: Engine | None = None
         try:
             settings = model_config.complete(
                 config,
@@ -207,16 +218,28 @@ class ModelRepository:
                 had_file=had_file,
                 default_max_batch_size=self._options.default_max_batch_size,
                 default_max_queue_bytes=self._options.max_queue_bytes,
+                gpus=await self._gpus() if _wants_gpu(config) else None,
                 where=where,
             )
             instances = []
-            for i, profile in enumerate(settings.instances):
+            for i, planned in enumerate(settings.instances):
                 name = f"{folder.name}_{version}_{i}"
+                maker: Engine = engine
+                if planned.device.kind == "gpu":
+                    if gpu_engine is None:
+                        from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+
+                        gpu_engine = await asyncio.to_thread(OnnxRuntimeCudaEngine, path, options)
+                    maker = gpu_engine
                 instances.append(
-                    await asyncio.to_thread(engine.create_instance, name, Device(), profile)
+                    await asyncio.to_thread(
+                        maker.create_instance, name, planned.device, planned.profile
+                    )
                 )
         except BaseException:
             engine.close()
+            if gpu_engine is not None:
+                gpu_engine.close()
             raise
         scheduler = ModelScheduler(
             f"{folder.name}:{version}",
@@ -243,3 +266,8 @@ def _sha256(path: Path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _wants_gpu(config: mc.ModelConfig) -> bool:
+    kind = mc.ModelInstanceGroup.Kind.Value("KIND_GPU")
+    return any(group.kind == kind for group in config.instance_group)

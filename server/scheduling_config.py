@@ -22,9 +22,11 @@ An unknown `ferry.` key is a load error naming it; any other parameter belongs t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from common.errors import ModelLoadError
-from engines.base import UNBOUNDED, Profile, ShapeRange, TensorSpec
+from engines.base import UNBOUNDED, Device, Profile, ShapeRange, TensorSpec
+from engines.cuda.devices import Discovery
 from proto import model_config_pb2 as mc
 from scheduler.config import BatchingConfig, QueuePolicy, TimeoutAction
 from scheduler.shapes import CutOutput, PaddedInput, Padding
@@ -249,23 +251,36 @@ def instance_total(config: mc.ModelConfig) -> int:
     return sum(max(g.count, 1) * (len(g.profile) or max(declared, 1)) for g in groups)
 
 
-def instance_plan(config: mc.ModelConfig, declared: Sequence[Profile], where: str) -> list[Profile]:
-    """The profile of every instance to create, one entry per instance.
+@dataclass(frozen=True)
+class PlannedInstance:
+    profile: Profile
+    device: Device
+
+
+def instance_plan(
+    config: mc.ModelConfig,
+    declared: Sequence[Profile],
+    where: str,
+    gpus: Discovery | None = None,
+) -> list[PlannedInstance]:
+    """Every instance to create: its profile and its device, one entry per instance.
 
     Each instance group makes `count` instances (1 when unset) for each profile it lists in
     `profile` (Triton's field: profile numbers as strings), or for every profile when it lists
     none, so every profile has instances of its own and no instance ever switches profiles.
+    KIND_GPU groups do so on each GPU they list in `gpus` (NVML indexes), or on every GPU
+    `gpus` (the host's discovery) found; KIND_CPU and KIND_AUTO groups run on the CPU.
     """
     profiles = list(declared) or [UNBOUNDED]
     by_index = {str(p.index): p for p in profiles}
-    plan: list[Profile] = []
+    plan: list[PlannedInstance] = []
     for group in config.instance_group or [mc.ModelInstanceGroup()]:
         kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
+        devices = [Device()]
         if kind == "KIND_GPU":
-            raise ModelLoadError(
-                f"{where}: instance_group kind KIND_GPU needs a GPU backend, which this build "
-                "does not have; use KIND_CPU"
-            )
+            devices = _gpu_devices(group, gpus, where)
+        elif group.gpus:
+            raise ModelLoadError(f"{where}: instance_group gpus needs kind KIND_GPU")
         if kind == "KIND_MODEL":
             raise ModelLoadError(f"{where}: instance_group kind KIND_MODEL is not supported")
         if group.count < 0:
@@ -279,6 +294,24 @@ def instance_plan(config: mc.ModelConfig, declared: Sequence[Profile], where: st
                     f"(the model has {sorted(by_index)})"
                 )
             chosen = [by_index[p] for p in group.profile]
-        for profile in chosen:
-            plan.extend([profile] * (group.count or 1))
+        for device in devices:
+            for profile in chosen:
+                plan.extend([PlannedInstance(profile, device)] * (group.count or 1))
     return plan
+
+
+def _gpu_devices(group: mc.ModelInstanceGroup, gpus: Discovery | None, where: str) -> list[Device]:
+    if gpus is None or not gpus.devices:
+        reason = gpus.reason if gpus is not None else "GPUs were not looked for"
+        raise ModelLoadError(f"{where}: instance_group kind KIND_GPU, but no usable GPU: {reason}")
+    whole = sorted({d.index for d in gpus.devices if not d.is_mig})
+    if not whole:
+        raise ModelLoadError(
+            f"{where}: KIND_GPU on MIG instances needs one worker process per instance, which "
+            "this build does not start yet"
+        )
+    chosen = list(group.gpus) or whole
+    missing = [g for g in chosen if g not in whole]
+    if missing:
+        raise ModelLoadError(f"{where}: instance_group gpus {missing} not found (GPUs: {whole})")
+    return [Device("gpu", g) for g in chosen]

@@ -37,7 +37,7 @@ def settle(text: str, *, had_file: bool = True):  # type: ignore[no-untyped-def]
             'input { name: "x" data_type: TYPE_FP32 dims: [4] reshape { shape: [2, 2] } }',
             "field 'input[0].reshape' is not supported",
         ),
-        ("instance_group { gpus: [0] }", "field 'instance_group[0].gpus' is not supported"),
+        ("instance_group { passive: true }", "field 'instance_group[0].passive' is not supported"),
     ],
 )
 def test_parse_refuses_with_the_field_named(text: str, message: str) -> None:
@@ -66,7 +66,7 @@ def test_parse_refuses_with_the_field_named(text: str, message: str) -> None:
             "max_batch_size: 8 dynamic_batching { preferred_batch_size: [16] }",
             "preferred_batch_size 16 must be in 1..max_batch_size (8)",
         ),
-        ("instance_group { kind: KIND_GPU }", "KIND_GPU needs a GPU backend"),
+        ("instance_group { kind: KIND_GPU }", "instance_group kind KIND_GPU, but no usable GPU"),
         (
             'max_batch_size: 0 input { name: "x" data_type: TYPE_FP32 dims: [4] }',
             "dims [4] do not fit the model's shape [-1, 4]",

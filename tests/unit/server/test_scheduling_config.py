@@ -8,8 +8,10 @@ import pytest
 from common.datatypes import DATATYPES
 from common.errors import ModelLoadError
 from engines.base import TensorSpec
+from engines.cuda.devices import Discovery, GpuDevice
 from scheduler import TimeoutAction
 from server.model_config import ONNXRUNTIME, ModelSettings, complete, parse
+from server.scheduling_config import instance_plan
 
 HISTORY = TensorSpec("history", DATATYPES["INT64"], (-1, -1, -1))  # batch, then 2 free dims
 USER = TensorSpec("user", DATATYPES["FP32"], (-1, 16))
@@ -84,7 +86,7 @@ def test_profiles_padding_and_flags_from_parameters() -> None:
     assert settings.padding.outputs["seq"].input == "history"
     assert not settings.batching.split_oversized and not settings.signature.split_oversized
     assert settings.batching.max_queue_bytes == 4096
-    assert [p.index for p in settings.instances] == [0, 1]  # one instance per profile
+    assert [i.profile.index for i in settings.instances] == [0, 1]  # one instance per profile
 
 
 def test_instance_groups_choose_their_profiles() -> None:
@@ -92,7 +94,8 @@ def test_instance_groups_choose_their_profiles() -> None:
         params(ferry__profile__0="history:1x1..4x4", ferry__profile__1="history:1x1..8x8")
         + '\ninstance_group [ { count: 2 profile: ["1"] }, { count: 1 } ]'
     )
-    assert [p.index for p in settings.instances] == [1, 1, 0, 1]
+    assert [i.profile.index for i in settings.instances] == [1, 1, 0, 1]
+    assert {str(i.device) for i in settings.instances} == {"cpu"}
 
 
 @pytest.mark.parametrize(
@@ -131,4 +134,52 @@ def test_instance_groups_choose_their_profiles() -> None:
 def test_mistakes_are_load_errors_that_say_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(ModelLoadError) as info:
         settle(text)
+    assert message in str(info.value)
+
+
+def found(*indexes: int, mig: bool = False) -> Discovery:
+    return Discovery(
+        tuple(
+            GpuDevice(f"{'MIG' if mig else 'GPU'}-{i}", "H200", 1 << 37, i, "GPU-p" if mig else "")
+            for i in indexes
+        ),
+        len(indexes),
+    )
+
+
+def plan(text: str, gpus: Discovery | None) -> list[str]:
+    config = parse(text, "m/config.pbtxt")
+    return [str(i.device) for i in instance_plan(config, (), "m/config.pbtxt", gpus)]
+
+
+def test_kind_gpu_places_count_instances_on_each_gpu() -> None:
+    assert plan("instance_group { kind: KIND_GPU count: 2 }", found(0, 1)) == [
+        "gpu:0",
+        "gpu:0",
+        "gpu:1",
+        "gpu:1",
+    ]
+    assert plan("instance_group { kind: KIND_GPU gpus: [1] }", found(0, 1)) == ["gpu:1"]
+    assert plan("instance_group [ { kind: KIND_CPU }, { kind: KIND_GPU } ]", found(0)) == [
+        "cpu",
+        "gpu:0",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "gpus", "message"),
+    [
+        (
+            "instance_group { kind: KIND_GPU }",
+            Discovery(reason="no driver"),
+            "no usable GPU: no driver",
+        ),
+        ("instance_group { kind: KIND_GPU gpus: [3] }", found(0), "gpus [3] not found (GPUs: [0])"),
+        ("instance_group { kind: KIND_GPU }", found(0, mig=True), "one worker process per"),
+        ("instance_group { kind: KIND_CPU gpus: [0] }", found(0), "gpus needs kind KIND_GPU"),
+    ],
+)
+def test_kind_gpu_mistakes_name_the_problem(text: str, gpus: Discovery, message: str) -> None:
+    with pytest.raises(ModelLoadError) as info:
+        plan(text, gpus)
     assert message in str(info.value)
