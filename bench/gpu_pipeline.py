@@ -57,6 +57,33 @@ def direct(path: Path, rows: int, seconds: float) -> float:
     return done * rows / (time.perf_counter() - start)
 
 
+async def stages(path: Path, rows: int, runs: int = 300) -> dict[str, float]:
+    """Where one instance's batch time goes (µs, means): enqueue (gather, copies, model launch)
+    on its thread, waiting for the stream, copy out, and the rest (the thread hand-off)."""
+    engine = OnnxRuntimeCudaEngine(path)
+    instance = engine.create_instance("s", Device("gpu", 0), UNBOUNDED)
+    batch = Feed([feeds(rows, np.random.default_rng(1))], rows)
+    try:
+        for _ in range(20):
+            await instance.run(batch)
+        totals = np.zeros(4)
+        for _ in range(runs):
+            start = time.perf_counter_ns()
+            result = await instance.run(batch)
+            total = time.perf_counter_ns() - start
+            t = result.timings
+            totals += (
+                t.input_ns,
+                t.infer_ns,
+                t.output_ns,
+                total - t.input_ns - t.infer_ns - t.output_ns,
+            )
+        mean = totals / runs / 1e3
+        return dict(zip(("enqueue", "wait", "copy_out", "hand_off"), map(float, mean), strict=True))
+    finally:
+        await instance.close()
+
+
 async def ferry(path: Path, rows: int, seconds: float, instances: int) -> float:
     engine = OnnxRuntimeCudaEngine(path)
     made = [engine.create_instance(f"i{i}", Device("gpu", 0), UNBOUNDED) for i in range(instances)]
@@ -97,11 +124,21 @@ def main() -> int:
         base = direct(path, rows, args.seconds)
         one = asyncio.run(ferry(path, rows, args.seconds, 1))
         two = asyncio.run(ferry(path, rows, args.seconds, 2))
-        rows_out.append({"batch": rows, "direct": base, "ferry_x1": one, "ferry_x2": two})
+        split = asyncio.run(stages(path, rows))
+        rows_out.append(
+            {"batch": rows, "direct": base, "ferry_x1": one, "ferry_x2": two, "stages_us": split}
+        )
         print(
             f"{rows:>6} {base:>14.0f} {one:>12.0f} {one / base:>10.2f} "
             f"{two:>12.0f} {two / base:>10.2f}"
         )
+    print(
+        "one instance, µs per batch: "
+        + "; ".join(
+            f"{r['batch']}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["stages_us"].items())
+            for r in rows_out
+        )
+    )
     if args.out:
         args.out.write_text(
             json.dumps(
