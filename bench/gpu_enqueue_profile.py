@@ -12,6 +12,8 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -46,51 +48,43 @@ def main() -> int:
     inst = instance
     steps: dict[str, float] = {}
 
-    def timed(name: str, fn):  # type: ignore[no-untyped-def]
+    @contextmanager
+    def timed(name: str) -> Iterator[None]:
         start = time.perf_counter_ns()
-        out = fn()
+        yield
         steps[name] = steps.get(name, 0.0) + (time.perf_counter_ns() - start) / 1e3
-        return out
 
     for run in range(args.runs + 20):
         if run == 20:
             steps.clear()
-        timed("direct session.run (numpy)", lambda: direct.run(None, feeds))
-        binding = timed("io_binding()", lambda: inst._session.io_binding())
+        with timed("direct session.run (numpy)"):
+            direct.run(None, feeds)
+        with timed("io_binding()"):
+            binding = inst._session.io_binding()
         for spec in inst._inputs:
             array = feeds[spec.name]
             staging = inst._staging[spec.name]
             staging.ensure(array.nbytes)
             view = staging.host.view(array.dtype, array.shape)
-            timed("gather into pinned", lambda v=view, n=spec.name: gather_into(feed, n, v))
-            timed(
-                "copy in (cudaMemcpyAsync)",
-                lambda s=staging, a=array: s.gpu.copy_from(s.host, a.nbytes, inst._stream),
-            )
-            timed(
-                "bind_input",
-                lambda b=binding, s=staging, a=array, n=spec.name: b.bind_input(
-                    n, "cuda", 0, a.dtype, a.shape, s.gpu.pointer
-                ),
-            )
+            with timed("gather into pinned"):
+                gather_into(feed, spec.name, view)
+            with timed("copy in (cudaMemcpyAsync)"):
+                staging.gpu.copy_from(staging.host, array.nbytes, inst._stream)
+            with timed("bind_input"):
+                binding.bind_input(
+                    spec.name, "cuda", 0, array.dtype, array.shape, staging.gpu.pointer
+                )
         out = inst._outputs[0]
         staging = inst._staging[out.name]
         staging.ensure(rows * 4)
-        timed(
-            "bind_output",
-            lambda: binding.bind_output(
-                out.name, "cuda", 0, np.float32, (rows, 1), staging.gpu.pointer
-            ),
-        )
-        timed(
-            "run_with_iobinding",
-            lambda: inst._session.run_with_iobinding(binding, inst._run_options),
-        )
-        timed(
-            "copy out (cudaMemcpyAsync)",
-            lambda: staging.host.copy_from(staging.gpu, rows * 4, inst._stream),
-        )
-        timed("stream synchronize", inst._stream.synchronize)
+        with timed("bind_output"):
+            binding.bind_output(out.name, "cuda", 0, np.float32, (rows, 1), staging.gpu.pointer)
+        with timed("run_with_iobinding"):
+            inst._session.run_with_iobinding(binding, inst._run_options)
+        with timed("copy out (cudaMemcpyAsync)"):
+            staging.host.copy_from(staging.gpu, rows * 4, inst._stream)
+        with timed("stream synchronize"):
+            inst._stream.synchronize()
     for name, total in steps.items():
         print(f"{name:32s} {total / args.runs:8.1f} us")
     return 0
