@@ -82,8 +82,8 @@ class FerryServer:
         options = [
             ("grpc.max_send_message_length", self.config.max_message_bytes),
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
-            # Never share a port by accident; worker processes that mean to will ask for it.
-            ("grpc.so_reuseport", 0),
+            # Never share a port by accident; worker processes that mean to ask for it.
+            ("grpc.so_reuseport", 1 if self.config.reuse_port else 0),
         ]
         server = grpc.aio.server(options=options)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(

@@ -78,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--access-log-sample", type=float, default=1.0, help="share of requests logged (default 1)"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the TCP port (SO_REUSEPORT); default 1",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     example = commands.add_parser("example-repo", help="write the example model repository")
@@ -110,10 +117,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             tracing=TracingConfig.from_env(os.environ, args.tracing, args.trace_ratio),
             access_log=args.access_log,
             access_log_sample=args.access_log_sample,
+            reuse_port=args.reuse_port,
         )
     except ValueError as exc:
         print(f"ferry: {exc}", file=sys.stderr)
         return 2
+    if args.workers < 1:
+        print("ferry: --workers must be >= 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        if config.unix_socket or config.grpc_port < 0:
+            print("ferry: several workers share a TCP port; a Unix socket cannot be shared "
+                  "(drop --unix-socket or use --workers 1)", file=sys.stderr)  # fmt: skip
+            return 2
+        from server.workers import supervise
+
+        own = list(argv)[1:] if argv is not None else sys.argv[2:]  # what follows "serve"
+        return supervise(own, args.workers, config.host, config.grpc_port, config.metrics_port)
     import uvloop
 
     from server.app import serve

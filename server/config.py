@@ -44,6 +44,7 @@ class ServerConfig:
     tracing: TracingConfig = field(default_factory=TracingConfig)
     access_log: str | None = None
     access_log_sample: float = 1.0
+    reuse_port: bool = False  # a worker sharing its port with others (server/workers.py)
 
     def __post_init__(self) -> None:
         if self.grpc_port > 65535:

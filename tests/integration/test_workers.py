@@ -1,0 +1,72 @@
+"""`ferry serve --workers 2`: two server processes share one port; connections spread over both,
+each answers correctly, and SIGTERM stops them all."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from proto import grpc_service_pb2 as pb
+from proto import grpc_service_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def successes(url: str) -> float:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "nv_inference_request_success" and s.labels.get("model") == "versioned"
+    )
+
+
+def test_two_workers_share_the_port_and_stop_together(model_repo: Path, tmp_path: Path) -> None:
+    log = tmp_path / "workers.log"
+    with log.open("w") as sink:
+        command = [sys.executable, "-m", "server", "serve", "--model-repository", str(model_repo)]
+        command += ["--grpc-port", "0", "--metrics-port", "0", "--workers", "2"]
+        command += ["--no-strict-readiness", "--drain-timeout", "5"]
+        supervisor = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                text = log.read_text()
+                if len(re.findall(r"serving on ", text)) >= 2:
+                    break
+                assert supervisor.poll() is None, text
+                time.sleep(0.1)
+            text = log.read_text()
+            addresses = set(re.findall(r"serving on (\S+)", text))
+            assert len(addresses) == 1, addresses  # one shared port
+            address = addresses.pop()
+            metrics = re.findall(r"metrics on (\S+)", text)
+            assert len(metrics) == 2 and metrics[0] != metrics[1]
+            request = pb.ModelInferRequest(model_name="versioned", model_version="1")
+            request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+            request.raw_input_contents.append(np.zeros((1, 4), np.float32).tobytes())
+            sent = 40
+            for _ in range(sent):  # a new connection each time: the kernel picks a worker
+                with grpc.insecure_channel(address) as channel:
+                    answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+                got = np.frombuffer(answer.raw_output_contents[0], np.float32)
+                np.testing.assert_array_equal(got, np.ones(4, np.float32))  # x + 1
+            counts = [successes(url) for url in metrics]
+            assert sum(counts) == sent
+            assert all(count > 0 for count in counts), counts  # both workers served
+            supervisor.send_signal(signal.SIGTERM)
+            assert supervisor.wait(timeout=30) == 0
+        finally:
+            if supervisor.poll() is None:
+                supervisor.kill()
+                supervisor.wait()
