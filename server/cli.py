@@ -80,9 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--workers",
-        type=int,
-        default=1,
-        help="server processes sharing the TCP port (SO_REUSEPORT); default 1",
+        default="1",
+        help="server processes sharing the TCP port (SO_REUSEPORT): N, or 'gpu' for one per GPU "
+        "or MIG instance, each seeing only its own device; default 1",
     )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -122,10 +122,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"ferry: {exc}", file=sys.stderr)
         return 2
-    if args.workers < 1:
-        print("ferry: --workers must be >= 1", file=sys.stderr)
+    devices: list[str] = []
+    if args.workers == "gpu":
+        from engines.cuda.devices import discover
+
+        found = discover()
+        if not found.devices:
+            print(f"ferry: --workers gpu, but no GPU: {found.reason}", file=sys.stderr)
+            return 2
+        devices = [d.uuid for d in found.devices]
+        workers = len(devices)
+    elif args.workers.isdigit() and int(args.workers) >= 1:
+        workers = int(args.workers)
+    else:
+        print("ferry: --workers takes a number >= 1 or 'gpu'", file=sys.stderr)
         return 2
-    if args.workers > 1:
+    if workers > 1 or devices:
         if config.unix_socket or config.grpc_port < 0:
             print("ferry: several workers share a TCP port; a Unix socket cannot be shared "
                   "(drop --unix-socket or use --workers 1)", file=sys.stderr)  # fmt: skip
@@ -133,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from server.workers import supervise
 
         own = list(argv)[1:] if argv is not None else sys.argv[2:]  # what follows "serve"
-        return supervise(own, args.workers, config.host, config.grpc_port, config.metrics_port)
+        return supervise(own, workers, config.host, config.grpc_port, config.metrics_port, devices)
     import uvloop
 
     from server.app import serve

@@ -304,11 +304,11 @@ def _gpu_devices(group: mc.ModelInstanceGroup, gpus: Discovery | None, where: st
     if gpus is None or not gpus.devices:
         reason = gpus.reason if gpus is not None else "GPUs were not looked for"
         raise ModelLoadError(f"{where}: instance_group kind KIND_GPU, but no usable GPU: {reason}")
-    whole = sorted({d.index for d in gpus.devices if not d.is_mig})
+    whole = sorted({d.ordinal for d in gpus.devices if d.ordinal >= 0})
     if not whole:
         raise ModelLoadError(
-            f"{where}: KIND_GPU on MIG instances needs one worker process per instance, which "
-            "this build does not start yet"
+            f"{where}: KIND_GPU on MIG instances needs one worker process per instance: "
+            "start the server with --workers gpu"
         )
     chosen = list(group.gpus) or whole
     missing = [g for g in chosen if g not in whole]

@@ -15,6 +15,7 @@ orchestrator (systemd, Kubernetes) restarts the whole replica instead of serving
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -35,8 +36,19 @@ def _free_port(host: str) -> tuple[socket.socket, int]:
     return holder, int(holder.getsockname()[1])
 
 
-def supervise(argv: Sequence[str], workers: int, host: str, port: int, metrics_port: int) -> int:
-    """Run `workers` copies of `ferry serve argv` on one port until a signal; return the code."""
+def supervise(
+    argv: Sequence[str],
+    workers: int,
+    host: str,
+    port: int,
+    metrics_port: int,
+    devices: Sequence[str] = (),
+) -> int:
+    """Run `workers` copies of `ferry serve argv` on one port until a signal; return the code.
+
+    With `devices` (GPU or MIG UUIDs, one per worker), worker i sees only devices[i]
+    (CUDA_VISIBLE_DEVICES), which is how a CUDA process gets a MIG instance at all.
+    """
     holder = None
     if port == 0:
         holder, port = _free_port(host)
@@ -48,7 +60,10 @@ def supervise(argv: Sequence[str], workers: int, host: str, port: int, metrics_p
             "--workers", "1", "--reuse-port",
             "--grpc-port", str(port), "--metrics-port", str(metrics),
         ]  # fmt: skip
-        processes.append(subprocess.Popen(command))
+        environment = dict(os.environ)
+        if devices:
+            environment["CUDA_VISIBLE_DEVICES"] = devices[index]
+        processes.append(subprocess.Popen(command, env=environment))
     log.info("supervisor: %d workers on %s:%d (pids %s)", workers, host, port,
              ", ".join(str(p.pid) for p in processes))  # fmt: skip
     stopping = False

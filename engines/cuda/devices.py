@@ -10,7 +10,9 @@ say) is reported as having no usable GPU, with the reason, instead of failing la
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.errors import CudaError
@@ -28,6 +30,7 @@ class GpuDevice:
     memory_bytes: int
     index: int  # NVML index of the GPU (of the parent GPU for a MIG instance)
     parent: str = ""
+    ordinal: int = -1  # CUDA's device number in this process; -1: not visible to CUDA here
 
     @property
     def is_mig(self) -> bool:
@@ -44,13 +47,18 @@ class Discovery:
     problems: tuple[str, ...] = field(default_factory=tuple)
 
 
-def discover() -> Discovery:
-    """Enumerate GPUs and MIG instances; never raises. Logs one line saying what it found."""
+def discover(environ: Mapping[str, str] | None = None) -> Discovery:
+    """Enumerate GPUs and MIG instances; never raises. Logs one line saying what it found.
+
+    NVML lists every device of the host; CUDA in this process sees those CUDA_VISIBLE_DEVICES
+    names (by UUID or NVML index), numbered from 0 in that order. Only those are returned, each
+    with its CUDA `ordinal`, so a worker started for one device sees exactly that device.
+    """
     nvml, reason = nvml_access.start()
     if nvml is None:
         found = Discovery(reason=reason)
     else:
-        found = _with_nvml(nvml)
+        found = visible(_with_nvml(nvml), os.environ if environ is None else environ)
     if found.devices:
         log.info(
             "GPUs: %s",
@@ -91,6 +99,30 @@ def _with_nvml(api: Any) -> Discovery:
             cuda_devices=0, reason=f"NVML lists GPUs but CUDA cannot use them: {problem}"
         )
     return Discovery(tuple(devices), count)
+
+
+def visible(found: Discovery, environ: Mapping[str, str]) -> Discovery:
+    """The devices CUDA_VISIBLE_DEVICES leaves to this process, with their CUDA ordinals."""
+    if not found.devices:
+        return found
+    wanted = environ.get("CUDA_VISIBLE_DEVICES")
+    if wanted is None:  # CUDA numbers the GPUs as NVML does; MIG instances need selecting
+        chosen = [replace(d, ordinal=d.index) for d in found.devices if not d.is_mig]
+        chosen += [d for d in found.devices if d.is_mig]
+        return replace(found, devices=tuple(chosen))
+    picked: list[GpuDevice] = []
+    for ordinal, name in enumerate(n.strip() for n in wanted.split(",") if n.strip()):
+        match = [
+            d
+            for d in found.devices
+            if d.uuid == name or (name.isdigit() and not d.is_mig and d.index == int(name))
+        ]
+        if not match:
+            break  # CUDA stops at the first name it cannot resolve
+        picked.append(replace(match[0], ordinal=ordinal))
+    if not picked:
+        return Discovery(reason=f"CUDA_VISIBLE_DEVICES={wanted!r} names no device of this host")
+    return replace(found, devices=tuple(picked))
 
 
 def cuda_device_count() -> tuple[int, str]:

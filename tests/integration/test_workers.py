@@ -56,8 +56,11 @@ def test_two_workers_share_the_port_and_stop_together(model_repo: Path, tmp_path
             request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
             request.raw_input_contents.append(np.zeros((1, 4), np.float32).tobytes())
             sent = 40
-            for _ in range(sent):  # a new connection each time: the kernel picks a worker
-                with grpc.insecure_channel(address) as channel:
+            # A new connection each time (a local subchannel pool: gRPC would otherwise share
+            # one connection between channels), and the kernel picks a worker for each.
+            options = [("grpc.use_local_subchannel_pool", 1)]
+            for _ in range(sent):
+                with grpc.insecure_channel(address, options=options) as channel:
                     answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
                 got = np.frombuffer(answer.raw_output_contents[0], np.float32)
                 np.testing.assert_array_equal(got, np.ones(4, np.float32))  # x + 1
@@ -70,3 +73,24 @@ def test_two_workers_share_the_port_and_stop_together(model_repo: Path, tmp_path
             if supervisor.poll() is None:
                 supervisor.kill()
                 supervisor.wait()
+
+
+def test_worker_options_are_checked(model_repo: Path) -> None:
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "server", "serve", "--model-repository", str(model_repo)]
+        return subprocess.run(
+            [*command, *extra], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+
+    for bad in ("0", "two"):
+        answer = run("--workers", bad)
+        assert answer.returncode == 2 and "--workers takes a number >= 1 or 'gpu'" in answer.stderr
+    shared_socket = run("--workers", "2", "--unix-socket", "/tmp/ferry-test.sock")
+    assert (
+        shared_socket.returncode == 2 and "a Unix socket cannot be shared" in shared_socket.stderr
+    )
+    from engines.cuda.devices import discover
+
+    if not discover().devices:  # here: no GPU, so --workers gpu must say so and stop
+        answer = run("--workers", "gpu")
+        assert answer.returncode == 2 and "--workers gpu, but no GPU" in answer.stderr

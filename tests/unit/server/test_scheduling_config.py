@@ -140,7 +140,14 @@ def test_mistakes_are_load_errors_that_say_what_is_wrong(text: str, message: str
 def found(*indexes: int, mig: bool = False) -> Discovery:
     return Discovery(
         tuple(
-            GpuDevice(f"{'MIG' if mig else 'GPU'}-{i}", "H200", 1 << 37, i, "GPU-p" if mig else "")
+            GpuDevice(
+                f"{'MIG' if mig else 'GPU'}-{i}",
+                "H200",
+                1 << 37,
+                i,
+                "GPU-p" if mig else "",
+                -1 if mig else i,
+            )
             for i in indexes
         ),
         len(indexes),
