@@ -95,18 +95,24 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--baseline-ref", default="pre-telemetry")
+    parser.add_argument(
+        "--baseline-dir",
+        type=Path,
+        help="a checkout of the baseline instead of a git worktree (machines without .git)",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ferry-tracing-"))
     repo = work / "models"
     write_example_repo(repo)
-    baseline_tree = work / "baseline"
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", str(baseline_tree), args.baseline_ref],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
+    baseline_tree = args.baseline_dir.resolve() if args.baseline_dir else work / "baseline"
+    if not args.baseline_dir:
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(baseline_tree), args.baseline_ref],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
     sink = Sink()
     receiver = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, receiver)
@@ -153,9 +159,10 @@ def main() -> int:
         for process, _ in servers.values():
             stop(process)
         receiver.stop(0)
-        subprocess.run(
-            ["git", "worktree", "remove", "--force", str(baseline_tree)], cwd=ROOT, check=False
-        )
+        if not args.baseline_dir:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(baseline_tree)], cwd=ROOT, check=False
+            )
 
     print(f"dlrm, 64 rows/request, concurrency 64; spans received by the OTLP sink: {sink.spans}")
     print(
