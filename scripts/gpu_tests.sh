@@ -12,7 +12,9 @@ case "${1:-}" in
     mkdir -p .gputest/wheels
     python3 -m pip download -q --no-deps -d .gputest/wheels \
       prometheus-client==0.26.0 pytest==9.2.0 pytest-asyncio==1.5.0 pluggy iniconfig packaging \
-      pygments typing_extensions
+      pygments typing_extensions \
+      opentelemetry-exporter-otlp-proto-grpc==1.45.2 opentelemetry-exporter-otlp-proto-common==1.45.2 \
+      opentelemetry-proto==1.45.2 googleapis-common-protos
     ls .gputest/wheels
     ;;
   run)
