@@ -84,7 +84,26 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, DATATYPES[name], dims)
 
 
-class OnnxRuntimeEngine:
+class OnnxSignature:
+    """The tensors of an ONNX file, read once at load: what both ONNX Runtime engines expose."""
+
+    _inputs: tuple[TensorSpec, ...]
+    _outputs: tuple[TensorSpec, ...]
+
+    @property
+    def inputs(self) -> Sequence[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> Sequence[TensorSpec]:
+        return self._outputs
+
+    @property
+    def profiles(self) -> Sequence[Profile]:
+        return ()  # an ONNX file carries none; the model config may declare them
+
+
+class OnnxRuntimeEngine(OnnxSignature):
     """A loaded ONNX model; every instance opens its own session on the same file."""
 
     def __init__(self, path: Path, options: OnnxRuntimeOptions = OnnxRuntimeOptions()) -> None:
@@ -114,18 +133,6 @@ class OnnxRuntimeEngine:
             )
         except Exception as exc:  # ONNX Runtime raises its own exception types for bad files
             raise ModelLoadError(f"{self._path}: onnxruntime cannot load it: {exc}") from exc
-
-    @property
-    def inputs(self) -> Sequence[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> Sequence[TensorSpec]:
-        return self._outputs
-
-    @property
-    def profiles(self) -> Sequence[Profile]:
-        return ()  # an ONNX file carries none; the model config may declare them
 
     def create_instance(self, name: str, device: Device, profile: Profile) -> OnnxRuntimeInstance:
         if device.kind != "cpu":

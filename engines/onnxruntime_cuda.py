@@ -32,13 +32,13 @@ import numpy as np
 
 from common.errors import EngineError, ModelLoadError
 from engines.base import Device, ExecutionResult, Feed, Profile, TensorSpec, Timings
-from engines.onnxruntime import OnnxRuntimeOptions, _spec
+from engines.onnxruntime import OnnxRuntimeOptions, OnnxSignature, _spec
 from engines.staging import gather_into
 
 CUDA = "CUDAExecutionProvider"
 
 
-class OnnxRuntimeCudaEngine:
+class OnnxRuntimeCudaEngine(OnnxSignature):
     def __init__(self, path: Path, options: OnnxRuntimeOptions | None = None) -> None:
         import onnxruntime as ort
 
@@ -59,18 +59,6 @@ class OnnxRuntimeCudaEngine:
                     f"{path}: tensor '{spec.name}' is {spec.datatype.name}, which the CUDA "
                     "backend does not bind"
                 )
-
-    @property
-    def inputs(self) -> Sequence[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> Sequence[TensorSpec]:
-        return self._outputs
-
-    @property
-    def profiles(self) -> Sequence[Profile]:
-        return ()
 
     def create_instance(
         self, name: str, device: Device, profile: Profile
@@ -159,7 +147,6 @@ class OnnxRuntimeCudaInstance:
         self._run_options = ort.RunOptions()
         self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         self._staging = {s.name: _Staging(device.index) for s in (*inputs, *outputs)}
-        self._last_binding: Any = None
 
     @property
     def name(self) -> str:
@@ -182,7 +169,7 @@ class OnnxRuntimeCudaInstance:
 
     def _run_blocking(self, feed: Feed) -> ExecutionResult:
         t0 = time.perf_counter_ns()
-        shapes = self._enqueue(feed)
+        shapes, binding = self._enqueue(feed)
         t1 = time.perf_counter_ns()
         self._stream.synchronize()
         t2 = time.perf_counter_ns()
@@ -190,7 +177,7 @@ class OnnxRuntimeCudaInstance:
         host_bound = [s.name for s in self._outputs if s.name not in shapes]
         if host_bound:  # outputs ONNX Runtime allocated and copied to the host itself
             names = [s.name for s in self._outputs]
-            values = self._last_binding.copy_outputs_to_cpu()
+            values = binding.copy_outputs_to_cpu()
             outputs.update({n: values[names.index(n)] for n in host_bound})
         for spec in self._outputs:  # the one copy out: the staging buffers serve the next batch
             if spec.name in shapes:
@@ -199,7 +186,7 @@ class OnnxRuntimeCudaInstance:
         t3 = time.perf_counter_ns()
         return ExecutionResult(outputs, Timings(t1 - t0, t2 - t1, t3 - t2))
 
-    def _enqueue(self, feed: Feed) -> dict[str, tuple[int, ...]]:
+    def _enqueue(self, feed: Feed) -> tuple[dict[str, tuple[int, ...]], Any]:
         """Gather into pinned memory, then enqueue copies in, the model, and copies out."""
         binding = self._session.io_binding()
         index = self.device.index
@@ -230,14 +217,13 @@ class OnnxRuntimeCudaInstance:
             )
             shapes[spec.name] = shape
         self._session.run_with_iobinding(binding, self._run_options)
-        self._last_binding = binding
         for spec in self._outputs:
             if spec.name not in shapes:
                 continue
             staging = self._staging[spec.name]
             nbytes = int(np.prod(shapes[spec.name])) * spec.datatype.numpy.itemsize
             staging.host.copy_from(staging.gpu, nbytes, self._stream)
-        return shapes
+        return shapes, binding
 
     async def close(self) -> None:
         self._executor.shutdown(wait=True)

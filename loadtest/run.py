@@ -47,11 +47,8 @@ async def run_closed_loop(
     pool: int = 64,
 ) -> LoadResult:
     """A closed-loop run in this process's event loop (what the bench scripts call)."""
-    dims = (
-        Choice(tuple(range(free_dim[0], free_dim[1] + 1)), (1.0,) * (free_dim[1] - free_dim[0] + 1))
-        if isinstance(free_dim, tuple)
-        else Choice((free_dim,), (1.0,))
-    )
+    spec = f"{free_dim[0]}:{free_dim[1]}" if isinstance(free_dim, tuple) else str(free_dim)
+    dims = Choice.parse(spec, "free_dim")
     workload = Workload(
         model,
         rows=Choice((rows,), (1.0,)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -24,8 +25,9 @@ class Batch:
     padded: dict[str, tuple[int, ...]] = field(default_factory=dict)
     padding: Padding = field(default_factory=Padding)
 
-    @property
+    @cached_property
     def rows(self) -> int:
+        """Rows of all requests (summed once: feeding, scattering and statistics all ask)."""
         return sum(r.rows for r in self.requests)
 
     def feed(self) -> Feed:

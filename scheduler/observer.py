@@ -1,7 +1,8 @@
 """What the scheduler tells the outside about each batch: one record per execution.
 
 Tracing and metrics (telemetry/) observe batches through this hook, so the scheduler stays free
-of any telemetry library. With no observer registered the runner skips the record entirely.
+of any telemetry library. With no observer registered the runner skips the record entirely, and
+what only some observers read (the padding ratio) is computed only when read.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from engines.base import Timings
+from scheduler.batch import Batch
 from scheduler.request import InferenceRequest
 
 
@@ -23,13 +25,23 @@ class BatchRecord:
     instance: str
     device: str
     batch_id: int
-    rows: int
-    requests: Sequence[InferenceRequest]
-    padding_ratio: float
+    batch: Batch
     started_ns: int
     finished_ns: int
     timings: Timings
     error: BaseException | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.batch.rows
+
+    @property
+    def requests(self) -> Sequence[InferenceRequest]:
+        return self.batch.requests
+
+    @property
+    def padding_ratio(self) -> float:
+        return self.batch.padding_ratio()
 
 
 class BatchObserver(Protocol):

@@ -163,12 +163,13 @@ class ModelScheduler:
                 f"bytes of queued input, this request's {size} would pass its limit of {limit}"
             )
         loop = asyncio.get_running_loop()
+        key = self._padding.batch_key(shapes)
 
         def request(part: dict[str, np.ndarray], part_rows: int, index: int) -> InferenceRequest:
             return InferenceRequest(
                 part,
                 part_rows,
-                self._padding.batch_key(shapes),
+                key,
                 loop.create_future(),
                 shapes=shapes,
                 level=level,
