@@ -235,3 +235,42 @@ def test_scheduling_parameters_are_checked(server: RunningServer) -> None:
             stub.ModelInfer(request(**params))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert message in str(info.value.details())
+
+
+def test_hostile_scheduling_input_is_refused_and_others_keep_being_served(
+    server: RunningServer,
+) -> None:
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.address))
+
+    def add(model: str, rows: int, **params: pb.InferParameter) -> pb.ModelInferRequest:
+        message = pb.ModelInferRequest(model_name=model)
+        message.inputs.add(name="x", datatype="FP32", shape=[rows, 4])
+        message.raw_input_contents.append(np.zeros((rows, 4), np.float32).tobytes())
+        for key, value in params.items():
+            message.parameters[key].CopyFrom(value)
+        return message
+
+    # The largest timeout a client can send: only the policy's own 100 ms can apply, and a
+    # full batch leaves at once anyway.
+    huge = pb.InferParameter(uint64_param=2**64 - 1)
+    answer = stub.ModelInfer(add("timeouts", 8, timeout=huge), timeout=10)
+    assert list(answer.outputs[0].shape) == [8, 4]
+    with pytest.raises(grpc.RpcError) as info:  # the largest priority
+        stub.ModelInfer(add("ranked", 4, priority=huge), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # An empty history fits no profile of `history` (1..64, 1..512).
+    empty = pb.ModelInferRequest(model_name="history")
+    empty.inputs.add(name="history", datatype="INT64", shape=[1, 0])
+    empty.inputs.add(name="user", datatype="FP32", shape=[1, 16])
+    empty.raw_input_contents.extend([b"", np.zeros((1, 16), np.float32).tobytes()])
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(empty, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "fit no optimization profile" in str(info.value.details())
+    # Rows far past max_batch_size on a model that refuses to split, in one message.
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(add("nosplit", 100_000), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # The server is unharmed: an ordinary request on each model still gets its answer.
+    assert list(stub.ModelInfer(add("ranked", 4), timeout=10).outputs[0].shape) == [4, 4]
+    assert list(stub.ModelInfer(add("nosplit", 8), timeout=10).outputs[0].shape) == [8, 4]
