@@ -134,7 +134,9 @@ class Feed:
 
 
 class Instance(Protocol):
-    """One execution context. `run` may be awaited again only after the previous one finished."""
+    """One execution context. At most `in_flight` runs overlap: an instance that does not say
+    otherwise (an attribute `in_flight: int`) gets its next batch only after the previous one
+    finished; a GPU instance with several staging slots takes that many."""
 
     @property
     def name(self) -> str: ...

@@ -5,8 +5,10 @@
                                                         └──── instance back to the pool ◄┘
 
 The pump takes a free instance, then the next batch, and starts a task to run it; it never
-awaits engine work itself. Every request's future is completed exactly once on every path:
-result, engine error, deadline, cancellation or shutdown (see ../shared/docs/style.md).
+awaits engine work itself. An instance that can hold several batches at once (its `in_flight`
+attribute, e.g. a GPU instance with two staging slots) is in the pool that many times.
+Every request's future is completed exactly once on every path: result, engine error,
+deadline, cancellation or shutdown (see ../shared/docs/style.md).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class ProfileRunner:
         self._observers = list(observers)
         self._batch_ids = batch_ids if batch_ids is not None else itertools.count()
         self.busy_ns: dict[str, int] = {i.name: 0 for i in instances}
+        self._running: dict[str, int] = {i.name: 0 for i in instances}  # batches in flight
+        self._busy_since: dict[str, int] = {i.name: 0 for i in instances}
         self.batcher = batcher
         self._instances = list(instances)
         self._stats = stats
@@ -72,8 +76,11 @@ class ProfileRunner:
         return bool(len(self.batcher) or self._tasks)
 
     def start(self) -> None:
-        for instance in self._instances:
-            self._idle.put_nowait(instance)
+        depth = max((_in_flight(i) for i in self._instances), default=1)
+        for round_ in range(depth):  # interleaved: every instance gets a batch before a second
+            for instance in self._instances:
+                if round_ < _in_flight(instance):
+                    self._idle.put_nowait(instance)
         self._pump = asyncio.create_task(self._run(), name=f"ferry-pump-{self.name}")
         self._pump.add_done_callback(self._on_pump_done)
 
@@ -116,13 +123,20 @@ class ProfileRunner:
 
     async def _compute(self, instance: Instance, batch: Batch, start_ns: int) -> None:
         batch_id = next(self._batch_ids)
+        name = instance.name
+        # Busy time is time with at least one batch in flight, however many overlap.
+        if not self._running[name]:
+            self._busy_since[name] = start_ns
+        self._running[name] += 1
         try:
             try:
                 result = await instance.run(batch.feed())
                 answers = batch.scatter(result.outputs, self._batched)
             finally:
                 finished = self._clock()
-                self.busy_ns[instance.name] += finished - start_ns
+                self._running[name] -= 1
+                if not self._running[name]:
+                    self.busy_ns[name] += finished - self._busy_since[name]
         except asyncio.CancelledError:
             for request in batch.requests:
                 set_exception_if_pending(
@@ -219,3 +233,8 @@ class ProfileRunner:
         await asyncio.gather(*tasks, return_exceptions=True)
         for instance in self._instances:
             await instance.close()
+
+
+def _in_flight(instance: Instance) -> int:
+    """How many batches the instance may hold at once (1 unless it says more)."""
+    return max(1, int(getattr(instance, "in_flight", 1)))

@@ -72,7 +72,7 @@ class ModelScheduler:
             groups[instance.profile.index].append(instance)
             profiles[instance.profile.index] = instance.profile
         self._profiles = smallest_first(list(profiles.values()))
-        self._constrained = any(p.ranges for p in self._profiles)
+        self._constrained = len(self._profiles) > 1 or any(p.ranges for p in self._profiles)
         batch_ids = itertools.count()
         self._runners = {
             index: ProfileRunner(
@@ -150,7 +150,7 @@ class ModelScheduler:
         config = self.config
         batched = self._batched_dim
         shapes = {n: a.shape[1:] if batched else a.shape for n, a in inputs.items()}
-        profile = route(self._profiles, shapes) if self._constrained else self._profiles[0]
+        profile = route(self._profiles, shapes, rows) if self._constrained else self._profiles[0]
         runner = self._runners[profile.index]
         level = config.level_of(priority)
         policy = config.policy(level)

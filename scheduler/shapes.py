@@ -12,6 +12,7 @@ boundary), and outputs that carry the dimension are cut back to each request's o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -23,18 +24,26 @@ Shapes = Mapping[str, Shape]
 
 
 def smallest_first(profiles: Sequence[Profile]) -> list[Profile]:
-    """Profiles in the order route() tries them: by volume, then index."""
-    return sorted(profiles, key=lambda p: (p.volume, p.index))
+    """Profiles in the order route() tries them: by volume, then by batch size (a profile
+    without its own row limit last), then index."""
+    return sorted(profiles, key=lambda p: (p.volume, p.max_rows or math.inf, p.index))
 
 
-def route(profiles: Sequence[Profile], shapes: Shapes) -> Profile:
-    """The first of `profiles` (ordered by smallest_first) whose ranges hold every shape.
+def route(profiles: Sequence[Profile], shapes: Shapes, rows: int = 0) -> Profile:
+    """The first of `profiles` (ordered by smallest_first) whose ranges hold every shape and
+    whose batches can hold `rows`; when the shapes fit but no profile takes that many rows,
+    the fitting one with the largest batches (the request is then split into its chunks).
 
+    Plans often differ only in batch size (profile 0 up to 64 rows, profile 1 up to 1024):
+    small requests go to the small profile, large ones to the large one.
     Raises InvalidInput naming every profile's ranges when none fits.
     """
-    for profile in profiles:
-        if profile.fits(shapes):
+    fitting = [p for p in profiles if p.fits(shapes)]
+    for profile in fitting:
+        if not profile.max_rows or rows <= profile.max_rows:
             return profile
+    if fitting:
+        return max(fitting, key=lambda p: p.max_rows)
     got = ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
     ranges = "; ".join(p.describe() for p in profiles)
     raise InvalidInput(f"input shapes ({got}) fit no optimization profile: {ranges}")

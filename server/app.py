@@ -25,7 +25,7 @@ from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from proto._pool import POOL
 from server.config import ServerConfig
-from server.repository import ModelRepository, RepositoryOptions
+from server.repository import Backends, ModelRepository, RepositoryOptions
 from server.servicer import InferenceServicer, ReadinessState, Telemetry
 from telemetry.access_log import AccessLog
 from telemetry.gpu import GpuCollector
@@ -48,8 +48,15 @@ def _describe_standard_services() -> None:
 
 
 class FerryServer:
-    def __init__(self, config: ServerConfig, tracer_provider: TracerProvider | None = None) -> None:
-        """`tracer_provider` replaces the one the config describes (tests record spans)."""
+    def __init__(
+        self,
+        config: ServerConfig,
+        tracer_provider: TracerProvider | None = None,
+        backends: Backends | None = None,
+    ) -> None:
+        """`tracer_provider` replaces the one the config describes (tests record spans);
+        `backends` replaces the real GPU side (tests without GPU use doubles of CUDA and
+        TensorRT)."""
         self.config = config
         tracing = None
         if tracer_provider is not None:
@@ -68,7 +75,12 @@ class FerryServer:
         observers = tuple(o for o in (tracing, metrics) if o is not None)
         self.repository = ModelRepository(
             config.model_repository,
-            RepositoryOptions(config.default_max_batch_size, config.max_queue_bytes, observers),
+            RepositoryOptions(
+                config.default_max_batch_size,
+                config.max_queue_bytes,
+                observers,
+                backends or Backends(),
+            ),
         )
         self.metrics_port: int | None = None
         self.readiness = ReadinessState(self.repository, config.strict_readiness)

@@ -8,7 +8,7 @@ against, the batching options and the instances to create.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +27,19 @@ from server.codec import Signature
 from server.scheduling_config import PlannedInstance
 
 ONNXRUNTIME = "onnxruntime"
-_PLATFORMS = {"onnxruntime_onnx": ONNXRUNTIME, "tensorrt_plan": "tensorrt"}
-_DEFAULT_FILENAMES = {ONNXRUNTIME: "model.onnx", "tensorrt": "model.plan"}
+TENSORRT = "tensorrt"
+_PLATFORMS = {"onnxruntime_onnx": ONNXRUNTIME, "tensorrt_plan": TENSORRT}
+_DEFAULT_FILENAMES = {ONNXRUNTIME: "model.onnx", TENSORRT: "model.plan"}
 
 # Triton config fields that exist but that Ferry does not implement. A field set to anything but
 # its default is refused with its path, so a model never silently runs differently than written.
 _UNSUPPORTED: dict[str, tuple[str, ...]] = {
-    "inference.ModelConfig": ("optimization",),
+    "inference.ModelOptimizationPolicy": (
+        "priority",
+        "input_pinned_memory",
+        "output_pinned_memory",
+    ),
+    "inference.ModelOptimizationPolicy.Cuda": ("busy_wait_events", "output_copy_stream"),
     "inference.ModelInput": ("reshape", "is_shape_tensor", "allow_ragged_batch", "optional"),
     "inference.ModelOutput": ("reshape", "is_shape_tensor", "label_filename"),
     "inference.ModelInstanceGroup": ("passive", "host_policy"),
@@ -150,9 +156,14 @@ def complete(
     default_max_batch_size: int,
     default_max_queue_bytes: int = 0,
     gpus: Discovery | None = None,
+    engine_profiles: Callable[[bool], Sequence[Profile]] | None = None,
     where: str,
 ) -> ModelSettings:
-    """Fill what the config leaves out from the model file, and check the two agree."""
+    """Fill what the config leaves out from the model file, and check the two agree.
+
+    engine_profiles: the artifact's own optimization profiles (a TensorRT plan), given whether
+    the model is batched; then the config may not declare `ferry.profile.*` as well.
+    """
     config = _copy(config)
     if config.name and config.name != name:
         raise ModelLoadError(f"{where}: name '{config.name}' differs from the folder name '{name}'")
@@ -161,6 +172,12 @@ def complete(
         config.backend = backend
     if config.platform == "" and backend == ONNXRUNTIME:
         config.platform = "onnxruntime_onnx"
+    if config.platform == "" and backend == TENSORRT:
+        config.platform = "tensorrt_plan"
+    if backend != TENSORRT and config.optimization.cuda.graphs:
+        raise ModelLoadError(
+            f"{where}: optimization.cuda.graphs is supported for TensorRT plans only"
+        )
     if config.max_batch_size < 0:
         raise ModelLoadError(f"{where}: max_batch_size must be >= 0, got {config.max_batch_size}")
     if (
@@ -192,6 +209,19 @@ def complete(
     batching = scheduling.batching(config, parameters, default_max_queue_bytes, where)
     by_name = {s.name: s for s in inputs}
     profiles = scheduling.profiles(parameters, by_name, where)
+    if engine_profiles is not None:
+        if profiles:
+            raise ModelLoadError(
+                f"{where}: parameter '{scheduling.PREFIX}profile.*': the plan's own "
+                "optimization profiles are served; remove the parameter"
+            )
+        profiles = tuple(engine_profiles(mbs > 0))
+        largest = max((p.max_rows for p in profiles), default=0)
+        if mbs > largest > 0:
+            raise ModelLoadError(
+                f"{where}: max_batch_size {mbs} is larger than the plan's largest profile "
+                f"allows ({largest} rows)"
+            )
     return ModelSettings(
         name=name,
         config=config,
@@ -208,7 +238,11 @@ def complete(
         padding=scheduling.padding(
             parameters, by_name, {s.name: s for s in outputs}, mbs > 0, where
         ),
-        instances=tuple(scheduling.instance_plan(config, profiles, where, gpus)),
+        instances=tuple(
+            scheduling.instance_plan(
+                config, profiles, where, gpus, gpu_only=engine_profiles is not None
+            )
+        ),
         parameters=parameters,
     )
 

@@ -2,6 +2,7 @@
 
     <root>/<model>/config.pbtxt            optional; derived from the model file when absent
     <root>/<model>/<version>/model.onnx    numeric version folders; the newest is served
+    <root>/<model>/<version>/model.plan    a TensorRT plan (platform tensorrt_plan), on GPUs
 
 A model that fails to load is recorded with its reason (RepositoryIndex shows it, the log says
 it) and never stops the others from loading.
@@ -14,18 +15,24 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from common.errors import FerryError, ModelLoadError, ModelNotFound, ModelNotReady
 from engines.base import Engine
+from engines.cuda import toolkit
 from engines.cuda.devices import Discovery, discover
+from engines.cuda.toolkit import CudaToolkit
 from engines.onnxruntime import OnnxRuntimeEngine, options_from_parameters
+from engines.tensorrt.engine import TensorRTEngine, TensorRTOptions
+from engines.tensorrt.runtime import import_tensorrt
 from proto import model_config_pb2 as mc
 from scheduler.observer import BatchObserver
 from scheduler.scheduler import ModelScheduler
 from server import model_config, scheduling_config
-from server.model_config import ONNXRUNTIME, ModelSettings
+from server.model_config import TENSORRT, ModelSettings
 
 log = logging.getLogger("ferry.repository")
 
@@ -63,6 +70,16 @@ class ModelEntry:
 
 
 @dataclass(frozen=True)
+class Backends:
+    """Where the GPU side comes from: the host's GPUs, TensorRT, CUDA. The real ones by
+    default; tests on machines without GPU or TensorRT hand in doubles (tests/doubles/)."""
+
+    discover: Callable[[], Discovery] = discover
+    tensorrt: Callable[[], Any] = import_tensorrt
+    cuda: Callable[[], CudaToolkit] = toolkit.real
+
+
+@dataclass(frozen=True)
 class RepositoryOptions:
     """default_max_batch_size: max_batch_size given to a model without config.pbtxt whose
     tensors all have a free first dimension (Triton's --backend-config default is 4).
@@ -71,6 +88,7 @@ class RepositoryOptions:
     default_max_batch_size: int = 4
     max_queue_bytes: int = 0
     observers: tuple[BatchObserver, ...] = ()  # told about every batch (tracing, metrics)
+    backends: Backends = Backends()
 
 
 class ModelRepository:
@@ -83,7 +101,7 @@ class ModelRepository:
     async def _gpus(self) -> Discovery:
         """The host's GPUs, looked for once, when the first model asks for KIND_GPU."""
         if self._discovery is None:
-            self._discovery = await asyncio.to_thread(discover)
+            self._discovery = await asyncio.to_thread(self._options.backends.discover)
         return self._discovery
 
     def entries(self) -> list[ModelEntry]:
@@ -192,13 +210,11 @@ class ModelRepository:
         version_dir = folder / version
         files = sorted(os.listdir(version_dir))
         backend = model_config.backend_of(config, files, where)
-        if backend != ONNXRUNTIME:
-            raise ModelLoadError(
-                f"{where}: the {backend} backend is not available in this build of Ferry"
-            )
         path = version_dir / model_config.model_filename(config, backend)
         if not path.is_file():
             raise ModelLoadError(f"{path}: model file not found")
+        if backend == TENSORRT:
+            return await self._load_plan(folder, version, path, config, had_file, where)
         parameters = {k: v.string_value for k, v in config.parameters.items()}
         count = scheduling_config.instance_total(config)
         if "intra_op_thread_count" not in parameters:
@@ -240,6 +256,80 @@ class ModelRepository:
             engine.close()
             if gpu_engine is not None:
                 gpu_engine.close()
+            raise
+        scheduler = ModelScheduler(
+            f"{folder.name}:{version}",
+            instances,
+            settings.batching,
+            padding=settings.padding,
+            observers=self._options.observers,
+        )
+        return ServedVersion(folder.name, version, settings, engine, scheduler, digest)
+
+    async def _load_plan(
+        self,
+        folder: Path,
+        version: str,
+        path: Path,
+        config: mc.ModelConfig,
+        had_file: bool,
+        where: str,
+    ) -> ServedVersion:
+        """A TensorRT plan: GPUs first (TensorRT must never start without one), then the plan,
+        deserialized on the first GPU, then its instances, each on its profile and GPU."""
+        gpus = await self._gpus()
+        ordinals = sorted(d.ordinal for d in gpus.devices if d.ordinal >= 0)
+        if not ordinals:
+            raise ModelLoadError(
+                f"{path}: a TensorRT plan needs a GPU, and this process has none usable: "
+                f"{gpus.reason or 'MIG instances need --workers gpu'}"
+            )
+        parameters = {k: v.string_value for k, v in config.parameters.items()}
+        options = TensorRTOptions(
+            cuda_graphs=config.optimization.cuda.graphs,
+            in_flight=max(1, scheduling_config.count(parameters, "in_flight", 2, where)),
+        )
+        backends = self._options.backends
+        digest = await asyncio.to_thread(_sha256, path)
+        engine = await asyncio.to_thread(
+            TensorRTEngine,
+            path,
+            ordinals,
+            options,
+            trt=await asyncio.to_thread(backends.tensorrt),
+            cuda=backends.cuda(),
+        )
+        instances: list[Any] = []
+        try:
+            implied = 0
+            if engine.batch_major:
+                implied = max((p.max_rows for p in engine.profiles_for(True)), default=0)
+            settings = model_config.complete(
+                config,
+                folder.name,
+                engine.inputs,
+                engine.outputs,
+                backend=TENSORRT,
+                had_file=had_file,
+                default_max_batch_size=implied,
+                default_max_queue_bytes=self._options.max_queue_bytes,
+                gpus=gpus,
+                engine_profiles=engine.profiles_for,
+                where=where,
+            )
+            for i, planned in enumerate(settings.instances):
+                instances.append(
+                    await asyncio.to_thread(
+                        engine.create_instance,
+                        f"{folder.name}_{version}_{i}",
+                        planned.device,
+                        planned.profile,
+                    )
+                )
+        except BaseException:
+            for made in instances:
+                await made.close()
+            engine.close()
             raise
         scheduler = ModelScheduler(
             f"{folder.name}:{version}",

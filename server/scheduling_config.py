@@ -15,6 +15,8 @@ defines them. What Triton has no field for lives in `parameters` under keys star
                                (default "true": split them into chunks)
     ferry.max_queue_bytes      bound on the input bytes queued for the model (default: the
                                server's --max-queue-bytes)
+    ferry.in_flight            batches one GPU instance holds at once (default 2): gathering the
+                               next batch overlaps computing this one
 
 An unknown `ferry.` key is a load error naming it; any other parameter belongs to the backend.
 """
@@ -33,7 +35,7 @@ from scheduler.shapes import CutOutput, PaddedInput, Padding
 
 PREFIX = "ferry."
 _KEYS = ("profile.", "pad.", "pad_buckets.", "cut.")
-_FLAGS = ("split_oversized", "max_queue_bytes")
+_FLAGS = ("split_oversized", "max_queue_bytes", "in_flight")
 
 
 def check_keys(parameters: Mapping[str, str], where: str) -> None:
@@ -87,6 +89,11 @@ def _flag(parameters: Mapping[str, str], name: str, default: bool, where: str) -
     if text.strip().lower() not in ("true", "false"):
         raise ModelLoadError(f"{where}: parameter '{PREFIX}{name}' must be true or false")
     return text.strip().lower() == "true"
+
+
+def count(parameters: Mapping[str, str], name: str, default: int, where: str) -> int:
+    """A `ferry.<name>` integer parameter (>= 0), or `default` when absent."""
+    return _count(parameters, name, default, where)
 
 
 def _count(parameters: Mapping[str, str], name: str, default: int, where: str) -> int:
@@ -262,6 +269,7 @@ def instance_plan(
     declared: Sequence[Profile],
     where: str,
     gpus: Discovery | None = None,
+    gpu_only: bool = False,
 ) -> list[PlannedInstance]:
     """Every instance to create: its profile and its device, one entry per instance.
 
@@ -269,7 +277,8 @@ def instance_plan(
     `profile` (Triton's field: profile numbers as strings), or for every profile when it lists
     none, so every profile has instances of its own and no instance ever switches profiles.
     KIND_GPU groups do so on each GPU they list in `gpus` (NVML indexes), or on every GPU
-    `gpus` (the host's discovery) found; KIND_CPU and KIND_AUTO groups run on the CPU.
+    `gpus` (the host's discovery) found; KIND_CPU and KIND_AUTO groups run on the CPU, except
+    for a `gpu_only` backend (TensorRT), where KIND_AUTO means KIND_GPU and KIND_CPU is refused.
     """
     profiles = list(declared) or [UNBOUNDED]
     by_index = {str(p.index): p for p in profiles}
@@ -277,7 +286,11 @@ def instance_plan(
     for group in config.instance_group or [mc.ModelInstanceGroup()]:
         kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
         devices = [Device()]
-        if kind == "KIND_GPU":
+        if gpu_only and kind == "KIND_CPU":
+            raise ModelLoadError(
+                f"{where}: instance_group kind KIND_CPU: a TensorRT plan runs on GPUs"
+            )
+        if kind == "KIND_GPU" or (gpu_only and kind == "KIND_AUTO"):
             devices = _gpu_devices(group, gpus, where)
         elif group.gpus:
             raise ModelLoadError(f"{where}: instance_group gpus needs kind KIND_GPU")

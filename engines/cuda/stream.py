@@ -54,7 +54,8 @@ class Stream:
         check(rt.cudaEventRecord(event, self.handle), "cudaEventRecord")
         return event
 
-    def _wait(self, event: Any) -> None:
+    def wait(self, event: Any) -> None:
+        """Block the calling thread until `event` (from record()) has happened; destroy it."""
         rt = _runtime()
         try:
             check(rt.cudaEventSynchronize(event), "cudaEventSynchronize")
@@ -64,7 +65,7 @@ class Stream:
     async def done(self) -> None:
         """Wait until everything enqueued so far on the stream has finished."""
         event = self.record()
-        await asyncio.get_running_loop().run_in_executor(self._waiter, self._wait, event)
+        await asyncio.get_running_loop().run_in_executor(self._waiter, self.wait, event)
 
     def synchronize(self) -> None:
         check(_runtime().cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")

@@ -118,3 +118,19 @@ async def test_buckets_round_the_padded_length_up_but_not_past_the_profile() -> 
     await ask(scheduler, 40, 0.0)  # the 128 bucket is beyond the profile's 64
     assert [shape for _, shape in engine.shapes_log] == [(1, 16), (1, 64)]
     await scheduler.stop()
+
+
+async def test_profiles_that_differ_in_batch_size_take_requests_by_rows() -> None:
+    # As TensorRT plans are often built: one profile for small batches, one for large ones.
+    few = Profile(0, {"x": ShapeRange((4,), (4,), (4,))}, max_rows=4)
+    many = Profile(1, {"x": ShapeRange((4,), (4,), (4,))}, max_rows=16)
+    scheduler, engine = await make([many, few])
+    x = np.zeros((1, 4), np.float32)
+    await scheduler.infer({"x": x.repeat(3, axis=0)}, 3)
+    await scheduler.infer({"x": x.repeat(10, axis=0)}, 10)
+    await scheduler.infer({"x": x.repeat(40, axis=0)}, 40)  # more than any: split on the largest
+    assert engine.shapes_log[:2] == [(0, (3, 4)), (1, (10, 4))]
+    chunks = engine.shapes_log[2:]
+    assert {p for p, _ in chunks} == {1} and sum(s[0] for _, s in chunks) == 40
+    assert max(s[0] for _, s in chunks) <= 16
+    await scheduler.stop()
