@@ -2,14 +2,17 @@
 instances fed pre-formed batches, against ONNX Runtime CUDA called directly at the same batch
 sizes, in one process, no gRPC.
 
-    PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_pipeline.py [--seconds 3] [--out FILE]
+    PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_pipeline.py [--model dlrm|dlrm_large]
+        [--seconds 3] [--rounds 1] [--out FILE]
 
 direct       session.run with numpy feeds on the CUDA provider: host copies included, one call
              at a time (how ONNX Runtime is usually called)
-ferry x1     one instance: gather into pinned memory, copies and model on its own stream
-ferry x2     two instances on the same GPU, one batch in flight on each (copies overlap compute)
-Rows/s per batch size and each Ferry variant's ratio to direct. Prints one table; --out writes
-the numbers as JSON.
+1x1          one instance, one batch at a time
+1x2          one instance, two batches in flight (two slots: the next batch is gathered and
+             launched while the GPU runs this one)
+2x2          two instances on the same GPU, two batches in flight each
+Rows/s per batch size and each variant's ratio to direct (measured in the same round). Prints
+one table; --out writes the numbers as JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import datetime
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -30,10 +34,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engines.base import UNBOUNDED, Device, Feed
+from engines.onnxruntime import OnnxRuntimeOptions
 from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
 from server.example_repo import write_example_repo
 
 BATCHES = (256, 1024, 4096, 16384)
+VARIANTS = {"1x1": (1, 1), "1x2": (1, 2), "2x2": (2, 2)}  # instances, batches in flight each
 
 
 def feeds(rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -43,10 +49,7 @@ def feeds(rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     }
 
 
-def direct(path: Path, rows: int, seconds: float) -> float:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
+def direct(session: Any, rows: int, seconds: float) -> float:
     batch = feeds(rows, np.random.default_rng(1))
     for _ in range(5):
         session.run(None, batch)
@@ -57,35 +60,10 @@ def direct(path: Path, rows: int, seconds: float) -> float:
     return done * rows / (time.perf_counter() - start)
 
 
-async def stages(path: Path, rows: int, runs: int = 300) -> dict[str, float]:
-    """Where one instance's batch time goes (µs, means): enqueue (gather, copies, model launch)
-    on its thread, waiting for the stream, copy out, and the rest (the thread hand-off)."""
-    engine = OnnxRuntimeCudaEngine(path)
-    instance = engine.create_instance("s", Device("gpu", 0), UNBOUNDED)
-    batch = Feed([feeds(rows, np.random.default_rng(1))], rows)
-    try:
-        for _ in range(20):
-            await instance.run(batch)
-        totals = np.zeros(4)
-        for _ in range(runs):
-            start = time.perf_counter_ns()
-            result = await instance.run(batch)
-            total = time.perf_counter_ns() - start
-            t = result.timings
-            totals += (
-                t.input_ns,
-                t.infer_ns,
-                t.output_ns,
-                total - t.input_ns - t.infer_ns - t.output_ns,
-            )
-        mean = totals / runs / 1e3
-        return dict(zip(("enqueue", "wait", "copy_out", "hand_off"), map(float, mean), strict=True))
-    finally:
-        await instance.close()
-
-
-async def ferry(path: Path, rows: int, seconds: float, instances: int) -> float:
-    engine = OnnxRuntimeCudaEngine(path)
+async def ferry(
+    engine: OnnxRuntimeCudaEngine, rows: int, seconds: float, instances: int, depth: int
+) -> float:
+    """Drive `instances` instances with `depth` batches in flight each, as the runner does."""
     made = [engine.create_instance(f"i{i}", Device("gpu", 0), UNBOUNDED) for i in range(instances)]
     batch = Feed([feeds(rows, np.random.default_rng(1))], rows)
     done = 0
@@ -96,11 +74,14 @@ async def ferry(path: Path, rows: int, seconds: float, instances: int) -> float:
             await instance.run(batch)
             done += 1
 
+    def drivers(until: float) -> list[Any]:
+        return [drive(i, until) for i in made for _ in range(depth)]
+
     try:
-        await asyncio.gather(*(drive(i, time.perf_counter() + 0.5) for i in made))  # warm up
+        await asyncio.gather(*drivers(time.perf_counter() + 0.5))  # warm up
         done = 0
         start = time.perf_counter()
-        await asyncio.gather(*(drive(i, start + seconds) for i in made))
+        await asyncio.gather(*drivers(start + seconds))
         return done * rows / (time.perf_counter() - start)
     finally:
         for instance in made:
@@ -109,36 +90,48 @@ async def ferry(path: Path, rows: int, seconds: float, instances: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="dlrm", choices=["dlrm", "dlrm_large"])
+    parser.add_argument("--repo", type=Path, help="a repository that has the model already")
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="ferry-gpu-"))
-    write_example_repo(root)
-    path = root / "dlrm" / "1" / "model.onnx"
-    rows_out: list[dict[str, Any]] = []
-    print(
-        f"{'batch':>6} {'direct rows/s':>14} {'ferry x1':>12} {'x1/direct':>10} "
-        f"{'ferry x2':>12} {'x2/direct':>10}"
-    )
-    for rows in BATCHES:
-        base = direct(path, rows, args.seconds)
-        one = asyncio.run(ferry(path, rows, args.seconds, 1))
-        two = asyncio.run(ferry(path, rows, args.seconds, 2))
-        split = asyncio.run(stages(path, rows))
-        rows_out.append(
-            {"batch": rows, "direct": base, "ferry_x1": one, "ferry_x2": two, "stages_us": split}
-        )
-        print(
-            f"{rows:>6} {base:>14.0f} {one:>12.0f} {one / base:>10.2f} "
-            f"{two:>12.0f} {two / base:>10.2f}"
-        )
-    print(
-        "one instance, µs per batch: "
-        + "; ".join(
-            f"{r['batch']}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["stages_us"].items())
-            for r in rows_out
-        )
-    )
+    import onnxruntime as ort
+
+    root = args.repo
+    if root is None:
+        root = Path(tempfile.mkdtemp(prefix="ferry-gpu-"))
+        write_example_repo(root, large=args.model == "dlrm_large")
+    path = root / args.model / "1" / "model.onnx"
+    session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
+    engine = OnnxRuntimeCudaEngine(path, OnnxRuntimeOptions(in_flight=2))
+    rounds: list[list[dict[str, Any]]] = []
+    for _ in range(args.rounds):
+        found = []
+        for rows in map(int, args.batches.split(",")):
+            base = direct(session, rows, args.seconds)
+            entry: dict[str, Any] = {"batch": rows, "direct": base}
+            for label, (instances, depth) in VARIANTS.items():
+                entry[label] = asyncio.run(ferry(engine, rows, args.seconds, instances, depth))
+            found.append(entry)
+        rounds.append(found)
+    print(f"model {args.model}; rows/s, and in brackets the ratio to direct (median of rounds)")
+    print(f"{'batch':>6} {'direct':>12}" + "".join(f" {v:>20}" for v in VARIANTS))
+    summary = []
+    for i, first in enumerate(rounds[0]):
+        runs = [r[i] for r in rounds]
+        line = {"batch": first["batch"], "direct": statistics.median(r["direct"] for r in runs)}
+        text = f"{first['batch']:>6} {line['direct']:>12.0f}"
+        for label in VARIANTS:
+            ratios = [r[label] / r["direct"] for r in runs]
+            line[label] = statistics.median(r[label] for r in runs)
+            line[f"{label}_ratio"] = statistics.median(ratios)
+            line[f"{label}_ratio_range"] = [min(ratios), max(ratios)]
+            text += f" {line[label]:>11.0f} ({line[f'{label}_ratio']:.2f})"
+            text += " " * 2
+        summary.append(line)
+        print(text)
     if args.out:
         args.out.write_text(
             json.dumps(
@@ -148,8 +141,9 @@ def main() -> int:
                     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                     "machine": f"{platform.node()} {platform.machine()}, Python "
                     f"{platform.python_version()}",
-                    "model": "example dlrm (26 tables of 1000 x 16, MLP 512-256-1)",
-                    "rows": rows_out,
+                    "model": args.model,
+                    "summary": summary,
+                    "rounds": rounds,
                 },
                 indent=2,
             )

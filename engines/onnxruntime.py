@@ -60,11 +60,14 @@ class OnnxRuntimeOptions:
     compute_nice: how much lower than the event loop's the CPU priority of the instance's
     threads is (Linux nice steps, 0..19). Default 10: under full load the gRPC front end keeps
     answering promptly and compute takes the CPU left over; 0 runs compute at equal priority.
+    in_flight: batches one GPU instance holds at once (config `ferry.in_flight`); the CPU
+    backend runs one at a time.
     """
 
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     compute_nice: int = 10
+    in_flight: int = 2
 
     def __post_init__(self) -> None:
         if not 0 <= self.compute_nice <= 19:

@@ -1,18 +1,18 @@
 """ONNX Runtime on the GPU: the same `model.onnx`, run by the CUDA execution provider on Ferry's
 own CUDA stream and buffers through I/O binding.
 
-Each instance owns a non-blocking stream, one session bound to that stream
-(`user_compute_stream`), pinned host staging buffers and device buffers for every input and
-output, grown to the largest batch seen. A batch goes:
+Each instance owns a stream pipeline (engines/cuda/pipeline.py): a non-blocking stream, one
+session bound to it (`user_compute_stream`), and `in_flight` slots, each with an I/O binding and
+pinned host and device buffers for every input and output, grown to the largest batch seen.
+A batch's launch, on the pipeline's enqueue thread:
 
     gather each request straight into pinned memory (one copy per request)
     → host-to-device copies on the stream → the session enqueues its kernels on the stream
-    → device-to-host copies of the outputs → the instance's thread waits for its stream
-    → outputs copied out of pinned memory (one copy), so the buffers serve the next batch
+    → device-to-host copies of the outputs
 
-All of that runs on the instance's own thread (one hand-off per batch); the event loop only
-awaits the result, so it never blocks, and two or more instances keep batches in flight on
-their own streams while the loop gathers the next ones.
+and the pipeline's wait thread copies the outputs out of pinned memory once the stream got
+there, while the enqueue thread already launches the next batch in another slot. The event
+loop only awaits the result, so it never blocks.
 
 Needs the `onnxruntime-gpu` build and cuda-python; without them the engine refuses to load with
 a message saying so, and the CPU backend serves. An output whose dims (batch aside) are not fixed
@@ -22,16 +22,16 @@ cannot be sized before the run: ONNX Runtime allocates it and copies it to the h
 from __future__ import annotations
 
 import asyncio
-import time
+import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common.errors import EngineError, ModelLoadError
-from engines.base import Device, ExecutionResult, Feed, Profile, TensorSpec, Timings
+from common.errors import ModelLoadError
+from engines.base import Device, ExecutionResult, Feed, Profile, TensorSpec
+from engines.cuda.pipeline import Launched, Slot, StreamPipeline
 from engines.onnxruntime import OnnxRuntimeOptions, OnnxSignature, _spec
 from engines.staging import gather_into
 
@@ -73,35 +73,22 @@ class OnnxRuntimeCudaEngine(OnnxSignature):
         return None
 
 
-class _Staging:
-    """A pinned buffer and a device buffer of one tensor, grown on demand."""
+def _ensure(slot: Slot, name: str, nbytes: int, device: int) -> None:
+    """Grow a slot's pinned and device buffers of one tensor to hold `nbytes` (doubling)."""
+    from engines.cuda.stream import DeviceBuffer, PinnedBuffer
 
-    def __init__(self, device: int) -> None:
-        self.device = device
-        self.nbytes = 0
-        self.host: Any = None
-        self.gpu: Any = None
-
-    def ensure(self, nbytes: int) -> None:
-        from engines.cuda.stream import DeviceBuffer, PinnedBuffer
-
-        if nbytes <= self.nbytes:
-            return
-        self.close()
-        size = max(nbytes, 2 * self.nbytes)
-        self.host, self.gpu = PinnedBuffer(size), DeviceBuffer(size, self.device)
-        self.nbytes = size
-
-    def close(self) -> None:
-        for buffer in (self.host, self.gpu):
-            if buffer is not None:
-                buffer.close()
-        self.host = self.gpu = None
-        self.nbytes = 0
+    held = slot.host.get(name)
+    if held is not None and held.nbytes >= nbytes:
+        return
+    size = max(nbytes, 2 * held.nbytes if held is not None else 0, 1)
+    if held is not None:
+        held.close()
+        slot.gpu[name].close()
+    slot.host[name], slot.gpu[name] = PinnedBuffer(size), DeviceBuffer(size, device)
 
 
 class OnnxRuntimeCudaInstance:
-    """One stream, one session on it, and staging buffers for every tensor."""
+    """One stream, one session on it, and `in_flight` slots of staging buffers."""
 
     def __init__(
         self,
@@ -114,39 +101,39 @@ class OnnxRuntimeCudaInstance:
         device: Device,
         profile: Profile,
     ) -> None:
-        from engines.cuda.stream import Stream, use_device
+        from engines.cuda import toolkit
 
         self._name = name
         self._profile = profile
         self.device = device
         self._inputs = inputs
         self._outputs = outputs
-        # Session calls enqueue work (kernel launches take CPU time): off the event loop, on a
-        # thread that has this instance's device current.
-        self._executor = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix=f"ferry-{name}",
-            initializer=use_device,
-            initargs=(device.index,),
-        )
-        self._stream = Stream(device.index)
+        self.in_flight = max(1, options.in_flight)
+        self._pipeline = StreamPipeline(name, device.index, toolkit.real(), self.in_flight, outputs)
+        try:
+            self._session = self._pipeline.call(self._open, ort, path)
+        except BaseException:
+            self._pipeline.close()
+            raise
+        self._run_options = ort.RunOptions()
+        self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        self._pipeline.start(self._launch)
+
+    def _open(self, ort: Any, path: Path) -> Any:
         session_options = ort.SessionOptions()
         session_options.log_severity_level = 3
         provider = {
-            "device_id": str(device.index),
+            "device_id": str(self.device.index),
             "has_user_compute_stream": "1",
-            "user_compute_stream": str(int(self._stream.handle)),
+            "user_compute_stream": str(int(self._pipeline.stream.handle)),
         }
         try:
-            self._session = ort.InferenceSession(
-                str(path), session_options, providers=[(CUDA, provider)]
-            )
+            session = ort.InferenceSession(str(path), session_options, providers=[(CUDA, provider)])
         except Exception as exc:  # ONNX Runtime's own exception types
-            self._stream.close()
             raise ModelLoadError(f"{path}: onnxruntime CUDA cannot load it: {exc}") from exc
-        self._run_options = ort.RunOptions()
-        self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-        self._staging = {s.name: _Staging(device.index) for s in (*inputs, *outputs)}
+        for slot in self._pipeline.slots:
+            slot.extra = session.io_binding()
+        return session
 
     @property
     def name(self) -> str:
@@ -157,76 +144,52 @@ class OnnxRuntimeCudaInstance:
         return self._profile
 
     async def run(self, feed: Feed) -> ExecutionResult:
-        loop = asyncio.get_running_loop()
-        try:
-            # One hand-off per batch: the instance's thread gathers, enqueues, waits for its
-            # stream and copies out; the event loop only awaits the result.
-            return await loop.run_in_executor(self._executor, self._run_blocking, feed)
-        except EngineError:
-            raise
-        except Exception as exc:  # ONNX Runtime's own exception types; translated here
-            raise EngineError(f"onnxruntime CUDA failed to run the batch: {exc}") from exc
+        return await self._pipeline.run(feed)
 
-    def _run_blocking(self, feed: Feed) -> ExecutionResult:
-        t0 = time.perf_counter_ns()
-        shapes, binding = self._enqueue(feed)
-        t1 = time.perf_counter_ns()
-        self._stream.synchronize()
-        t2 = time.perf_counter_ns()
-        outputs: dict[str, np.ndarray] = {}
-        host_bound = [s.name for s in self._outputs if s.name not in shapes]
-        if host_bound:  # outputs ONNX Runtime allocated and copied to the host itself
-            names = [s.name for s in self._outputs]
-            values = binding.copy_outputs_to_cpu()
-            outputs.update({n: values[names.index(n)] for n in host_bound})
-        for spec in self._outputs:  # the one copy out: the staging buffers serve the next batch
-            if spec.name in shapes:
-                view = self._staging[spec.name].host.view(spec.datatype.numpy, shapes[spec.name])
-                outputs[spec.name] = np.array(view)
-        t3 = time.perf_counter_ns()
-        return ExecutionResult(outputs, Timings(t1 - t0, t2 - t1, t3 - t2))
+    def _launch(self, feed: Feed, slot: Slot) -> Launched:
+        """Gather into the slot's pinned memory, then enqueue copies in, the model, copies out.
 
-    def _enqueue(self, feed: Feed) -> tuple[dict[str, tuple[int, ...]], Any]:
-        """Gather into pinned memory, then enqueue copies in, the model, and copies out."""
-        binding = self._session.io_binding()
+        One I/O binding per slot, rebound per batch (the shapes change); outputs whose dims
+        (batch aside) are not fixed are left to ONNX Runtime, which copies them to the host.
+        """
+        binding = slot.extra
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
         index = self.device.index
+        stream = self._pipeline.stream
         for spec in self._inputs:
             first = feed.parts[0][spec.name]
             padded = feed.padded.get(spec.name)
             shape = (feed.rows, *(padded[0] if padded else first.shape[1:]))
-            nbytes = int(np.prod(shape)) * first.dtype.itemsize
-            staging = self._staging[spec.name]
-            staging.ensure(nbytes)
-            gather_into(feed, spec.name, staging.host.view(first.dtype, shape))
-            staging.gpu.copy_from(staging.host, nbytes, self._stream)
-            binding.bind_input(spec.name, "cuda", index, first.dtype, shape, staging.gpu.pointer)
+            nbytes = math.prod(shape) * first.dtype.itemsize
+            _ensure(slot, spec.name, nbytes, index)
+            gather_into(feed, spec.name, slot.host[spec.name].view(first.dtype, shape))
+            slot.gpu[spec.name].copy_from(slot.host[spec.name], nbytes, stream)
+            binding.bind_input(
+                spec.name, "cuda", index, first.dtype, shape, slot.gpu[spec.name].pointer
+            )
         shapes: dict[str, tuple[int, ...]] = {}
         for spec in self._outputs:
             if any(d < 0 for d in spec.dims[1:]):
                 binding.bind_output(spec.name, "cpu")  # sized by the run: ONNX Runtime copies
                 continue
             shape = (feed.rows, *spec.dims[1:])
-            self._staging[spec.name].ensure(int(np.prod(shape)) * spec.datatype.numpy.itemsize)
+            _ensure(slot, spec.name, math.prod(shape) * spec.datatype.numpy.itemsize, index)
             binding.bind_output(
-                spec.name,
-                "cuda",
-                index,
-                spec.datatype.numpy,
-                shape,
-                self._staging[spec.name].gpu.pointer,
+                spec.name, "cuda", index, spec.datatype.numpy, shape, slot.gpu[spec.name].pointer
             )
             shapes[spec.name] = shape
         self._session.run_with_iobinding(binding, self._run_options)
-        for spec in self._outputs:
-            if spec.name not in shapes:
-                continue
-            staging = self._staging[spec.name]
-            nbytes = int(np.prod(shapes[spec.name])) * spec.datatype.numpy.itemsize
-            staging.host.copy_from(staging.gpu, nbytes, self._stream)
-        return shapes, binding
+        for name, shape in shapes.items():
+            spec = next(s for s in self._outputs if s.name == name)
+            nbytes = math.prod(shape) * spec.datatype.numpy.itemsize
+            slot.host[name].copy_from(slot.gpu[name], nbytes, stream)
+        on_host: dict[str, np.ndarray] = {}
+        if len(shapes) < len(self._outputs):  # ONNX Runtime synchronized for these itself
+            names = [s.name for s in self._outputs]
+            values = binding.copy_outputs_to_cpu()
+            on_host = {n: values[names.index(n)] for n in names if n not in shapes}
+        return Launched(stream.record(), shapes, on_host)
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=True)
-        self._stream.close()
-        for staging in self._staging.values():
-            staging.close()
+        await asyncio.to_thread(self._pipeline.close)

@@ -82,13 +82,19 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         default="1",
         help="server processes sharing the TCP port (SO_REUSEPORT): N, or 'gpu' for one per GPU "
-        "or MIG instance, each seeing only its own device; default 1",
+        "or MIG instance, each seeing only its own device, or 'gpu:N' for N per device; "
+        "default 1",
     )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     example = commands.add_parser("example-repo", help="write the example model repository")
     example.add_argument("directory", type=Path, metavar="DIR")
+    example.add_argument(
+        "--large",
+        action="store_true",
+        help="also write dlrm_large (0.69 GB, 172M weights; a GPU model, KIND_GPU)",
+    )
     return parser
 
 
@@ -97,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "example-repo":
         from server.example_repo import write_example_repo
 
-        for path in write_example_repo(args.directory):
+        for path in write_example_repo(args.directory, large=args.large):
             print(path)
         return 0
 
@@ -123,19 +129,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ferry: {exc}", file=sys.stderr)
         return 2
     devices: list[str] = []
-    if args.workers == "gpu":
+    kind, _, per_device = args.workers.partition(":")
+    if kind == "gpu" and (not per_device or (per_device.isdigit() and int(per_device) >= 1)):
         from engines.cuda.devices import discover
 
         found = discover()
         if not found.devices:
-            print(f"ferry: --workers gpu, but no GPU: {found.reason}", file=sys.stderr)
+            print(f"ferry: --workers {args.workers}, but no GPU: {found.reason}", file=sys.stderr)
             return 2
-        devices = [d.uuid for d in found.devices]
+        # Worker i*N+j is the j-th of device i's N workers: devices are dealt out in order.
+        devices = [d.uuid for d in found.devices for _ in range(int(per_device or 1))]
         workers = len(devices)
     elif args.workers.isdigit() and int(args.workers) >= 1:
         workers = int(args.workers)
     else:
-        print("ferry: --workers takes a number >= 1 or 'gpu'", file=sys.stderr)
+        print("ferry: --workers takes a number >= 1, 'gpu' or 'gpu:N'", file=sys.stderr)
         return 2
     if workers > 1 or devices:
         if config.unix_socket or config.grpc_port < 0:

@@ -8,6 +8,7 @@ odd id can never fail a whole batch of other callers' rows.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,19 @@ dynamic_batching {
   max_queue_delay_microseconds: 200
 }
 instance_group [ { count: 1 kind: KIND_CPU } ]
+""",
+    "dlrm_large": """\
+name: "dlrm_large"
+platform: "onnxruntime_onnx"
+max_batch_size: 16384
+input [
+  { name: "dense" data_type: TYPE_FP32 dims: [ 13 ] },
+  { name: "sparse" data_type: TYPE_INT64 dims: [ 26 ] }
+]
+output [ { name: "ctr" data_type: TYPE_FP32 dims: [ 1 ] } ]
+# Requests of 1024 rows gather into batches of up to 16 of them while the GPU runs the last.
+dynamic_batching { max_queue_delay_microseconds: 2000 }
+instance_group [ { count: 2 kind: KIND_GPU } ]
 """,
     "echo": """\
 name: "echo"
@@ -108,14 +122,31 @@ def _const(name: str, value: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(value, name)
 
 
-def dlrm_model() -> onnx.ModelProto:
-    """DLRM-style CTR: 26 embedding tables of 1000 x 16 plus a dense MLP, sigmoid output."""
+@dataclass(frozen=True)
+class DlrmShape:
+    """The sizes of a DLRM-style model: embedding tables and the two MLPs."""
+
+    tables: int
+    rows: int  # per table
+    dim: int  # embedding width
+    bottom: tuple[int, ...]  # dense MLP widths, from the 13 dense features
+    top: tuple[int, ...]  # top MLP widths after the concatenation, down to the logit
+
+
+DLRM = DlrmShape(DLRM_TABLES, DLRM_ROWS, DLRM_DIM, (13, 64, 16), (512, 256, 1))
+# The heavier GPU example: 26 tables of 100,000 x 64 and a 2048-1024-1 top MLP (172M weights,
+# 0.69 GB), shaped like the model issue 6's direct ceilings were measured on.
+DLRM_LARGE = DlrmShape(DLRM_TABLES, 100_000, 64, (13, 256, 64), (2048, 1024, 1))
+
+
+def dlrm_model(shape: DlrmShape = DLRM, name: str = "dlrm") -> onnx.ModelProto:
+    """DLRM-style CTR: embedding tables plus a dense MLP, sigmoid output (`ctr`)."""
     rng = np.random.default_rng(2)
     inits = [
-        _weights(rng, "tables", (DLRM_TABLES * DLRM_ROWS, DLRM_DIM)),
-        _const("rows_per_table", np.array(DLRM_ROWS, dtype=np.int64)),
-        _const("table_offsets", np.arange(DLRM_TABLES, dtype=np.int64) * DLRM_ROWS),
-        _const("flat_shape", np.array([-1, DLRM_TABLES * DLRM_DIM], dtype=np.int64)),
+        _weights(rng, "tables", (shape.tables * shape.rows, shape.dim)),
+        _const("rows_per_table", np.array(shape.rows, dtype=np.int64)),
+        _const("table_offsets", np.arange(shape.tables, dtype=np.int64) * shape.rows),
+        _const("flat_shape", np.array([-1, shape.tables * shape.dim], dtype=np.int64)),
     ]
     nodes = [
         helper.make_node("Mod", ["sparse", "rows_per_table"], ["local_ids"]),
@@ -123,26 +154,30 @@ def dlrm_model() -> onnx.ModelProto:
         helper.make_node("Gather", ["tables", "global_ids"], ["embedded"], axis=0),
         helper.make_node("Reshape", ["embedded", "flat_shape"], ["embedded_flat"]),
     ]
-    bottom, w, dense_out = _dense_layers(rng, "dense", [13, 64, 16], "bottom", last_relu=True)
+    bottom, w, dense_out = _dense_layers(rng, "dense", list(shape.bottom), "bottom", True)
     nodes += bottom
     inits += w
     nodes.append(helper.make_node("Concat", ["embedded_flat", dense_out], ["features"], axis=1))
-    width = DLRM_TABLES * DLRM_DIM + 16
-    top, w, logit = _dense_layers(rng, "features", [width, 512, 256, 1], "top", last_relu=False)
+    width = shape.tables * shape.dim + shape.bottom[-1]
+    top, w, logit = _dense_layers(rng, "features", [width, *shape.top], "top", last_relu=False)
     nodes += top
     inits += w
     nodes.append(helper.make_node("Sigmoid", [logit], ["ctr"]))
     graph = helper.make_graph(
         nodes,
-        "dlrm",
+        name,
         [
             helper.make_tensor_value_info("dense", TensorProto.FLOAT, ["batch", 13]),
-            helper.make_tensor_value_info("sparse", TensorProto.INT64, ["batch", DLRM_TABLES]),
+            helper.make_tensor_value_info("sparse", TensorProto.INT64, ["batch", shape.tables]),
         ],
         [helper.make_tensor_value_info("ctr", TensorProto.FLOAT, ["batch", 1])],
         inits,
     )
     return _model(graph)
+
+
+def dlrm_large_model() -> onnx.ModelProto:
+    return dlrm_model(DLRM_LARGE, "dlrm_large")
 
 
 def echo_model() -> onnx.ModelProto:
@@ -200,12 +235,16 @@ def history_model() -> onnx.ModelProto:
 
 
 BUILDERS = {"dlrm": dlrm_model, "echo": echo_model, "history": history_model}
+LARGE_BUILDERS = {"dlrm_large": dlrm_large_model}
 
 
-def write_example_repo(root: Path) -> list[Path]:
-    """Write every example model (config.pbtxt and 1/model.onnx); returns the files written."""
+def write_example_repo(root: Path, large: bool = False) -> list[Path]:
+    """Write every example model (config.pbtxt and 1/model.onnx); returns the files written.
+
+    `large` adds `dlrm_large` (0.69 GB, for GPUs; it takes a few seconds to generate)."""
     written = []
-    for name, build in BUILDERS.items():
+    builders = {**BUILDERS, **(LARGE_BUILDERS if large else {})}
+    for name, build in builders.items():
         folder = root / name
         (folder / "1").mkdir(parents=True, exist_ok=True)
         config = folder / "config.pbtxt"

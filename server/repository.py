@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +220,10 @@ class ModelRepository:
         if "intra_op_thread_count" not in parameters:
             # N instances share the cores instead of each spawning a thread per core.
             parameters["intra_op_thread_count"] = str(max(1, (os.cpu_count() or 1) // count))
-        options = options_from_parameters(parameters)
+        options = replace(
+            options_from_parameters(parameters),
+            in_flight=max(1, scheduling_config.count(parameters, "in_flight", 2, where)),
+        )
         digest = await asyncio.to_thread(_sha256, path)
         engine = await asyncio.to_thread(OnnxRuntimeEngine, path, options)
         gpu_engine: Engine | None = None

@@ -87,3 +87,39 @@ async def test_served_on_the_gpu_equals_onnx_runtime_on_the_cpu(model: str, exam
             assert got.shape == expected.shape
             assert float(np.max(np.abs(got - expected))) <= 1e-3
     assert scheduler.stats.execution_count < len(requests)  # requests did share batches
+
+
+async def test_dlrm_large_on_the_gpu_equals_onnx_runtime_on_the_cpu(
+    examples: Path, tmp_path: Path
+) -> None:
+    import onnxruntime as ort
+
+    from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+
+    write_example_repo(tmp_path, large=True)
+    path = tmp_path / "dlrm_large" / "1" / "model.onnx"
+    engine = OnnxRuntimeCudaEngine(path)
+    instances = [engine.create_instance(f"large{i}", Device("gpu", 0), UNBOUNDED) for i in (0, 1)]
+    scheduler = ModelScheduler(
+        "dlrm_large",
+        instances,
+        BatchingConfig(max_batch_size=16384, dynamic=True, max_queue_delay_s=0.002),
+    )
+    await scheduler.start()
+    rng = np.random.default_rng(5)
+    requests = [
+        {
+            "dense": rng.standard_normal((rows, 13)).astype(np.float32),
+            "sparse": rng.integers(0, 10**9, (rows, 26)).astype(np.int64),
+        }
+        for rows in (1, 1024, 5, 3000, 1024, 77)
+    ]
+    try:
+        results = await asyncio.gather(*(scheduler.infer(r, r["dense"].shape[0]) for r in requests))
+    finally:
+        await scheduler.stop()
+    cpu = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for request, result in zip(requests, results, strict=True):
+        (expected,) = cpu.run(None, request)
+        assert result.outputs["ctr"].shape == expected.shape
+        assert float(np.max(np.abs(result.outputs["ctr"] - expected))) <= 1e-3

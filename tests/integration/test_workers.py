@@ -82,9 +82,12 @@ def test_worker_options_are_checked(model_repo: Path) -> None:
             [*command, *extra], cwd=ROOT, capture_output=True, text=True, timeout=60
         )
 
-    for bad in ("0", "two"):
+    for bad in ("0", "two", "gpu:0", "gpu:x"):
         answer = run("--workers", bad)
-        assert answer.returncode == 2 and "--workers takes a number >= 1 or 'gpu'" in answer.stderr
+        assert (
+            answer.returncode == 2
+            and "--workers takes a number >= 1, 'gpu' or 'gpu:N'" in answer.stderr
+        )
     shared_socket = run("--workers", "2", "--unix-socket", "/tmp/ferry-test.sock")
     assert (
         shared_socket.returncode == 2 and "a Unix socket cannot be shared" in shared_socket.stderr
@@ -92,5 +95,6 @@ def test_worker_options_are_checked(model_repo: Path) -> None:
     from engines.cuda.devices import discover
 
     if not discover().devices:  # here: no GPU, so --workers gpu must say so and stop
-        answer = run("--workers", "gpu")
-        assert answer.returncode == 2 and "--workers gpu, but no GPU" in answer.stderr
+        for asked in ("gpu", "gpu:2"):
+            answer = run("--workers", asked)
+            assert answer.returncode == 2 and f"--workers {asked}, but no GPU" in answer.stderr

@@ -120,7 +120,7 @@ async def test_no_gpu_no_plan(tmp_path: Path) -> None:
 async def test_batches_are_computed_on_the_instances_own_profile(tmp_path: Path) -> None:
     engine = load(affine_plan(tmp_path))
     instance = engine.create_instance("m_0", GPU, engine.profiles[1])
-    assert instance._context.active_optimization_profile == 1
+    assert instance.context.active_optimization_profile == 1
     try:
         for n_rows, width in ((3, 5), (128, 64), (1, 1), (7, 5)):
             parts = [rows(n_rows, width, seed) for seed in range(2)]
@@ -177,7 +177,7 @@ async def test_a_failed_enqueue_is_reported_and_the_instance_recovers(tmp_path: 
 async def test_cuda_graphs_replay_each_shape_with_fresh_data(tmp_path: Path) -> None:
     engine = load(affine_plan(tmp_path), TensorRTOptions(cuda_graphs=True, in_flight=1))
     instance = engine.create_instance("m_0", GPU, engine.profiles[0])
-    context = instance._context
+    context = instance.context
     try:
         first = await instance.run(feed(rows(4, 8, seed=1)))
         assert instance.graphs == 1

@@ -1,0 +1,194 @@
+"""Batches in flight on one CUDA stream: the part every GPU instance shares.
+
+    enqueue thread:  wait until the slot's previous batch is over → `launch(feed, slot)`:
+                     gather into the slot's pinned memory, copies in, the model, copies out,
+                     all enqueued on the stream → an event recorded after them
+    wait thread:     wait for the event → copy the outputs out of pinned memory (one copy)
+    event loop:      awaits a future the threads resolve; it never blocks
+
+With `depth` slots (pinned and device buffers of their own) the enqueue thread gathers and
+launches batch k+1 while the GPU still runs batch k; the stream keeps their work in order. A
+backend (TensorRT, ONNX Runtime CUDA) supplies only `launch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from common.errors import EngineError, FerryError
+from engines.base import ExecutionResult, Feed, TensorSpec, Timings
+from engines.cuda.toolkit import CudaToolkit
+
+T = TypeVar("T")
+
+
+@dataclass
+class Slot:
+    """One batch's buffers: pinned host and device memory per tensor, and what else the
+    backend keeps per batch (an I/O binding)."""
+
+    index: int
+    host: dict[str, Any] = field(default_factory=dict)  # tensor name → PinnedBuffer
+    gpu: dict[str, Any] = field(default_factory=dict)  # tensor name → DeviceBuffer
+    extra: Any = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def close(self) -> None:
+        for buffer in (*self.host.values(), *self.gpu.values()):
+            buffer.close()
+        self.host.clear()
+        self.gpu.clear()
+
+
+@dataclass(frozen=True)
+class Launched:
+    """What `launch` enqueued: the event after its copies out, the shapes of the outputs in the
+    slot's pinned memory, and outputs the backend already has on the host."""
+
+    event: Any
+    shapes: dict[str, tuple[int, ...]]
+    on_host: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+Launch = Callable[[Feed, Slot], Launched]
+
+
+class StreamPipeline:
+    def __init__(
+        self,
+        name: str,
+        device: int,
+        cuda: CudaToolkit,
+        depth: int,
+        outputs: Sequence[TensorSpec],
+    ) -> None:
+        self.name = name
+        self.depth = max(1, depth)
+        self._cuda = cuda
+        self._outputs = tuple(outputs)
+        # Enqueueing takes CPU time (kernel launches): a thread of its own, device current.
+        self._enqueuer = ThreadPoolExecutor(
+            1, f"ferry-{name}-enqueue", initializer=cuda.use_device, initargs=(device,)
+        )
+        self._waiter = ThreadPoolExecutor(
+            1, f"ferry-{name}-wait", initializer=cuda.use_device, initargs=(device,)
+        )
+        self.stream: Any = None
+        self.slots = [Slot(i) for i in range(self.depth)]
+        for slot in self.slots:
+            slot.done.set()
+        self._free = list(self.slots)
+        self._launch: Launch | None = None
+        try:
+            self.stream = self.call(cuda.stream, device)
+        except BaseException:
+            self.close()
+            raise
+
+    def call(self, function: Callable[..., T], *args: Any) -> T:
+        """Run `function` on the enqueue thread and wait for it (set-up: contexts, sessions and
+        buffers belong to the thread that has the device current)."""
+        return self._enqueuer.submit(function, *args).result()
+
+    def start(self, launch: Launch) -> None:
+        self._launch = launch
+
+    async def run(self, feed: Feed) -> ExecutionResult:
+        """At most `depth` runs overlap (the runner's promise): each takes a free slot."""
+        loop = asyncio.get_running_loop()
+        if not self._free:
+            raise EngineError(f"instance {self.name}: more batches than its {self.depth} slots")
+        slot = self._free.pop()
+        answer: asyncio.Future[ExecutionResult] = loop.create_future()
+
+        def settle(result: ExecutionResult | None, error: BaseException | None) -> None:
+            self._free.append(slot)
+            if answer.done():
+                return
+            if error is not None:
+                answer.set_exception(error)
+            else:
+                answer.set_result(result)  # type: ignore[arg-type]
+
+        def report(result: ExecutionResult | None, error: BaseException | None) -> None:
+            try:
+                loop.call_soon_threadsafe(settle, result, error)
+            except RuntimeError:  # the loop closed (shutdown): nobody waits for the answer
+                pass
+
+        def finish(launched: Launched, enqueue_ns: int) -> None:
+            try:
+                report(self._finish(slot, launched, enqueue_ns), None)
+            except BaseException as exc:
+                report(None, exc)
+
+        def enqueue() -> None:
+            start = time.perf_counter_ns()
+            try:
+                slot.done.wait()  # the slot's previous batch (its copies) is over
+                slot.done.clear()
+                assert self._launch is not None, "start() was not called"
+                launched = self._launch(feed, slot)
+            except BaseException as exc:
+                self._settle_stream()
+                slot.done.set()
+                report(None, exc)
+                return
+            self._waiter.submit(finish, launched, time.perf_counter_ns() - start)
+
+        self._enqueuer.submit(enqueue)
+        try:
+            return await answer
+        except FerryError:
+            raise
+        except Exception as exc:  # the backend's and CUDA's own exception types
+            raise EngineError(f"instance {self.name} failed to run the batch: {exc}") from exc
+
+    def _settle_stream(self) -> None:
+        """After a failed launch: let whatever did get enqueued finish before the slot's buffers
+        are reused."""
+        try:
+            self.stream.synchronize()
+        except Exception:  # the stream itself is broken: the next batch will say so
+            pass
+
+    def _finish(self, slot: Slot, launched: Launched, enqueue_ns: int) -> ExecutionResult:
+        waited = time.perf_counter_ns()
+        try:
+            self.stream.wait(launched.event)
+            copied = time.perf_counter_ns()
+            outputs = dict(launched.on_host)
+            for spec in self._outputs:
+                if spec.name in launched.shapes:
+                    view = slot.host[spec.name].view(
+                        spec.datatype.numpy, launched.shapes[spec.name]
+                    )
+                    outputs[spec.name] = np.array(view)
+        finally:
+            slot.done.set()
+        done = time.perf_counter_ns()
+        return ExecutionResult(outputs, Timings(enqueue_ns, copied - waited, done - copied))
+
+    def stop(self) -> None:
+        """Finish what is in flight and stop the threads; buffers stay until close()."""
+        self._enqueuer.shutdown(wait=True)
+        self._waiter.shutdown(wait=True)
+        if self.stream is not None:
+            self.stream.synchronize()
+
+    def close(self) -> None:
+        """stop(), then free every slot's buffers and the stream."""
+        self.stop()
+        for slot in self.slots:
+            slot.close()
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
