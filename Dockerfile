@@ -12,7 +12,7 @@ COPY engines engines
 COPY common common
 COPY loadtest loadtest
 COPY telemetry telemetry
-RUN python3 -m pip install --no-cache-dir . && ferry example-repo /models
+RUN python3 -m pip install --no-cache-dir ".[gpu]" && ferry example-repo /models
 
 # 8001: gRPC; 8002: Prometheus /metrics
 EXPOSE 8001 8002

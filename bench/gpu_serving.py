@@ -10,8 +10,8 @@ served      requests of 1,024 rows; `ferry serve --workers gpu:N` (N workers per
             SO_REUSEPORT), dlrm_large with 2 instances per worker; a closed-loop load generator
             of --client-processes processes; rows/s, p50/p99, and the GPU's busy share
             (`nvidia-smi dmon -s u`: SM %, mean over the measured seconds)
-two GPUs    with --two-gpus: the best workers-per-GPU count again on every visible GPU, against
-            the same count on one
+two GPUs    with --two-gpus LIST: the best workers-per-GPU count again on those GPUs, against
+            the same count on one (with --scale-load, at the same offered load per GPU)
 Prints one table; --out writes everything as JSON.
 """
 
@@ -121,12 +121,14 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def load(port: int, seconds: float, processes: int, concurrency: int, out: Path) -> dict[str, Any]:
+def load(
+    port: int, seconds: float, processes: int, concurrency: int, channels: int, out: Path
+) -> dict[str, Any]:
     command = [
         sys.executable, "-m", "loadtest.run", "--address", f"127.0.0.1:{port}",
         "--model", "dlrm_large", "--rows", "1024", "--id-range", str(10**9),
         "--concurrency", str(concurrency), "--processes", str(processes),
-        "--channels", str(processes * 2), "--duration", str(seconds), "--warmup", "3",
+        "--channels", str(channels), "--duration", str(seconds), "--warmup", "3",
         "--pool", "16", "--json", str(out),
     ]  # fmt: skip
     subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
@@ -135,8 +137,10 @@ def load(port: int, seconds: float, processes: int, concurrency: int, out: Path)
 
 
 def run_served(
-    repo: Path, per_gpu: int, gpus: str, args: argparse.Namespace, work: Path
+    repo: Path, per_gpu: int, gpus: str, args: argparse.Namespace, work: Path, scale: int = 1
 ) -> dict[str, Any]:
+    """One served run; `scale` multiplies the offered load (requests in flight, connections),
+    so N GPUs are compared with one at the same load per GPU."""
     tag = f"w{per_gpu}-g{gpus.replace(',', '')}"
     process, port = serve(repo, per_gpu, gpus, work / f"ferry-{tag}.log")
     monitor_log = work / f"dmon-{tag}.log"
@@ -145,7 +149,12 @@ def run_served(
     try:
         since = time.time() + 3  # the load generator's warm-up
         result = load(
-            port, args.seconds, args.client_processes, args.concurrency, work / f"{tag}.json"
+            port,
+            args.seconds,
+            args.client_processes,
+            args.concurrency * scale,
+            args.channels * scale,
+            work / f"{tag}.json",
         )
         until = time.time()
     finally:
@@ -155,6 +164,7 @@ def run_served(
     return {
         "workers_per_gpu": per_gpu,
         "gpus": gpus,
+        "concurrency": args.concurrency * scale,
         "rows_per_s": result["rows_per_s"],
         "requests_per_s": result["requests_per_s"],
         "latency_ms": result["latency_ms"],
@@ -173,6 +183,18 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--client-processes", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight, total")
+    parser.add_argument(
+        "--channels",
+        type=int,
+        default=96,
+        help="gRPC connections, total: SO_REUSEPORT spreads connections, not requests, so "
+        "several per worker keep the workers evenly loaded",
+    )
+    parser.add_argument(
+        "--scale-load",
+        action="store_true",
+        help="the several-GPU run gets the load times the GPU count (the same load per GPU)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     from server.example_repo import write_example_repo
@@ -224,11 +246,13 @@ def main() -> int:
     scaling = None
     if args.two_gpus:
         best = max(runs, key=lambda r: r["rows_per_s"])
-        entry = run_served(served, best["workers_per_gpu"], args.two_gpus, args, work)
+        scale = len(args.two_gpus.split(",")) if args.scale_load else 1
+        entry = run_served(served, best["workers_per_gpu"], args.two_gpus, args, work, scale)
         runs.append(entry)
         show(entry)
         scaling = entry["rows_per_s"] / best["rows_per_s"]
-        print(f"two GPUs / one GPU at {best['workers_per_gpu']} workers per GPU: {scaling:.2f}x")
+        n = len(args.two_gpus.split(","))
+        print(f"{n} GPUs / one GPU at {best['workers_per_gpu']} workers per GPU: {scaling:.2f}x")
     if args.out:
         args.out.write_text(
             json.dumps(

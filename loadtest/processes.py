@@ -63,7 +63,11 @@ async def run_here(
     plan: Plan, progress: multiprocessing.sharedctypes.Synchronized[int] | None = None
 ) -> Tally:
     """Run `plan` in this process (one share, or everything when processes == 1)."""
-    channels = [grpc.aio.insecure_channel(plan.address) for _ in range(plan.channels)]
+    # A channel of its own subchannel pool opens a connection of its own: without it, gRPC
+    # shares one connection among a process's channels to the same address, and a server of
+    # SO_REUSEPORT workers (which spreads connections, not requests) sees one per process.
+    own = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(plan.address, options=own) for _ in range(plan.channels)]
     tally = Tally()
     try:
         pool = await prepare(channels[0], plan.workload)

@@ -56,7 +56,7 @@ class TensorRTEngine:
         self._cuda = cuda
         self.path = path
         self.options = options
-        self.errors = ErrorLog(self._trt)
+        self.errors = ErrorLog.of(self._trt)
         self._plan = path.read_bytes()
         self._runtimes: dict[int, Any] = {}
         self._engines: dict[int, Any] = {}

@@ -62,7 +62,22 @@ def datatype(trt_type: Any, tensor: str, where: str) -> DataType:
 
 class ErrorLog:
     """TensorRT's logger for Ferry: warnings and errors go to Ferry's log, and errors are kept
-    so a failed call (deserialize returns None, set_input_shape returns False) can say why."""
+    so a failed call (deserialize returns None, set_input_shape returns False) can say why.
+
+    TensorRT keeps the first logger a process gives it and ignores later ones (it says so in a
+    warning), so there is one ErrorLog per TensorRT module: `ErrorLog.of(trt)`.
+    """
+
+    _by_module: dict[int, ErrorLog] = {}
+    _made = threading.Lock()
+
+    @classmethod
+    def of(cls, trt: Any) -> ErrorLog:
+        with cls._made:
+            found = cls._by_module.get(id(trt))
+            if found is None or found._trt is not trt:
+                found = cls._by_module[id(trt)] = cls(trt)
+            return found
 
     def __init__(self, trt: Any) -> None:
         self._trt = trt

@@ -15,6 +15,8 @@ import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtest.processes import Plan, run
+from loadtest.workload import Workload
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -67,6 +69,17 @@ def test_two_workers_share_the_port_and_stop_together(model_repo: Path, tmp_path
             counts = [successes(url) for url in metrics]
             assert sum(counts) == sent
             assert all(count > 0 for count in counts), counts  # both workers served
+            # The load generator's channels are connections of their own too: one client
+            # process with 16 channels reaches both workers (the chance that 16 connections
+            # all land on one of two workers is 2 ** -15).
+            plan = Plan(
+                address, Workload("versioned", "1"), "closed", concurrency=16, duration_s=1.0,
+                warmup_s=0.0, channels=16,
+            )  # fmt: skip
+            tally = run(plan)
+            after = [successes(url) for url in metrics]
+            assert sum(after) - sum(counts) >= len(tally.latencies_s) > 0
+            assert all(a > c for a, c in zip(after, counts, strict=True)), (counts, after)
             supervisor.send_signal(signal.SIGTERM)
             assert supervisor.wait(timeout=30) == 0
         finally:
