@@ -9,6 +9,8 @@ Variants (one server each, `dlrm`, 64-row requests, closed loop at concurrency 6
     off + metrics     this tree, no exporter, Prometheus metrics on
     ratio 0.01        OTLP/gRPC export of 1% of requests to a receiver in this process
     ratio 1.0         every request traced and exported
+    ratio 0           (only with --variants) the OTLP/gRPC exporter present, nothing sampled
+    ratio 0.01 http   (only with --variants) OTLP/HTTP export of 1% of requests
 Rounds visit the variants in turn; each prints its ratio against `no tracing code` of the round.
 
 End to end on 2 noisy cores the spread between rounds is wider than a few percent, so the script
@@ -20,10 +22,12 @@ end, one span per request, in this process) against the server's own CPU per req
 from __future__ import annotations
 
 import argparse
+import http.server
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent import futures
 from pathlib import Path
@@ -74,15 +78,48 @@ def measure(address: str, seconds: float, pid: int) -> dict[str, Any]:
 
 def tracing_cpu_us(ratio: float, n: int = 50_000) -> float:
     """CPU microseconds per request that the request path spends on tracing at `ratio`."""
-    tracing = Tracing(make_provider(TracingConfig("console", ratio), exporter=_Discard()))
-    attributes = {"ferry.model": "dlrm", "ferry.version": "", "ferry.request_id": ""}
+    tracing = Tracing(make_provider(TracingConfig("console", ratio), exporter=_Discard()), ratio)
     result = InferenceResult({}, 1_000, Timings(), 64, 7, 2_000, 3_000)
     start = time.process_time()
     for _ in range(n):
-        span = tracing.start_request("ModelInfer", (), dict(attributes))
-        span.get_span_context()
-        tracing.end_request(span, result, 1_000, None, "OK")  # with its queue/compute spans
+        span = tracing.start_request("ModelInfer", (), "dlrm", "", "")
+        if span is not None:
+            span.get_span_context()
+            tracing.end_request(span, result, 1_000, None, "OK")  # with queue/compute spans
     return (time.process_time() - start) / n * 1e6
+
+
+class _HttpSink(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP receiver that accepts every POST (spans are not counted)."""
+
+    posts = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        _HttpSink.posts += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+    @classmethod
+    def start(cls) -> _HttpServer:
+        server = _HttpServer(("127.0.0.1", 0), cls)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+
+class _HttpServer(http.server.ThreadingHTTPServer):
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
 
 
 class _Discard(SpanExporter):
@@ -95,6 +132,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--baseline-ref", default="pre-telemetry")
+    parser.add_argument(
+        "--variants",
+        help="comma-separated subset to run (always with 'no tracing code' and 'off'), e.g. "
+        "'ratio 0.01,ratio 0,ratio 0.01 http'",
+    )
     parser.add_argument(
         "--baseline-dir",
         type=Path,
@@ -118,6 +160,7 @@ def main() -> int:
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, receiver)
     otlp_port = receiver.add_insecure_port("127.0.0.1:0")
     receiver.start()
+    http_sink = _HttpSink.start()
     serve = [sys.executable, "-m", "server", "serve", "--model-repository", str(repo)]
     serve += ["--grpc-port", "0"]
     environment = {
@@ -138,12 +181,35 @@ def main() -> int:
             ROOT,
         ),
     }
+    extra = {
+        "ratio 0": (
+            [*serve, "--metrics-port", "-1", "--tracing", "otlp", "--trace-ratio", "0"],
+            ROOT,
+        ),
+        "ratio 0.01 http": (
+            [*serve, "--metrics-port", "-1", "--tracing", "otlp", "--trace-ratio", "0.01"],
+            ROOT,
+        ),
+    }
+    if args.variants:
+        wanted = [v.strip() for v in args.variants.split(",")]
+        known = {**variants, **extra}
+        unknown = [v for v in wanted if v not in known]
+        if unknown:
+            parser.error(f"unknown variants {unknown}; known: {sorted(known)}")
+        variants = {n: known[n] for n in ("no tracing code", "off", *wanted)}
+    http_environment = {
+        **environment,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{http_sink.port}",
+    }
     servers: dict[str, tuple[Any, str]] = {}
     rounds: list[dict[str, Any]] = []
     try:
         for name, (command, cwd) in variants.items():
             log = work / f"{name.replace(' ', '_')}.log"
-            servers[name] = start(command, log, cwd=cwd, env=environment)
+            env = http_environment if name.endswith("http") else environment
+            servers[name] = start(command, log, cwd=cwd, env=env)
         for _ in range(args.rounds):
             # Each round starts one variant later, so no variant always runs first or last.
             names = list(servers)
@@ -159,6 +225,7 @@ def main() -> int:
         for process, _ in servers.values():
             stop(process)
         receiver.stop(0)
+        http_sink.stop()
         if not args.baseline_dir:
             subprocess.run(
                 ["git", "worktree", "remove", "--force", str(baseline_tree)], cwd=ROOT, check=False

@@ -62,7 +62,7 @@ class FerryServer:
         if tracer_provider is not None:
             tracing = Tracing(tracer_provider)
         elif config.tracing.enabled:
-            tracing = Tracing(make_provider(config.tracing))
+            tracing = Tracing(make_provider(config.tracing), config.tracing.ratio)
         metrics = Metrics(self._state) if config.metrics_port >= 0 else None
         if metrics is not None:
             gpus = GpuCollector()

@@ -250,13 +250,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             None
             if tracing is None
             else tracing.start_request(
-                method,
-                metadata,
-                {
-                    "ferry.model": request.model_name,
-                    "ferry.version": request.model_version,
-                    "ferry.request_id": request.id,
-                },
+                method, metadata, request.model_name, request.model_version, request.id
             )
         )
         result: InferenceResult | None = None

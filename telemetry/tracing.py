@@ -12,6 +12,7 @@ With tracing off no tracer exists and the request path pays one `is None` test.
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -69,10 +70,14 @@ class TracingConfig:
 
 
 def make_provider(config: TracingConfig, exporter: SpanExporter | None = None) -> TracerProvider:
-    """A provider with the configured sampler and exporter (or the one given, for tests)."""
+    """A provider with the configured exporter (or the one given, for tests).
+
+    Its sampler follows a caller's trace context and otherwise samples everything it is asked
+    to: the ratio for requests without a context is applied by Tracing, before any span exists
+    (see Tracing), so it must not be applied twice."""
     provider = TracerProvider(
         resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "ferry")}),
-        sampler=ParentBased(TraceIdRatioBased(config.ratio)),
+        sampler=ParentBased(ALWAYS_ON),
     )
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -97,20 +102,41 @@ def _otlp_exporter(protocol: str) -> SpanExporter:
 
 class Tracing:
     """Spans for requests and batches. Times from the scheduler are monotonic; spans need wall
-    clock, so they are shifted by the offset between the two clocks taken at start."""
+    clock, so they are shifted by the offset between the two clocks taken at start.
 
-    def __init__(self, provider: TracerProvider) -> None:
+    `ratio` is the sampling ratio of requests that arrive without a trace context. Such a request
+    that is not sampled gets no span at all (one random draw decides), instead of the SDK's
+    non-recording span: Ferry makes no outgoing calls that would carry its context, so nothing
+    is lost, and the common case at low ratios costs next to nothing. A request that carries a
+    `traceparent` goes to the SDK, whose parent-based sampler follows the caller's decision.
+    """
+
+    def __init__(self, provider: TracerProvider, ratio: float = 1.0) -> None:
         self.provider = provider
+        self.ratio = ratio
         self._tracer = provider.get_tracer("ferry")
         self._propagator = TraceContextTextMapPropagator()
         self._offset = time.time_ns() - time.monotonic_ns()
 
     def start_request(
-        self, method: str, metadata: Sequence[tuple[str, Any]] | None, attributes: dict[str, Any]
-    ) -> trace.Span:
-        """The server span of one request, continuing the caller's W3C trace context."""
+        self,
+        method: str,
+        metadata: Sequence[tuple[str, Any]] | None,
+        model: str,
+        version: str,
+        request_id: str,
+    ) -> trace.Span | None:
+        """The server span of one request, continuing the caller's W3C trace context; None
+        when the request is not sampled and has no trace context of its own."""
         carrier = {k: v for k, v in metadata or () if k in ("traceparent", "tracestate")}
+        if not carrier and self.ratio < 1.0 and random.random() >= self.ratio:
+            return None
         parent = self._propagator.extract(carrier) if carrier else None
+        attributes = {
+            "ferry.model": model,
+            "ferry.version": version,
+            "ferry.request_id": request_id,
+        }
         return self._tracer.start_span(
             method, context=parent, kind=SpanKind.SERVER, attributes=attributes
         )
