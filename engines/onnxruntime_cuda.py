@@ -87,6 +87,29 @@ def _ensure(slot: Slot, name: str, nbytes: int, device: int) -> None:
     slot.host[name], slot.gpu[name] = PinnedBuffer(size), DeviceBuffer(size, device)
 
 
+class _Binding:
+    """One slot's I/O binding and what each of its names is bound to now."""
+
+    def __init__(self, binding: Any) -> None:
+        self.binding = binding
+        self._bound: dict[str, tuple[tuple[int, ...], int]] = {}
+
+    def input(self, name: str, device: int, dtype: Any, shape: tuple[int, ...], at: int) -> None:
+        if self._bound.get(name) != (shape, at):
+            self.binding.bind_input(name, "cuda", device, dtype, shape, at)
+            self._bound[name] = (shape, at)
+
+    def output(self, name: str, device: int, dtype: Any, shape: tuple[int, ...], at: int) -> None:
+        if self._bound.get(name) != (shape, at):
+            self.binding.bind_output(name, "cuda", device, dtype, shape, at)
+            self._bound[name] = (shape, at)
+
+    def output_to_host(self, name: str) -> None:
+        # Bound anew every batch: ONNX Runtime keeps the value it allocated in the last run
+        # and would try to reuse it for this one, whose shape may differ.
+        self.binding.bind_output(name, "cpu")
+
+
 class OnnxRuntimeCudaInstance:
     """One stream, one session on it, and `in_flight` slots of staging buffers."""
 
@@ -109,6 +132,7 @@ class OnnxRuntimeCudaInstance:
         self._inputs = inputs
         self._outputs = outputs
         self.in_flight = max(1, options.in_flight)
+        self._host_outputs = [s.name for s in outputs if any(d < 0 for d in s.dims[1:])]
         self._pipeline = StreamPipeline(name, device.index, toolkit.real(), self.in_flight, outputs)
         try:
             self._session = self._pipeline.call(self._open, ort, path)
@@ -132,7 +156,7 @@ class OnnxRuntimeCudaInstance:
         except Exception as exc:  # ONNX Runtime's own exception types
             raise ModelLoadError(f"{path}: onnxruntime CUDA cannot load it: {exc}") from exc
         for slot in self._pipeline.slots:
-            slot.extra = session.io_binding()
+            slot.extra = _Binding(session.io_binding())
         return session
 
     @property
@@ -149,12 +173,11 @@ class OnnxRuntimeCudaInstance:
     def _launch(self, feed: Feed, slot: Slot) -> Launched:
         """Gather into the slot's pinned memory, then enqueue copies in, the model, copies out.
 
-        One I/O binding per slot, rebound per batch (the shapes change); outputs whose dims
+        One I/O binding per slot; a tensor is rebound only when its shape or buffer changed
+        since the slot's last batch (binding costs tens of µs per tensor). Outputs whose dims
         (batch aside) are not fixed are left to ONNX Runtime, which copies them to the host.
         """
-        binding = slot.extra
-        binding.clear_binding_inputs()
-        binding.clear_binding_outputs()
+        binding: _Binding = slot.extra
         index = self.device.index
         stream = self._pipeline.stream
         for spec in self._inputs:
@@ -165,30 +188,27 @@ class OnnxRuntimeCudaInstance:
             _ensure(slot, spec.name, nbytes, index)
             gather_into(feed, spec.name, slot.host[spec.name].view(first.dtype, shape))
             slot.gpu[spec.name].copy_from(slot.host[spec.name], nbytes, stream)
-            binding.bind_input(
-                spec.name, "cuda", index, first.dtype, shape, slot.gpu[spec.name].pointer
-            )
+            binding.input(spec.name, index, first.dtype, shape, slot.gpu[spec.name].pointer)
         shapes: dict[str, tuple[int, ...]] = {}
         for spec in self._outputs:
-            if any(d < 0 for d in spec.dims[1:]):
-                binding.bind_output(spec.name, "cpu")  # sized by the run: ONNX Runtime copies
+            if spec.name in self._host_outputs:
+                binding.output_to_host(spec.name)  # sized by the run: ONNX Runtime copies
                 continue
             shape = (feed.rows, *spec.dims[1:])
             _ensure(slot, spec.name, math.prod(shape) * spec.datatype.numpy.itemsize, index)
-            binding.bind_output(
-                spec.name, "cuda", index, spec.datatype.numpy, shape, slot.gpu[spec.name].pointer
-            )
+            pointer = slot.gpu[spec.name].pointer
+            binding.output(spec.name, index, spec.datatype.numpy, shape, pointer)
             shapes[spec.name] = shape
-        self._session.run_with_iobinding(binding, self._run_options)
-        for name, shape in shapes.items():
-            spec = next(s for s in self._outputs if s.name == name)
-            nbytes = math.prod(shape) * spec.datatype.numpy.itemsize
-            slot.host[name].copy_from(slot.gpu[name], nbytes, stream)
+        self._session.run_with_iobinding(binding.binding, self._run_options)
+        for spec in self._outputs:
+            if spec.name in shapes:
+                nbytes = math.prod(shapes[spec.name]) * spec.datatype.numpy.itemsize
+                slot.host[spec.name].copy_from(slot.gpu[spec.name], nbytes, stream)
         on_host: dict[str, np.ndarray] = {}
-        if len(shapes) < len(self._outputs):  # ONNX Runtime synchronized for these itself
+        if self._host_outputs:  # ONNX Runtime synchronized for these itself
             names = [s.name for s in self._outputs]
-            values = binding.copy_outputs_to_cpu()
-            on_host = {n: values[names.index(n)] for n in names if n not in shapes}
+            values = binding.binding.copy_outputs_to_cpu()
+            on_host = {n: values[names.index(n)] for n in self._host_outputs}
         return Launched(stream.record(), shapes, on_host)
 
     async def close(self) -> None:
