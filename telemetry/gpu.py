@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -24,8 +25,9 @@ log = logging.getLogger("ferry.telemetry")
 
 
 class GpuCollector(Collector):
-    def __init__(self) -> None:
-        self._nvml, reason = nvml_access.start()
+    def __init__(self, nvml: Any = None) -> None:
+        """`nvml`: an initialized NVML module (tests hand in a double); default: pynvml."""
+        self._nvml, reason = (nvml, "") if nvml is not None else nvml_access.start()
         if self._nvml is None:
             log.info("no GPU metrics: %s", reason)
 

@@ -47,14 +47,16 @@ class Discovery:
     problems: tuple[str, ...] = field(default_factory=tuple)
 
 
-def discover(environ: Mapping[str, str] | None = None) -> Discovery:
+def discover(environ: Mapping[str, str] | None = None, nvml: Any = None) -> Discovery:
     """Enumerate GPUs and MIG instances; never raises. Logs one line saying what it found.
 
     NVML lists every device of the host; CUDA in this process sees those CUDA_VISIBLE_DEVICES
     names (by UUID or NVML index), numbered from 0 in that order. Only those are returned, each
     with its CUDA `ordinal`, so a worker started for one device sees exactly that device.
     """
-    nvml, reason = nvml_access.start()
+    reason = ""
+    if nvml is None:  # tests hand in a double of NVML
+        nvml, reason = nvml_access.start()
     if nvml is None:
         found = Discovery(reason=reason)
     else:
