@@ -165,6 +165,9 @@ def oversized_round(address: str, model: Path, repeats: int) -> dict[str, Any]:
     request.raw_input_contents.extend([dense.tobytes(), sparse.tobytes()])
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
+    # The baseline runs in this process on the server's cores: its idle threads must not spin
+    # (ONNX Runtime's default) while the server is being timed.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     (expected,) = session.run(None, {"dense": dense, "sparse": sparse})
     with grpc.insecure_channel(address) as channel:
@@ -201,7 +204,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument(
+        "--parts",
+        default="priority,mixed,oversized",
+        help="which parts to run (comma-separated): priority, mixed, oversized",
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
 
     work = Path(tempfile.mkdtemp(prefix="ferry-sched-"))
     main_repo, plain_repo = prepare(work)
@@ -210,21 +219,34 @@ def main() -> int:
     rounds: list[dict[str, Any]] = []
     try:
         for _ in range(args.rounds):
-            rounds.append(
-                {
-                    "priority": priority_round(address, args.seconds, work),
-                    "mixed": [
-                        mixed_round(address, plain_address, args.seconds, rows) for rows in (4, 32)
-                    ],
-                    "oversized": oversized_round(
-                        address, main_repo / "dlrm" / "1" / "model.onnx", repeats=5
-                    ),
-                }
-            )
+            found: dict[str, Any] = {}
+            if "priority" in parts:
+                found["priority"] = priority_round(address, args.seconds, work)
+            if "mixed" in parts:
+                found["mixed"] = [
+                    mixed_round(address, plain_address, args.seconds, rows) for rows in (4, 32)
+                ]
+            if "oversized" in parts:
+                found["oversized"] = oversized_round(
+                    address, main_repo / "dlrm" / "1" / "model.onnx", repeats=5
+                )
+            rounds.append(found)
     finally:
         stop(server)
         stop(plain_server)
 
+    if "priority" in parts:
+        report_priority(rounds)
+    if "mixed" in parts:
+        report_mixed(rounds)
+    if "oversized" in parts:
+        report_oversized(rounds)
+    path = record("scheduling", vars(args), {"rounds": rounds})
+    print(f"full results: {path.relative_to(ROOT)}")
+    return 0
+
+
+def report_priority(rounds: list[dict[str, Any]]) -> None:
     print("(1) priority isolation: high-priority 1-row probe, p50/p99 ms")
     print(
         f"{'round':>5} {'alone':>15} {'loaded, high':>15} {'loaded, same':>15} "
@@ -247,6 +269,9 @@ def main() -> int:
         + spread([r["priority"]["p99_ratio_same_priority"] for r in rounds])
     )
     print()
+
+
+def report_mixed(rounds: list[dict[str, Any]]) -> None:
     print("(2) history, lengths 1..512: rows/s and p99 ms")
     print(
         f"{'round':>5} {'rows/req':>8} {'plain rows/s':>13} {'p99':>8} {'profiles+pad rows/s':>20} "
@@ -267,6 +292,9 @@ def main() -> int:
         print(f"{rows:>2} rows: throughput profiles+padding / plain: {spread(ratios)}")
         print(f"{rows:>2} rows: p99 profiles+padding / plain:        {spread(p99s)}")
     print()
+
+
+def report_oversized(rounds: list[dict[str, Any]]) -> None:
     print("(3) one 10,000-row dlrm request (max_batch_size 1024)")
     for i, r in enumerate(rounds):
         o = r["oversized"]
@@ -277,9 +305,6 @@ def main() -> int:
     print(
         "served / direct 10 batches:          " + spread([r["oversized"]["ratio"] for r in rounds])
     )
-    path = record("scheduling", vars(args), {"rounds": rounds})
-    print(f"full results: {path.relative_to(ROOT)}")
-    return 0
 
 
 if __name__ == "__main__":
