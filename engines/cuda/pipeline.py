@@ -142,7 +142,11 @@ class StreamPipeline:
                 slot.done.set()
                 report(None, exc)
                 return
-            self._waiter.submit(finish, launched, time.perf_counter_ns() - start)
+            enqueue_ns = time.perf_counter_ns() - start
+            if self.depth == 1:  # nothing to overlap: finish here, one thread hand-off less
+                finish(launched, enqueue_ns)
+            else:
+                self._waiter.submit(finish, launched, enqueue_ns)
 
         self._enqueuer.submit(enqueue)
         try:
