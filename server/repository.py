@@ -227,6 +227,7 @@ class ModelRepository:
         digest = await asyncio.to_thread(_sha256, path)
         engine = await asyncio.to_thread(OnnxRuntimeEngine, path, options)
         gpu_engine: Engine | None = None
+        instances: list[Any] = []
         try:
             settings = model_config.complete(
                 config,
@@ -240,7 +241,6 @@ class ModelRepository:
                 gpus=await self._gpus() if _wants_gpu(config) else None,
                 where=where,
             )
-            instances = []
             for i, planned in enumerate(settings.instances):
                 name = f"{folder.name}_{version}_{i}"
                 maker: Engine = engine
@@ -256,18 +256,13 @@ class ModelRepository:
                     )
                 )
         except BaseException:
+            for made in instances:
+                await made.close()
             engine.close()
             if gpu_engine is not None:
                 gpu_engine.close()
             raise
-        scheduler = ModelScheduler(
-            f"{folder.name}:{version}",
-            instances,
-            settings.batching,
-            padding=settings.padding,
-            observers=self._options.observers,
-        )
-        return ServedVersion(folder.name, version, settings, engine, scheduler, digest)
+        return self._served(folder.name, version, settings, engine, instances, digest)
 
     async def _load_plan(
         self,
@@ -334,14 +329,26 @@ class ModelRepository:
                 await made.close()
             engine.close()
             raise
+        return self._served(folder.name, version, settings, engine, instances, digest)
+
+    def _served(
+        self,
+        name: str,
+        version: str,
+        settings: ModelSettings,
+        engine: Engine,
+        instances: list[Any],
+        digest: str,
+    ) -> ServedVersion:
+        """A loaded version: its instances under one scheduler."""
         scheduler = ModelScheduler(
-            f"{folder.name}:{version}",
+            f"{name}:{version}",
             instances,
             settings.batching,
             padding=settings.padding,
             observers=self._options.observers,
         )
-        return ServedVersion(folder.name, version, settings, engine, scheduler, digest)
+        return ServedVersion(name, version, settings, engine, scheduler, digest)
 
     async def stop(self) -> None:
         for served in self.served():
