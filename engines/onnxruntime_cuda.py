@@ -132,6 +132,7 @@ class OnnxRuntimeCudaInstance:
         self._inputs = inputs
         self._outputs = outputs
         self.in_flight = max(1, options.in_flight)
+        self._options = options
         self._host_outputs = [s.name for s in outputs if any(d < 0 for d in s.dims[1:])]
         self._pipeline = StreamPipeline(name, device.index, toolkit.real(), self.in_flight, outputs)
         try:
@@ -146,6 +147,10 @@ class OnnxRuntimeCudaInstance:
     def _open(self, ort: Any, path: Path) -> Any:
         session_options = ort.SessionOptions()
         session_options.log_severity_level = 3
+        # The operators a GPU model leaves on the CPU run on these threads; without a count,
+        # every session of every worker process would start one thread per core.
+        session_options.intra_op_num_threads = self._options.intra_op_threads
+        session_options.inter_op_num_threads = self._options.inter_op_threads
         provider = {
             "device_id": str(self.device.index),
             "has_user_compute_stream": "1",
