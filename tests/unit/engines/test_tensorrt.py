@@ -236,3 +236,17 @@ async def test_close_frees_every_buffer(tmp_path: Path) -> None:
         await instance.close()
     engine.close()
     assert cuda_host.HostBuffer.live == before and graph.closed
+
+
+async def test_an_instance_that_cannot_start_frees_what_it_made(tmp_path: Path) -> None:
+    import threading
+
+    from engines.base import Profile
+
+    engine = load(affine_plan(tmp_path))
+    before = (cuda_host.HostBuffer.live, threading.active_count(), len(cuda_host.STREAMS))
+    missing = Profile(7, engine.profiles[0].ranges, 16)  # the plan has profiles 0 and 1 only
+    with pytest.raises(ModelLoadError, match=r"refused optimization profile 7: .*no profile 7"):
+        engine.create_instance("m_0", GPU, missing)
+    after = (cuda_host.HostBuffer.live, threading.active_count(), len(cuda_host.STREAMS))
+    assert after == before
