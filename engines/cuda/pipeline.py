@@ -85,7 +85,9 @@ class StreamPipeline:
         self.slots = [Slot(i) for i in range(self.depth)]
         for slot in self.slots:
             slot.done.set()
-        self._free = list(self.slots)
+        self._free: asyncio.Queue[Slot] = asyncio.Queue()
+        for slot in self.slots:
+            self._free.put_nowait(slot)
         self._launch: Launch | None = None
         try:
             self.stream = self.call(cuda.stream, device)
@@ -101,16 +103,20 @@ class StreamPipeline:
     def start(self, launch: Launch) -> None:
         self._launch = launch
 
+    @property
+    def free_slots(self) -> int:
+        return self._free.qsize()
+
     async def run(self, feed: Feed) -> ExecutionResult:
-        """At most `depth` runs overlap (the runner's promise): each takes a free slot."""
+        """Run one batch in a free slot. The runner starts at most `depth` at once; a slot whose
+        run was cancelled comes back only when its threads are done with it, and a run that
+        finds none free waits for one."""
         loop = asyncio.get_running_loop()
-        if not self._free:
-            raise EngineError(f"instance {self.name}: more batches than its {self.depth} slots")
-        slot = self._free.pop()
+        slot = await self._free.get()
         answer: asyncio.Future[ExecutionResult] = loop.create_future()
 
         def settle(result: ExecutionResult | None, error: BaseException | None) -> None:
-            self._free.append(slot)
+            self._free.put_nowait(slot)
             if answer.done():
                 return
             if error is not None:
