@@ -11,6 +11,8 @@ direct       session.run with numpy feeds on the CUDA provider: host copies incl
 1x2          one instance, two batches in flight (two slots: the next batch is gathered and
              launched while the GPU runs this one)
 2x2          two instances on the same GPU, two batches in flight each
+1x2g, 2x2g   the same with CUDA graphs (config `optimization { cuda { graphs: true } }`): each
+             batch size captured once, replayed with one launch
 Rows/s per batch size and each variant's ratio to direct (measured in the same round). Prints
 one table; --out writes the numbers as JSON.
 """
@@ -39,7 +41,14 @@ from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
 from server.example_repo import write_example_repo
 
 BATCHES = (256, 1024, 4096, 16384)
-VARIANTS = {"1x1": (1, 1), "1x2": (1, 2), "2x2": (2, 2)}  # instances, batches in flight each
+# instances, batches in flight each, CUDA graphs
+VARIANTS = {
+    "1x1": (1, 1, False),
+    "1x2": (1, 2, False),
+    "2x2": (2, 2, False),
+    "1x2g": (1, 2, True),
+    "2x2g": (2, 2, True),
+}
 
 
 def feeds(rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -95,6 +104,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help="which of " + ", ".join(VARIANTS)
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import onnxruntime as ort
@@ -105,25 +117,31 @@ def main() -> int:
         write_example_repo(root, large=args.model == "dlrm_large")
     path = root / args.model / "1" / "model.onnx"
     session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
-    engine = OnnxRuntimeCudaEngine(path, OnnxRuntimeOptions(in_flight=2))
+    variants = {v: VARIANTS[v] for v in args.variants.split(",")}
+    plain = OnnxRuntimeCudaEngine(path, OnnxRuntimeOptions(in_flight=2))
     rounds: list[list[dict[str, Any]]] = []
     for _ in range(args.rounds):
         found = []
         for rows in map(int, args.batches.split(",")):
+            # graphs for every power of two up to this batch size (the size itself is one)
+            graphed = OnnxRuntimeCudaEngine(
+                path, OnnxRuntimeOptions(in_flight=2, cuda_graphs=True), max_batch_size=rows
+            )
             base = direct(session, rows, args.seconds)
             entry: dict[str, Any] = {"batch": rows, "direct": base}
-            for label, (instances, depth) in VARIANTS.items():
+            for label, (instances, depth, graphs) in variants.items():
+                engine = graphed if graphs else plain
                 entry[label] = asyncio.run(ferry(engine, rows, args.seconds, instances, depth))
             found.append(entry)
         rounds.append(found)
     print(f"model {args.model}; rows/s, and in brackets the ratio to direct (median of rounds)")
-    print(f"{'batch':>6} {'direct':>12}" + "".join(f" {v:>20}" for v in VARIANTS))
+    print(f"{'batch':>6} {'direct':>12}" + "".join(f" {v:>20}" for v in variants))
     summary = []
     for i, first in enumerate(rounds[0]):
         runs = [r[i] for r in rounds]
         line = {"batch": first["batch"], "direct": statistics.median(r["direct"] for r in runs)}
         text = f"{first['batch']:>6} {line['direct']:>12.0f}"
-        for label in VARIANTS:
+        for label in variants:
             ratios = [r[label] / r["direct"] for r in runs]
             line[label] = statistics.median(r[label] for r in runs)
             line[f"{label}_ratio"] = statistics.median(ratios)

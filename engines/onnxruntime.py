@@ -62,12 +62,16 @@ class OnnxRuntimeOptions:
     answering promptly and compute takes the CPU left over; 0 runs compute at equal priority.
     in_flight: batches one GPU instance holds at once (config `ferry.in_flight`); the CPU
     backend runs one at a time.
+    cuda_graphs: GPU instances capture the model once per batch size as a CUDA graph and replay
+    it (config `optimization { cuda { graphs: true } }`): one launch instead of one per kernel,
+    which is most of a small model's time. Batches are padded up to the next captured size.
     """
 
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     compute_nice: int = 10
     in_flight: int = 2
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.compute_nice <= 19:

@@ -14,6 +14,16 @@ and the pipeline's wait thread copies the outputs out of pinned memory once the 
 there, while the enqueue thread already launches the next batch in another slot. The event
 loop only awaits the result, so it never blocks.
 
+With `cuda_graphs` (config `optimization { cuda { graphs: true } }`) ONNX Runtime captures the
+model once per batch size as a CUDA graph (its `enable_cuda_graph` provider option, one
+`gpu_graph_id` per size and slot) and a batch replays the graph of the smallest size that holds
+it, its extra rows zeroed: one launch instead of one per operator, which at small batches is
+most of the time. Graphs replay fixed addresses and shapes, so every buffer is allocated once at
+the largest size, all graphs are captured when the instance is made (one instance of the process
+at a time: ONNX Runtime captures in CUDA's global mode, in which other threads' CUDA calls could
+break it), and models whose non-batch dims vary are refused. ONNX Runtime synchronizes the
+stream after each replay, so the enqueue thread waits for the model there.
+
 Needs the `onnxruntime-gpu` build and cuda-python; without them the engine refuses to load with
 a message saying so, and the CPU backend serves. An output whose dims (batch aside) are not fixed
 cannot be sized before the run: ONNX Runtime allocates it and copies it to the host itself.
@@ -22,7 +32,9 @@ cannot be sized before the run: ONNX Runtime allocates it and copies it to the h
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,9 +49,45 @@ from engines.staging import gather_into
 
 CUDA = "CUDAExecutionProvider"
 
+_CAPTURING = threading.Lock()
+"""Held while an instance captures its graphs: one capture at a time in the process."""
+
+WARM_RUNS = 4
+"""Runs per graph at capture: ONNX Runtime runs a size plainly before it captures it (its
+allocations are made then), and replays once right after capturing."""
+
+
+def graph_sizes(max_rows: int) -> tuple[int, ...]:
+    """The batch sizes that get a graph: every power of two below `max_rows`, and `max_rows`.
+
+    A batch runs as the smallest size that holds it, so less than half of it is padding; a
+    model with max_batch_size 1024 needs 11 graphs per slot.
+    """
+    if max_rows < 1:
+        raise ValueError(f"CUDA graphs need max rows >= 1, got {max_rows}")
+    sizes = []
+    size = 1
+    while size < max_rows:
+        sizes.append(size)
+        size *= 2
+    sizes.append(max_rows)
+    return tuple(sizes)
+
+
+def graph_size(sizes: Sequence[int], rows: int) -> int:
+    """The smallest of `sizes` (ascending) that holds `rows`."""
+    at = bisect.bisect_left(sizes, rows)
+    if at == len(sizes):
+        raise ValueError(f"a batch of {rows} rows is larger than every graph ({sizes[-1]})")
+    return sizes[at]
+
 
 class OnnxRuntimeCudaEngine(OnnxSignature):
-    def __init__(self, path: Path, options: OnnxRuntimeOptions | None = None) -> None:
+    """max_batch_size: the model's (config); with CUDA graphs it sets the largest graph."""
+
+    def __init__(
+        self, path: Path, options: OnnxRuntimeOptions | None = None, max_batch_size: int = 0
+    ) -> None:
         import onnxruntime as ort
 
         options = options or OnnxRuntimeOptions()
@@ -59,18 +107,51 @@ class OnnxRuntimeCudaEngine(OnnxSignature):
                     f"{path}: tensor '{spec.name}' is {spec.datatype.name}, which the CUDA "
                     "backend does not bind"
                 )
+        self._max_batch_size = max_batch_size
+        if options.cuda_graphs:
+            check_graphable(path, max_batch_size, (*self._inputs, *self._outputs))
 
     def create_instance(
         self, name: str, device: Device, profile: Profile
     ) -> OnnxRuntimeCudaInstance:
         if device.kind != "gpu":
             raise ModelLoadError(f"instance {name}: the ONNX Runtime CUDA backend needs a GPU")
+        sizes: tuple[int, ...] = ()
+        if self._options.cuda_graphs:
+            limits = [n for n in (profile.max_rows, self._max_batch_size) if n > 0]
+            sizes = graph_sizes(min(limits))
         return OnnxRuntimeCudaInstance(
-            name, self._ort, self._path, self._options, self._inputs, self._outputs, device, profile
+            name,
+            self._ort,
+            self._path,
+            self._options,
+            self._inputs,
+            self._outputs,
+            device,
+            profile,
+            sizes,
         )
 
     def close(self) -> None:
         return None
+
+
+def check_graphable(path: Path, max_batch_size: int, specs: Sequence[TensorSpec]) -> None:
+    """Graphs replay fixed shapes: refuse, at load, a model whose batches cannot have them."""
+    if max_batch_size < 1:
+        raise ModelLoadError(
+            f"{path}: optimization.cuda.graphs needs a batched model (max_batch_size > 0)"
+        )
+    for spec in specs:
+        if any(d < 0 for d in spec.dims[1:]):
+            raise ModelLoadError(
+                f"{path}: optimization.cuda.graphs needs fixed non-batch dims, and tensor "
+                f"'{spec.name}' has dims {list(spec.dims[1:])}"
+            )
+
+
+def _nbytes(spec: TensorSpec, rows: int) -> int:
+    return rows * math.prod(spec.dims[1:]) * int(spec.datatype.numpy.itemsize)
 
 
 def _ensure(slot: Slot, name: str, nbytes: int, device: int) -> None:
@@ -123,6 +204,7 @@ class OnnxRuntimeCudaInstance:
         outputs: Sequence[TensorSpec],
         device: Device,
         profile: Profile,
+        sizes: tuple[int, ...] = (),
     ) -> None:
         from engines.cuda import toolkit
 
@@ -134,15 +216,28 @@ class OnnxRuntimeCudaInstance:
         self.in_flight = max(1, options.in_flight)
         self._options = options
         self._host_outputs = [s.name for s in outputs if any(d < 0 for d in s.dims[1:])]
+        self._ort = ort
+        self._graph_sizes = sizes
+        self._graph_runs: dict[tuple[int, int], Any] = {}  # (slot, rows) → its graph's options
+        # With graphs on, a run that names no graph would capture one: plain runs say -1.
+        self._run_options = self._options_for(-1 if sizes else None)
         self._pipeline = StreamPipeline(name, device.index, toolkit.real(), self.in_flight, outputs)
         try:
             self._session = self._pipeline.call(self._open, ort, path)
+            if sizes:
+                with _CAPTURING:
+                    self._pipeline.call(self._capture)
         except BaseException:
             self._pipeline.close()
             raise
-        self._run_options = ort.RunOptions()
-        self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-        self._pipeline.start(self._launch)
+        self._pipeline.start(self._launch_graph if sizes else self._launch)
+
+    def _options_for(self, graph: int | None) -> Any:
+        options = self._ort.RunOptions()
+        options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        if graph is not None:
+            options.add_run_config_entry("gpu_graph_id", str(graph))
+        return options
 
     def _open(self, ort: Any, path: Path) -> Any:
         session_options = ort.SessionOptions()
@@ -156,6 +251,8 @@ class OnnxRuntimeCudaInstance:
             "has_user_compute_stream": "1",
             "user_compute_stream": str(int(self._pipeline.stream.handle)),
         }
+        if self._graph_sizes:
+            provider["enable_cuda_graph"] = "1"
         try:
             session = ort.InferenceSession(str(path), session_options, providers=[(CUDA, provider)])
         except Exception as exc:  # ONNX Runtime's own exception types
@@ -163,6 +260,44 @@ class OnnxRuntimeCudaInstance:
         for slot in self._pipeline.slots:
             slot.extra = _Binding(session.io_binding())
         return session
+
+    def _capture(self) -> None:
+        """Capture one graph per slot and size, on the enqueue thread (ONNX Runtime keeps a
+        thread's graphs for that thread). Buffers are made at the largest size first, so the
+        addresses the graphs hold never move, and inputs start zeroed, so the runs that capture
+        read valid ids."""
+        stream = self._pipeline.stream
+        index = self.device.index
+        top = self._graph_sizes[-1]
+        graph = 0
+        for slot in self._pipeline.slots:
+            binding: _Binding = slot.extra
+            for spec in (*self._inputs, *self._outputs):
+                _ensure(slot, spec.name, max(_nbytes(spec, top), 1), index)
+            for spec in self._inputs:
+                host = slot.host[spec.name]
+                host.view(np.uint8, (host.nbytes,)).fill(0)
+                slot.gpu[spec.name].copy_from(host, host.nbytes, stream)
+            for rows in self._graph_sizes:
+                for spec in self._inputs:
+                    shape = (rows, *spec.dims[1:])
+                    pointer = slot.gpu[spec.name].pointer
+                    binding.input(spec.name, index, spec.datatype.numpy, shape, pointer)
+                for spec in self._outputs:
+                    shape = (rows, *spec.dims[1:])
+                    pointer = slot.gpu[spec.name].pointer
+                    binding.output(spec.name, index, spec.datatype.numpy, shape, pointer)
+                graph += 1  # ids from 1: ONNX Runtime keeps 0 for itself
+                options = self._options_for(graph)
+                for _ in range(WARM_RUNS):
+                    self._session.run_with_iobinding(binding.binding, options)
+                self._graph_runs[(slot.index, rows)] = options
+        stream.synchronize()
+
+    @property
+    def graphs(self) -> int:
+        """How many CUDA graphs this instance has captured."""
+        return len(self._graph_runs)
 
     @property
     def name(self) -> str:
@@ -215,6 +350,27 @@ class OnnxRuntimeCudaInstance:
             values = binding.binding.copy_outputs_to_cpu()
             on_host = {n: values[names.index(n)] for n in self._host_outputs}
         return Launched(stream.record(), shapes, on_host)
+
+    def _launch_graph(self, feed: Feed, slot: Slot) -> Launched:
+        """With graphs: gather into the rows of the smallest graph that holds the batch, zero
+        the rest, copy them in, replay that graph (it reads and writes the addresses it was
+        captured with; the binding is not consulted), copy the batch's own rows out."""
+        rows = feed.rows
+        size = graph_size(self._graph_sizes, rows)
+        stream = self._pipeline.stream
+        for spec in self._inputs:
+            host = slot.host[spec.name]
+            view = host.view(spec.datatype.numpy, (size, *spec.dims[1:]))
+            gather_into(feed, spec.name, view[:rows])
+            if size > rows:
+                view[rows:] = 0
+            slot.gpu[spec.name].copy_from(host, view.nbytes, stream)
+        self._session.run_with_iobinding(slot.extra.binding, self._graph_runs[(slot.index, size)])
+        shapes: dict[str, tuple[int, ...]] = {}
+        for spec in self._outputs:
+            shapes[spec.name] = (rows, *spec.dims[1:])
+            slot.host[spec.name].copy_from(slot.gpu[spec.name], _nbytes(spec, rows), stream)
+        return Launched(stream.record(), shapes)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._pipeline.close)

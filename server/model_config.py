@@ -174,10 +174,6 @@ def complete(
         config.platform = "onnxruntime_onnx"
     if config.platform == "" and backend == TENSORRT:
         config.platform = "tensorrt_plan"
-    if backend != TENSORRT and config.optimization.cuda.graphs:
-        raise ModelLoadError(
-            f"{where}: optimization.cuda.graphs is supported for TensorRT plans only"
-        )
     if config.max_batch_size < 0:
         raise ModelLoadError(f"{where}: max_batch_size must be >= 0, got {config.max_batch_size}")
     if (

@@ -241,6 +241,12 @@ class ModelRepository:
                 gpus=await self._gpus() if _wants_gpu(config) else None,
                 where=where,
             )
+            graphs = config.optimization.cuda.graphs
+            if graphs and any(p.device.kind != "gpu" for p in settings.instances):
+                raise ModelLoadError(
+                    f"{where}: optimization.cuda.graphs needs GPU instances (KIND_GPU); "
+                    "this model has CPU instances"
+                )
             for i, planned in enumerate(settings.instances):
                 name = f"{folder.name}_{version}_{i}"
                 maker: Engine = engine
@@ -248,7 +254,12 @@ class ModelRepository:
                     if gpu_engine is None:
                         from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
 
-                        gpu_engine = await asyncio.to_thread(OnnxRuntimeCudaEngine, path, options)
+                        gpu_engine = await asyncio.to_thread(
+                            OnnxRuntimeCudaEngine,
+                            path,
+                            replace(options, cuda_graphs=graphs),
+                            settings.batching.max_batch_size,
+                        )
                     maker = gpu_engine
                 instances.append(
                     await asyncio.to_thread(

@@ -123,3 +123,56 @@ async def test_dlrm_large_on_the_gpu_equals_onnx_runtime_on_the_cpu(
         (expected,) = cpu.run(None, request)
         assert result.outputs["ctr"].shape == expected.shape
         assert float(np.max(np.abs(result.outputs["ctr"] - expected))) <= 1e-3
+
+
+async def test_cuda_graphs_answer_every_batch_size_as_the_cpu(examples: Path) -> None:
+    """Every batch replays the graph of the next power of two, its extra rows zeroed; each
+    caller still gets exactly its own rows, equal to the CPU's answer."""
+    import onnxruntime as ort
+
+    from engines.onnxruntime import OnnxRuntimeOptions
+    from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+
+    path = examples / "dlrm" / "1" / "model.onnx"
+    engine = OnnxRuntimeCudaEngine(path, OnnxRuntimeOptions(cuda_graphs=True), max_batch_size=1024)
+    instances = [engine.create_instance(f"g{i}", Device("gpu", 0), UNBOUNDED) for i in (0, 1)]
+    assert [i.graphs for i in instances] == [22, 22]  # 1, 2, 4 .. 1024 for each of 2 slots
+    scheduler = ModelScheduler(
+        "dlrm",
+        instances,
+        BatchingConfig(max_batch_size=1024, dynamic=True, max_queue_delay_s=0.002),
+    )
+    await scheduler.start()
+    rng = np.random.default_rng(8)
+    requests = [
+        {
+            "dense": rng.standard_normal((rows, 13)).astype(np.float32),
+            "sparse": rng.integers(0, 10**6, (rows, 26)).astype(np.int64),
+        }
+        for rows in (1, 3, 1024, 5, 500, 129, 64, 1, 1000, 2)
+    ]
+    try:
+        results = []
+        for request in requests:  # alone: each batch size as it comes, padding included
+            results.append(await scheduler.infer(request, request["dense"].shape[0]))
+        results += await asyncio.gather(  # together: batches of several callers
+            *(scheduler.infer(r, r["dense"].shape[0]) for r in requests)
+        )
+    finally:
+        await scheduler.stop()
+    cpu = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for request, result in zip(requests * 2, results, strict=True):
+        (expected,) = cpu.run(None, request)
+        assert result.outputs["ctr"].shape == expected.shape
+        assert float(np.max(np.abs(result.outputs["ctr"] - expected))) <= 1e-3
+
+
+async def test_cuda_graphs_refuse_a_model_whose_dims_vary(examples: Path) -> None:
+    from common.errors import ModelLoadError
+    from engines.onnxruntime import OnnxRuntimeOptions
+    from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+
+    with pytest.raises(ModelLoadError, match="needs fixed non-batch dims, and tensor 'x'"):
+        OnnxRuntimeCudaEngine(
+            examples / "echo" / "1" / "model.onnx", OnnxRuntimeOptions(cuda_graphs=True), 1024
+        )

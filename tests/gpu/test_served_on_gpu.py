@@ -18,7 +18,8 @@ from tests.conftest import start_server, stop_server
 pytestmark = pytest.mark.gpu
 
 
-def test_kind_gpu_model_served_over_grpc_equals_the_cpu(tmp_path: Path) -> None:
+@pytest.mark.parametrize("graphs", [False, True], ids=["plain", "cuda-graphs"])
+def test_kind_gpu_model_served_over_grpc_equals_the_cpu(tmp_path: Path, graphs: bool) -> None:
     found = discover()
     if not found.devices:
         pytest.skip(f"no GPU: {found.reason}")
@@ -29,9 +30,10 @@ def test_kind_gpu_model_served_over_grpc_equals_the_cpu(tmp_path: Path) -> None:
     repo = tmp_path / "models"
     write_example_repo(repo)
     config = repo / "dlrm" / "config.pbtxt"
-    config.write_text(
-        config.read_text().replace("count: 1 kind: KIND_CPU", "count: 2 kind: KIND_GPU")
-    )
+    text = config.read_text().replace("count: 1 kind: KIND_CPU", "count: 2 kind: KIND_GPU")
+    if graphs:
+        text += "optimization { cuda { graphs: true } }\n"
+    config.write_text(text)
     server = start_server(repo, tmp_path)
     try:
         assert "model dlrm version 1 ready" in server.log() and "on gpu:0" in server.log()

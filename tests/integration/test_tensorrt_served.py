@@ -168,7 +168,7 @@ async def test_plans_that_cannot_load_are_reported_and_the_rest_serve(
     assert "built by TensorRT 10.0.1.6" in reasons["oldplan"]
     assert "KIND_CPU: a TensorRT plan runs on GPUs" in reasons["on_cpu"]
     assert "max_batch_size 100 is larger than the plan's largest profile" in reasons["too_big"]
-    assert "optimization.cuda.graphs is supported for TensorRT plans only" in reasons["onnx_graphs"]
+    assert "optimization.cuda.graphs needs GPU instances (KIND_GPU)" in reasons["onnx_graphs"]
     x = np.zeros((1, 4), np.float32)
     tensor = tca.InferInput("x", [1, 4], "FP32")
     tensor.set_data_from_numpy(x)
