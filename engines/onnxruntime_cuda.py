@@ -22,7 +22,8 @@ most of the time. Graphs replay fixed addresses and shapes, so every buffer is a
 the largest size, all graphs are captured when the instance is made (one instance of the process
 at a time: ONNX Runtime captures in CUDA's global mode, in which other threads' CUDA calls could
 break it), and models whose non-batch dims vary are refused. ONNX Runtime synchronizes the
-stream after each replay, so the enqueue thread waits for the model there.
+stream after each replay, so the enqueue thread waits for the model there, and finishes the
+batch itself (the copies out are all that is left).
 
 Needs the `onnxruntime-gpu` build and cuda-python; without them the engine refuses to load with
 a message saying so, and the CPU backend serves. An output whose dims (batch aside) are not fixed
@@ -230,7 +231,10 @@ class OnnxRuntimeCudaInstance:
         except BaseException:
             self._pipeline.close()
             raise
-        self._pipeline.start(self._launch_graph if sizes else self._launch)
+        if sizes:  # a replay returns when the graph is done: the enqueue thread finishes too
+            self._pipeline.start(self._launch_graph, finish_inline=True)
+        else:
+            self._pipeline.start(self._launch)
 
     def _options_for(self, graph: int | None) -> Any:
         options = self._ort.RunOptions()
@@ -370,7 +374,7 @@ class OnnxRuntimeCudaInstance:
         for spec in self._outputs:
             shapes[spec.name] = (rows, *spec.dims[1:])
             slot.host[spec.name].copy_from(slot.gpu[spec.name], _nbytes(spec, rows), stream)
-        return Launched(stream.record(), shapes)
+        return Launched(None, shapes)  # only the copies out are left: wait for the stream
 
     async def close(self) -> None:
         await asyncio.to_thread(self._pipeline.close)

@@ -18,8 +18,11 @@ case "${1:-}" in
     ls .gputest/wheels
     ;;
   run)
-    python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .gputest/wheels/*.whl
-    PYTHONPATH=/tmp/site:$root python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider -rA
+    # A target of their own: `pip --target --upgrade` into /tmp/site would replace the
+    # `opentelemetry` folder that the runtime wheels put there (namespace packages merge only
+    # across separate path entries).
+    python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site-test .gputest/wheels/*.whl
+    PYTHONPATH=/tmp/site:/tmp/site-test:$root python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider -rA "${@:2}"
     ;;
   *)
     echo "usage: $0 pack|run" >&2

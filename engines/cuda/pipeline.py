@@ -8,16 +8,24 @@
 
 With `depth` slots (pinned and device buffers of their own) the enqueue thread gathers and
 launches batch k+1 while the GPU still runs batch k; the stream keeps their work in order. A
-backend (TensorRT, ONNX Runtime CUDA) supplies only `launch`.
+backend (TensorRT, ONNX Runtime CUDA) supplies only `launch`; one whose launch already waits for
+the model (ONNX Runtime replaying a CUDA graph synchronizes) finishes on the enqueue thread
+(`finish_inline`), one thread hand-off less per batch.
+
+The threads are plain threads over `queue.SimpleQueue`s rather than executors: a batch's
+hand-offs are most of its CPU cost at small batches, and an executor's per-task future and
+bookkeeping add to each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,6 +36,7 @@ from engines.base import ExecutionResult, Feed, TensorSpec, Timings
 from engines.cuda.toolkit import CudaToolkit
 
 T = TypeVar("T")
+log = logging.getLogger("ferry.engines.cuda")
 
 
 @dataclass
@@ -50,8 +59,9 @@ class Slot:
 
 @dataclass(frozen=True)
 class Launched:
-    """What `launch` enqueued: the event after its copies out, the shapes of the outputs in the
-    slot's pinned memory, and outputs the backend already has on the host."""
+    """What `launch` enqueued: the event after its copies out (None: wait for the whole
+    stream), the shapes of the outputs in the slot's pinned memory, and outputs the backend
+    already has on the host."""
 
     event: Any
     shapes: dict[str, tuple[int, ...]]
@@ -59,6 +69,56 @@ class Launched:
 
 
 Launch = Callable[[Feed, Slot], Launched]
+
+
+class _Worker:
+    """One thread running the jobs handed to it, in order. A job reports its own outcome; the
+    thread only runs it."""
+
+    def __init__(self, name: str, initializer: Callable[[int], None], device: int) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._serve, args=(initializer, device), name=name, daemon=True
+        )
+        self._stopped = False
+        self._thread.start()
+
+    def _serve(self, initializer: Callable[[int], None], device: int) -> None:
+        try:
+            initializer(device)
+        except Exception:  # no usable device: each job then fails on its own CUDA calls
+            log.exception("%s: cannot make device %d current", self._thread.name, device)
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception:  # a job reports its own errors; this one is a bug: keep serving
+                log.exception("%s: a job failed", self._thread.name)
+
+    def submit(self, job: Callable[[], None]) -> None:
+        if self._stopped:
+            raise RuntimeError(f"{self._thread.name} is stopped")
+        self._jobs.put(job)
+
+    def call(self, function: Callable[..., T], *args: Any) -> T:
+        """Run `function` on the thread and wait for its result."""
+        done: Future[T] = Future()
+
+        def job() -> None:
+            try:
+                done.set_result(function(*args))
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        self.submit(job)
+        return done.result()
+
+    def stop(self) -> None:
+        """Run what was handed in so far, then end the thread."""
+        if not self._stopped:
+            self._stopped = True
+            self._jobs.put(None)
+        if self._thread is not threading.current_thread():
+            self._thread.join()
 
 
 class StreamPipeline:
@@ -75,12 +135,9 @@ class StreamPipeline:
         self._cuda = cuda
         self._outputs = tuple(outputs)
         # Enqueueing takes CPU time (kernel launches): a thread of its own, device current.
-        self._enqueuer = ThreadPoolExecutor(
-            1, f"ferry-{name}-enqueue", initializer=cuda.use_device, initargs=(device,)
-        )
-        self._waiter = ThreadPoolExecutor(
-            1, f"ferry-{name}-wait", initializer=cuda.use_device, initargs=(device,)
-        )
+        self._enqueuer = _Worker(f"ferry-{name}-enqueue", cuda.use_device, device)
+        self._waiter = _Worker(f"ferry-{name}-wait", cuda.use_device, device)
+        self._finish_inline = False
         self.stream: Any = None
         self.slots = [Slot(i) for i in range(self.depth)]
         for slot in self.slots:
@@ -98,10 +155,13 @@ class StreamPipeline:
     def call(self, function: Callable[..., T], *args: Any) -> T:
         """Run `function` on the enqueue thread and wait for it (set-up: contexts, sessions and
         buffers belong to the thread that has the device current)."""
-        return self._enqueuer.submit(function, *args).result()
+        return self._enqueuer.call(function, *args)
 
-    def start(self, launch: Launch) -> None:
+    def start(self, launch: Launch, finish_inline: bool = False) -> None:
+        """Serve batches with `launch`. finish_inline: the launch returns when the model is
+        done (little is left to wait for), so the enqueue thread finishes the batch itself."""
         self._launch = launch
+        self._finish_inline = finish_inline
 
     @property
     def free_slots(self) -> int:
@@ -149,10 +209,10 @@ class StreamPipeline:
                 report(None, exc)
                 return
             enqueue_ns = time.perf_counter_ns() - start
-            if self.depth == 1:  # nothing to overlap: finish here, one thread hand-off less
+            if self.depth == 1 or self._finish_inline:  # one thread hand-off less
                 finish(launched, enqueue_ns)
             else:
-                self._waiter.submit(finish, launched, enqueue_ns)
+                self._waiter.submit(lambda: finish(launched, enqueue_ns))
 
         self._enqueuer.submit(enqueue)
         try:
@@ -173,7 +233,10 @@ class StreamPipeline:
     def _finish(self, slot: Slot, launched: Launched, enqueue_ns: int) -> ExecutionResult:
         waited = time.perf_counter_ns()
         try:
-            self.stream.wait(launched.event)
+            if launched.event is None:
+                self.stream.synchronize()
+            else:
+                self.stream.wait(launched.event)
             copied = time.perf_counter_ns()
             outputs = dict(launched.on_host)
             for spec in self._outputs:
@@ -189,8 +252,8 @@ class StreamPipeline:
 
     def stop(self) -> None:
         """Finish what is in flight and stop the threads; buffers stay until close()."""
-        self._enqueuer.shutdown(wait=True)
-        self._waiter.shutdown(wait=True)
+        self._enqueuer.stop()
+        self._waiter.stop()
         if self.stream is not None:
             self.stream.synchronize()
 
