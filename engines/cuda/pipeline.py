@@ -211,8 +211,13 @@ class StreamPipeline:
             enqueue_ns = time.perf_counter_ns() - start
             if self.depth == 1 or self._finish_inline:  # one thread hand-off less
                 finish(launched, enqueue_ns)
-            else:
+                return
+            try:
                 self._waiter.submit(lambda: finish(launched, enqueue_ns))
+            except RuntimeError as exc:  # the wait thread was stopped (shutdown)
+                self._settle_stream()
+                slot.done.set()
+                report(None, exc)
 
         self._enqueuer.submit(enqueue)
         try:
