@@ -41,6 +41,7 @@ from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
 from server.example_repo import write_example_repo
 
 BATCHES = (256, 1024, 4096, 16384)
+graphs: dict[int, dict[int, list[float]]] = {}  # batch → the first graphed instance's timings
 # instances, batches in flight each, CUDA graphs
 VARIANTS = {
     "1x1": (1, 1, False),
@@ -91,7 +92,11 @@ async def ferry(
         done = 0
         start = time.perf_counter()
         await asyncio.gather(*drivers(start + seconds))
-        return done * rows / (time.perf_counter() - start)
+        rate = done * rows / (time.perf_counter() - start)
+        timings = getattr(made[0], "graph_timings", {})
+        if timings:  # rows → µs of a replay and of a plain run, timed at capture
+            graphs[rows] = {n: [round(t * 1e6, 1) for t in pair] for n, pair in timings.items()}
+        return rate
     finally:
         for instance in made:
             await instance.close()
@@ -150,6 +155,9 @@ def main() -> int:
             text += " " * 2
         summary.append(line)
         print(text)
+    for rows, timings in sorted(graphs.items()):
+        kept = [n for n, (replay, plain) in timings.items() if replay <= 0.8 * plain]
+        print(f"graphs at batch {rows}: kept sizes {kept}; replay/plain µs {timings}")
     if args.out:
         args.out.write_text(
             json.dumps(
@@ -161,6 +169,7 @@ def main() -> int:
                     f"{platform.python_version()}",
                     "model": args.model,
                     "summary": summary,
+                    "graph_timings_us": graphs,
                     "rounds": rounds,
                 },
                 indent=2,

@@ -18,12 +18,14 @@ With `cuda_graphs` (config `optimization { cuda { graphs: true } }`) ONNX Runtim
 model once per batch size as a CUDA graph (its `enable_cuda_graph` provider option, one
 `gpu_graph_id` per size and slot) and a batch replays the graph of the smallest size that holds
 it, its extra rows zeroed: one launch instead of one per operator, which at small batches is
-most of the time. Graphs replay fixed addresses and shapes, so every buffer is allocated once at
-the largest size, all graphs are captured when the instance is made (one instance of the process
-at a time: ONNX Runtime captures in CUDA's global mode, in which other threads' CUDA calls could
-break it), and models whose non-batch dims vary are refused. ONNX Runtime synchronizes the
-stream after each replay, so the enqueue thread waits for the model there, and finishes the
-batch itself (the copies out are all that is left).
+most of the time. Sizes are captured from the smallest up, each timed against a plain run, up
+to the first whose replay saves too little (GRAPH_GAIN); larger batches run plainly. Graphs
+replay fixed addresses and shapes, so every buffer is allocated once at the largest size, all
+graphs are captured when the instance is made (one instance of the process at a time: ONNX
+Runtime captures in CUDA's global mode, in which other threads' CUDA calls could break it), and
+models whose non-batch dims vary are refused. ONNX Runtime synchronizes the stream after each
+replay, so the enqueue thread waits for the model there and finishes the batch itself (the
+copies out are all that is left).
 
 Needs the `onnxruntime-gpu` build and cuda-python; without them the engine refuses to load with
 a message saying so, and the CPU backend serves. An output whose dims (batch aside) are not fixed
@@ -35,7 +37,9 @@ from __future__ import annotations
 import asyncio
 import bisect
 import math
+import statistics
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,12 @@ _CAPTURING = threading.Lock()
 WARM_RUNS = 4
 """Runs per graph at capture: ONNX Runtime runs a size plainly before it captures it (its
 allocations are made then), and replays once right after capturing."""
+
+GRAPH_GAIN = 0.8
+"""A size keeps its graph only if a replay takes at most this share of a plain run (both timed
+at capture, to completion). Small batches are launch-bound and gain several times; large ones
+are GPU-bound and gain little, while a replay, which ONNX Runtime synchronizes, keeps the
+enqueue thread from gathering the next batch as the GPU runs this one: they run plainly."""
 
 
 def graph_sizes(max_rows: int) -> tuple[int, ...]:
@@ -220,6 +230,7 @@ class OnnxRuntimeCudaInstance:
         self._ort = ort
         self._graph_sizes = sizes
         self._graph_runs: dict[tuple[int, int], Any] = {}  # (slot, rows) → its graph's options
+        self.graph_timings: dict[int, tuple[float, float]] = {}  # rows → (replay, plain) seconds
         # With graphs on, a run that names no graph would capture one: plain runs say -1.
         self._run_options = self._options_for(-1 if sizes else None)
         self._pipeline = StreamPipeline(name, device.index, toolkit.real(), self.in_flight, outputs)
@@ -231,10 +242,7 @@ class OnnxRuntimeCudaInstance:
         except BaseException:
             self._pipeline.close()
             raise
-        if sizes:  # a replay returns when the graph is done: the enqueue thread finishes too
-            self._pipeline.start(self._launch_graph, finish_inline=True)
-        else:
-            self._pipeline.start(self._launch)
+        self._pipeline.start(self._launch_graph if sizes else self._launch)
 
     def _options_for(self, graph: int | None) -> Any:
         options = self._ort.RunOptions()
@@ -266,14 +274,16 @@ class OnnxRuntimeCudaInstance:
         return session
 
     def _capture(self) -> None:
-        """Capture one graph per slot and size, on the enqueue thread (ONNX Runtime keeps a
-        thread's graphs for that thread). Buffers are made at the largest size first, so the
-        addresses the graphs hold never move, and inputs start zeroed, so the runs that capture
-        read valid ids."""
+        """Capture graphs per slot and size, on the enqueue thread (ONNX Runtime keeps a
+        thread's graphs for that thread), from the smallest size up to the first whose replay
+        does not pay (GRAPH_GAIN); larger batches run plainly. Buffers are made at the largest
+        size first, so the addresses the graphs hold never move, and inputs start zeroed, so
+        the runs that capture read valid ids."""
         stream = self._pipeline.stream
         index = self.device.index
         top = self._graph_sizes[-1]
         graph = 0
+        kept: list[int] = []
         for slot in self._pipeline.slots:
             binding: _Binding = slot.extra
             for spec in (*self._inputs, *self._outputs):
@@ -282,7 +292,8 @@ class OnnxRuntimeCudaInstance:
                 host = slot.host[spec.name]
                 host.view(np.uint8, (host.nbytes,)).fill(0)
                 slot.gpu[spec.name].copy_from(host, host.nbytes, stream)
-            for rows in self._graph_sizes:
+            first = slot.index == self._pipeline.slots[0].index
+            for rows in self._graph_sizes if first else kept:
                 for spec in self._inputs:
                     shape = (rows, *spec.dims[1:])
                     pointer = slot.gpu[spec.name].pointer
@@ -295,8 +306,26 @@ class OnnxRuntimeCudaInstance:
                 options = self._options_for(graph)
                 for _ in range(WARM_RUNS):
                     self._session.run_with_iobinding(binding.binding, options)
+                if first:
+                    replay = self._timed(binding, options)
+                    plain = self._timed(binding, self._run_options)
+                    self.graph_timings[rows] = (replay, plain)
+                    if replay > GRAPH_GAIN * plain:
+                        break  # this size and larger ones run plainly
+                    kept.append(rows)
                 self._graph_runs[(slot.index, rows)] = options
         stream.synchronize()
+        self._graph_sizes = tuple(kept)
+
+    def _timed(self, binding: _Binding, options: Any, runs: int = 5) -> float:
+        """Median seconds of one run to completion."""
+        took = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            self._session.run_with_iobinding(binding.binding, options)
+            self._pipeline.stream.synchronize()
+            took.append(time.perf_counter() - start)
+        return statistics.median(took)
 
     @property
     def graphs(self) -> int:
@@ -360,6 +389,8 @@ class OnnxRuntimeCudaInstance:
         the rest, copy them in, replay that graph (it reads and writes the addresses it was
         captured with; the binding is not consulted), copy the batch's own rows out."""
         rows = feed.rows
+        if not self._graph_sizes or rows > self._graph_sizes[-1]:
+            return self._launch(feed, slot)  # too large for a graph to pay: a plain run
         size = graph_size(self._graph_sizes, rows)
         stream = self._pipeline.stream
         for spec in self._inputs:

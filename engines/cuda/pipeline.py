@@ -8,9 +8,9 @@
 
 With `depth` slots (pinned and device buffers of their own) the enqueue thread gathers and
 launches batch k+1 while the GPU still runs batch k; the stream keeps their work in order. A
-backend (TensorRT, ONNX Runtime CUDA) supplies only `launch`; one whose launch already waits for
-the model (ONNX Runtime replaying a CUDA graph synchronizes) finishes on the enqueue thread
-(`finish_inline`), one thread hand-off less per batch.
+backend (TensorRT, ONNX Runtime CUDA) supplies only `launch`. A launch that already waited for
+its model (ONNX Runtime replaying a CUDA graph synchronizes) says so by returning no event, and
+the enqueue thread finishes that batch itself: one thread hand-off less.
 
 The threads are plain threads over `queue.SimpleQueue`s rather than executors: a batch's
 hand-offs are most of its CPU cost at small batches, and an executor's per-task future and
@@ -59,8 +59,9 @@ class Slot:
 
 @dataclass(frozen=True)
 class Launched:
-    """What `launch` enqueued: the event after its copies out (None: wait for the whole
-    stream), the shapes of the outputs in the slot's pinned memory, and outputs the backend
+    """What `launch` enqueued: the event after its copies out (None: the launch waited for its
+    model, only the copies out are left: the enqueue thread waits for the stream and finishes
+    the batch), the shapes of the outputs in the slot's pinned memory, and outputs the backend
     already has on the host."""
 
     event: Any
@@ -137,7 +138,6 @@ class StreamPipeline:
         # Enqueueing takes CPU time (kernel launches): a thread of its own, device current.
         self._enqueuer = _Worker(f"ferry-{name}-enqueue", cuda.use_device, device)
         self._waiter = _Worker(f"ferry-{name}-wait", cuda.use_device, device)
-        self._finish_inline = False
         self.stream: Any = None
         self.slots = [Slot(i) for i in range(self.depth)]
         for slot in self.slots:
@@ -157,11 +157,8 @@ class StreamPipeline:
         buffers belong to the thread that has the device current)."""
         return self._enqueuer.call(function, *args)
 
-    def start(self, launch: Launch, finish_inline: bool = False) -> None:
-        """Serve batches with `launch`. finish_inline: the launch returns when the model is
-        done (little is left to wait for), so the enqueue thread finishes the batch itself."""
+    def start(self, launch: Launch) -> None:
         self._launch = launch
-        self._finish_inline = finish_inline
 
     @property
     def free_slots(self) -> int:
@@ -209,7 +206,7 @@ class StreamPipeline:
                 report(None, exc)
                 return
             enqueue_ns = time.perf_counter_ns() - start
-            if self.depth == 1 or self._finish_inline:  # one thread hand-off less
+            if self.depth == 1 or launched.event is None:  # one thread hand-off less
                 finish(launched, enqueue_ns)
                 return
             try:

@@ -1,6 +1,7 @@
 """The GPU stream pipeline (engines/cuda/pipeline.py) over the host double of CUDA: batches in
 flight in their slots, finished on the wait thread or, for a launch that already waited for
-its model, on the enqueue thread; a closed pipeline refuses work instead of hanging."""
+its model (it returns no event), on the enqueue thread; a closed pipeline refuses work instead
+of hanging."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def doubling_pipeline(depth: int, inline: bool, seen: list[str]) -> StreamPipeli
         slot.host["y"].copy_from(slot.gpu["y"], nbytes, pipeline.stream)
         return Launched(None if inline else pipeline.stream.record(), {"y": shape})
 
-    pipeline.start(launch, finish_inline=inline)
+    pipeline.start(launch)
     return pipeline
 
 
