@@ -134,8 +134,8 @@ def main() -> int:
             )
             base = direct(session, rows, args.seconds)
             entry: dict[str, Any] = {"batch": rows, "direct": base}
-            for label, (instances, depth, graphs) in variants.items():
-                engine = graphed if graphs else plain
+            for label, (instances, depth, graphed_variant) in variants.items():
+                engine = graphed if graphed_variant else plain
                 entry[label] = asyncio.run(ferry(engine, rows, args.seconds, instances, depth))
             found.append(entry)
         rounds.append(found)
