@@ -29,6 +29,8 @@ class FakeInstance:
         self._engine = engine
         self._profile = profile
         self.batches: list[int] = []
+        self.values: list[float] = []  # first element of every row it ran
+        self.gate: asyncio.Event | None = None  # holds this instance only (the engine's: all)
 
     @property
     def name(self) -> str:
@@ -43,10 +45,13 @@ class FakeInstance:
         try:
             if self._engine.gate is not None:
                 await self._engine.gate.wait()
+            if self.gate is not None:
+                await self.gate.wait()
             x = gather(feed, "x")
             self._engine.shapes_log.append((self._profile.index, x.shape))
             self._engine.value_log.append([float(v) for v in x.reshape(len(x), -1)[:, 0]])
             self.batches.append(int(x.shape[0]))
+            self.values += self._engine.value_log[-1]
             self._engine.batch_log.append(int(x.shape[0]))
             if self._engine.fail is not None and self._engine.fail(x):
                 raise EngineError("fake engine failed on purpose")

@@ -87,14 +87,17 @@ class Batcher:
         self._sweep(self._clock())
         self._wakeup.set()
 
-    async def next_batch(self) -> Batch:
-        """The next batch to run; waits for requests and for the delay window as needed."""
+    async def next_batch(self, levels: int | None = None) -> Batch:
+        """The next batch to run; waits for requests and for the delay window as needed.
+        `levels`: take requests of the first `levels` priority levels only (an instance
+        reserved for high priority). Several callers may wait at once; each re-checks after
+        every wake-up, and a batch is taken whole by one of them."""
         while True:
             if self._closed:
                 raise ShuttingDown("the model is shutting down")
             now = self._clock()
             self._sweep(now)
-            head = self._queue.head()
+            head = self._queue.head(levels)
             if head is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()

@@ -93,9 +93,11 @@ class RequestQueue:
             del self._slots[slot][key]
         return None
 
-    def head(self) -> InferenceRequest | None:
-        """The request to serve next: the oldest of the first slot that holds any."""
-        for slot, lanes in enumerate(self._slots):
+    def head(self, levels: int | None = None) -> InferenceRequest | None:
+        """The request to serve next: the oldest of the first slot that holds any; with
+        `levels`, among the first `levels` priority levels only."""
+        slots = self._slots if levels is None else self._slots[: 2 * levels]
+        for slot, lanes in enumerate(slots):
             best: InferenceRequest | None = None
             for key in list(lanes):
                 front = self._front(slot, key)

@@ -5,8 +5,10 @@
                                                         └──── instance back to the pool ◄┘
 
 The pump takes a free instance, then the next batch, and starts a task to run it; it never
-awaits engine work itself. An instance that can hold several batches at once (its `in_flight`
-attribute, e.g. a GPU instance with two staging slots) is in the pool that many times.
+awaits engine work itself. Instances reserved for the highest priority level
+(`reserved_instances`) have a pool and a pump of their own that take batches of that level
+only. An instance that can hold several batches at once (its `in_flight` attribute, e.g. a GPU
+instance with two staging slots) is in its pool that many times.
 Every request's future is completed exactly once on every path: result, engine error,
 deadline, cancellation or shutdown (see ../shared/docs/style.md).
 """
@@ -49,7 +51,13 @@ class ProfileRunner:
         on_failure: Callable[[BaseException], None],
         observers: Sequence[BatchObserver] = (),
         batch_ids: Iterator[int] | None = None,
+        reserved: int = 0,
     ) -> None:
+        if not 0 <= reserved < len(instances):
+            raise ValueError(
+                f"{name}: reserved_instances {reserved} must leave at least one of the "
+                f"profile's {len(instances)} instance(s) for every priority level"
+            )
         self.name = name
         self._observers = list(observers)
         self._batch_ids = batch_ids if batch_ids is not None else itertools.count()
@@ -62,9 +70,16 @@ class ProfileRunner:
         self._clock = clock
         self._on_failure = on_failure
         self._batched = batcher.max_rows > 0
+        # The last `reserved` instances serve the highest priority level only.
+        self.reserved = tuple(i.name for i in self._instances[len(self._instances) - reserved :])
         self._idle: asyncio.Queue[Instance] = asyncio.Queue()
+        self._idle_reserved: asyncio.Queue[Instance] = asyncio.Queue()
+        self._home = {
+            i.name: self._idle_reserved if i.name in self.reserved else self._idle
+            for i in self._instances
+        }
         self._tasks: set[asyncio.Task[None]] = set()
-        self._pump: asyncio.Task[None] | None = None
+        self._pumps: list[asyncio.Task[None]] = []
 
     @property
     def profile(self) -> Profile:
@@ -80,17 +95,24 @@ class ProfileRunner:
         for round_ in range(depth):  # interleaved: every instance gets a batch before a second
             for instance in self._instances:
                 if round_ < _in_flight(instance):
-                    self._idle.put_nowait(instance)
-        self._pump = asyncio.create_task(self._run(), name=f"ferry-pump-{self.name}")
-        self._pump.add_done_callback(self._on_pump_done)
+                    self._home[instance.name].put_nowait(instance)
+        pools: list[tuple[asyncio.Queue[Instance], int | None, str]] = [(self._idle, None, "")]
+        if self.reserved:
+            pools.append((self._idle_reserved, 1, "-reserved"))
+        for idle, levels, suffix in pools:
+            pump = asyncio.create_task(
+                self._run(idle, levels), name=f"ferry-pump-{self.name}{suffix}"
+            )
+            pump.add_done_callback(self._on_pump_done)
+            self._pumps.append(pump)
 
-    async def _run(self) -> None:
+    async def _run(self, idle: asyncio.Queue[Instance], levels: int | None) -> None:
         while True:
-            instance = await self._idle.get()
+            instance = await idle.get()
             try:
-                batch = await self.batcher.next_batch()
+                batch = await self.batcher.next_batch(levels)
             except BaseException:
-                self._idle.put_nowait(instance)
+                idle.put_nowait(instance)
                 raise
             task = asyncio.create_task(self._execute(instance, batch))
             self._tasks.add(task)
@@ -119,7 +141,7 @@ class ProfileRunner:
                     self._stats.record_queue(now - request.enqueued_ns)
             await self._compute(instance, batch, now)
         finally:
-            self._idle.put_nowait(instance)
+            self._home[instance.name].put_nowait(instance)
 
     async def _compute(self, instance: Instance, batch: Batch, start_ns: int) -> None:
         batch_id = next(self._batch_ids)
@@ -227,7 +249,7 @@ class ProfileRunner:
     async def stop(self) -> None:
         """Fail what waits, cancel running batches, close the instances."""
         self.batcher.close(ShuttingDown("the server is shutting down"))
-        tasks = [t for t in (self._pump, *self._tasks) if t is not None]
+        tasks = [*self._pumps, *self._tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

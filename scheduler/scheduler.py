@@ -84,6 +84,7 @@ class ModelScheduler:
                 self._on_runner_failure,
                 observers,
                 batch_ids,
+                reserved=config.reserved_instances,
             )
             for index, members in groups.items()
         }

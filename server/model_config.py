@@ -8,6 +8,7 @@ against, the batching options and the instances to create.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,13 +235,33 @@ def complete(
         padding=scheduling.padding(
             parameters, by_name, {s.name: s for s in outputs}, mbs > 0, where
         ),
-        instances=tuple(
-            scheduling.instance_plan(
-                config, profiles, where, gpus, gpu_only=engine_profiles is not None
-            )
+        instances=_check_reserved(
+            tuple(
+                scheduling.instance_plan(
+                    config, profiles, where, gpus, gpu_only=engine_profiles is not None
+                )
+            ),
+            batching.reserved_instances,
+            where,
         ),
         parameters=parameters,
     )
+
+
+def _check_reserved(
+    instances: tuple[PlannedInstance, ...], reserved: int, where: str
+) -> tuple[PlannedInstance, ...]:
+    """Every profile must keep an instance for the levels that reserved instances refuse."""
+    if reserved:
+        per_profile = Counter(i.profile.index for i in instances)
+        for index, count in sorted(per_profile.items()):
+            if count <= reserved:
+                raise ModelLoadError(
+                    f"{where}: parameter 'ferry.reserved_instances' is {reserved}, but profile "
+                    f"{index} has {count} instance(s): at least one must serve every priority "
+                    "level (add instances with instance_group count)"
+                )
+    return instances
 
 
 def _copy(config: mc.ModelConfig) -> mc.ModelConfig:

@@ -17,6 +17,10 @@ defines them. What Triton has no field for lives in `parameters` under keys star
                                server's --max-queue-bytes)
     ferry.in_flight            batches one GPU instance holds at once (default 2): gathering the
                                next batch overlaps computing this one
+    ferry.reserved_instances   instances of each profile that run only batches of priority level
+                               1 (default 0), so high-priority requests never wait for a running
+                               lower-level batch; needs priority_levels >= 2 and leaves at least
+                               one instance per profile for every level
 
 An unknown `ferry.` key is a load error naming it; any other parameter belongs to the backend.
 """
@@ -35,7 +39,7 @@ from scheduler.shapes import CutOutput, PaddedInput, Padding
 
 PREFIX = "ferry."
 _KEYS = ("profile.", "pad.", "pad_buckets.", "cut.")
-_FLAGS = ("split_oversized", "max_queue_bytes", "in_flight")
+_FLAGS = ("split_oversized", "max_queue_bytes", "in_flight", "reserved_instances")
 
 
 def check_keys(parameters: Mapping[str, str], where: str) -> None:
@@ -68,6 +72,7 @@ def batching(
             preserve_ordering=dyn.preserve_ordering,
             split_oversized=_flag(parameters, "split_oversized", True, where),
             max_queue_bytes=_count(parameters, "max_queue_bytes", default_max_queue_bytes, where),
+            reserved_instances=_count(parameters, "reserved_instances", 0, where),
         )
     except ValueError as exc:
         raise ModelLoadError(f"{where}: dynamic_batching: {exc}") from None

@@ -10,7 +10,7 @@ import pytest
 
 from common.errors import InvalidInput, QueueFull, QueueTimeout
 from engines.base import Device
-from engines.fake import FakeEngine
+from engines.fake import FakeEngine, FakeInstance
 from scheduler import BatchingConfig, ModelScheduler, QueuePolicy, TimeoutAction
 from scheduler.request import InferenceResult
 
@@ -261,3 +261,56 @@ async def test_batches_never_mix_priority_levels() -> None:
     # The high-priority request runs alone rather than computing a batch of lower ones.
     assert engine.value_log == [[0.0], [1.0], [3.0]]
     await scheduler.stop()
+
+
+async def two_instances(reserved: int) -> tuple[ModelScheduler, FakeInstance, FakeInstance]:
+    engine = FakeEngine()
+    general, spare = engine.create_instance("i0", Device()), engine.create_instance("i1", Device())
+    config = BatchingConfig(
+        max_batch_size=1,
+        dynamic=True,
+        priority_levels=2,
+        default_priority=2,
+        reserved_instances=reserved,
+    )
+    scheduler = ModelScheduler("prio", [general, spare], config, clock=Clock())
+    await scheduler.start()
+    return scheduler, general, spare
+
+
+async def test_a_reserved_instance_runs_high_priority_while_low_priority_holds_the_rest() -> None:
+    scheduler, general, reserved = await two_instances(reserved=1)
+    general.gate = asyncio.Event()  # the low-priority batch it runs does not finish yet
+    low = [ask(scheduler, 10.0 + i, priority=2) for i in range(3)]
+    await settle()
+    high = await asyncio.wait_for(ask(scheduler, 30.0, priority=1), 5)
+    np.testing.assert_array_equal(high.outputs["y"], [[60.0, 60.0]])
+    assert reserved.batches == [1]  # the high-priority request, nothing else
+    assert not any(t.done() for t in low)  # low priority never ran on the reserved instance
+    general.gate.set()
+    await asyncio.gather(*low)
+    assert general.batches == [1, 1, 1] and reserved.batches == [1]
+    await scheduler.stop()
+
+
+async def test_without_reservation_high_priority_waits_for_the_running_batches() -> None:
+    scheduler, first, second = await two_instances(reserved=0)
+    first.gate, second.gate = asyncio.Event(), asyncio.Event()
+    low = [ask(scheduler, 10.0 + i, priority=2) for i in range(3)]
+    await settle()  # both instances took a low-priority batch
+    high = ask(scheduler, 30.0, priority=1)
+    await settle()
+    assert not high.done()
+    first.gate.set()
+    second.gate.set()
+    await asyncio.gather(high, *low)
+    await scheduler.stop()
+
+
+async def test_reservation_needs_levels_and_an_instance_left_for_every_level() -> None:
+    with pytest.raises(ValueError, match=r"reserved_instances \(1\) needs priority_levels >= 2"):
+        BatchingConfig(max_batch_size=1, dynamic=True, reserved_instances=1)
+    engine = FakeEngine()
+    config = BatchingConfig(max_batch_size=1, dynamic=True, priority_levels=2, reserved_instances=1)
+    with pytest.raises(ValueError, match="must leave at least one of the profile's 1 instance"):
+        ModelScheduler("prio", [engine.create_instance("i0", Device())], config)

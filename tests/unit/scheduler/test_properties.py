@@ -122,6 +122,7 @@ arrival = st.fixed_dictionaries(
     levels=st.sampled_from([1, 2, 2, 3]),
     timeouts_ms=st.lists(st.sampled_from([0, 3, 8, 50]), min_size=3, max_size=3),
     padded=st.booleans(),
+    reserve=st.booleans(),
 )
 def test_priorities_limits_and_rows_hold_under_any_arrivals(
     plans: list[dict[str, Any]],
@@ -129,6 +130,7 @@ def test_priorities_limits_and_rows_hold_under_any_arrivals(
     levels: int,
     timeouts_ms: list[int],
     padded: bool,
+    reserve: bool,
 ) -> None:
     formed: list[tuple[list[int], list[int]]] = []  # (levels taken, levels left waiting)
     original = Batcher._take
@@ -140,7 +142,7 @@ def test_priorities_limits_and_rows_hold_under_any_arrivals(
         return batch
 
     with patch.object(Batcher, "_take", watched):
-        asyncio.run(_full_scenario(plans, max_batch, levels, timeouts_ms, padded))
+        asyncio.run(_full_scenario(plans, max_batch, levels, timeouts_ms, padded, reserve))
     # Priority order: a batch holds one level, and none leaves while a higher one waits.
     for taken, waiting in formed:
         assert len(set(taken)) == 1, taken
@@ -153,8 +155,12 @@ async def _full_scenario(
     levels: int,
     timeouts_ms: list[int],
     padded: bool,
+    reserve: bool,
 ) -> None:
+    """Two profiles; with `reserve` (and 2+ levels) each has a second instance reserved for
+    level 1, which must run nothing else."""
     clock = [0]
+    reserve = reserve and levels >= 2
     config = BatchingConfig(
         max_batch_size=max_batch,
         dynamic=True,
@@ -163,18 +169,25 @@ async def _full_scenario(
             level: QueuePolicy(default_timeout_s=timeouts_ms[level - 1] / 1e3)
             for level in range(1, levels + 1)
         },
+        reserved_instances=1 if reserve else 0,
     )
     padding = (
         Padding({"x": PaddedInput(0.0, (0,))}, {"y": CutOutput("x", (0,))}) if padded else None
     )
     engine = FakeEngine()
     engine.gate = asyncio.Event()
+    instances = [
+        engine.create_instance("short", Device(), SHORT),
+        engine.create_instance("long", Device(), LONG),
+    ]
+    if reserve:  # after the others: the last of each profile's instances is the reserved one
+        instances += [
+            engine.create_instance("short_reserved", Device(), SHORT),
+            engine.create_instance("long_reserved", Device(), LONG),
+        ]
     scheduler = ModelScheduler(
         "full",
-        [
-            engine.create_instance("short", Device(), SHORT),
-            engine.create_instance("long", Device(), LONG),
-        ],
+        instances,
         config,
         padding=padding,
         clock=lambda: clock[0],
@@ -233,3 +246,7 @@ async def _full_scenario(
             if timeout_ns:
                 assert outcome.queue_ns < timeout_ns  # never waited past its policy
             assert rows_run.get(index) == plan["rows"]  # each row computed exactly once
+    for instance in instances[2:]:  # reserved: requests of the highest level only
+        for value in instance.values:
+            plan = plans[int(value) // 1000]
+            assert config.level_of(plan["priority"] if plan["priority"] <= levels else 0) == 0

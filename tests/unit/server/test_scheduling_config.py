@@ -190,3 +190,18 @@ def test_kind_gpu_mistakes_name_the_problem(text: str, gpus: Discovery, message:
     with pytest.raises(ModelLoadError) as info:
         plan(text, gpus)
     assert message in str(info.value)
+
+
+def test_reserved_instances_are_read_and_checked() -> None:
+    two = "instance_group [ { count: 2 kind: KIND_CPU } ]\n"
+    levels = "dynamic_batching { priority_levels: 2 }\n"
+    settings = settle(levels + two + params(ferry__reserved_instances="1"))
+    assert settings.batching.reserved_instances == 1
+    with pytest.raises(ModelLoadError, match=r"reserved_instances \(1\) needs priority_levels"):
+        settle("dynamic_batching { }\n" + two + params(ferry__reserved_instances="1"))
+    with pytest.raises(ModelLoadError, match=r"is 2, but profile 0 has 2 instance\(s\)"):
+        settle(levels + two + params(ferry__reserved_instances="2"))
+    with pytest.raises(
+        ModelLoadError, match=r"'ferry\.reserved_instances' must be an integer >= 0"
+    ):
+        settle(levels + two + params(ferry__reserved_instances="one"))
