@@ -5,13 +5,16 @@
     process saturates it with low-priority 64-row requests, against the same probe with no
     background load (and, to show what the priorities buy, against the probe sent at the
     background's own low priority).
+(1b) The same with `dlrm_reserved` (part `reserved`): dlrm_ranked with two instances, one of
+    them reserved for priority level 1 (`ferry.reserved_instances: 1`), against its own probe
+    with no background load.
 (2) Mixed lengths on `history` (1..512 items; 4 and 32 rows per request): the example config
     (two profiles, padding) against one profile with equal-shape-only batching (same instance
     count).
 (3) Oversized: one 10,000-row `dlrm` request (max_batch_size 1024) checked against ONNX Runtime,
     its latency against ONNX Runtime running the same rows as 10 batches of 1,000 directly.
 
-    python bench/scheduling.py [--rounds 3] [--seconds 6]
+    python bench/scheduling.py [--rounds 3] [--seconds 6] [--parts priority,reserved,...]
 
 Rounds alternate baseline and measurement so drift on a noisy machine hits both. Prints one table
 per part and writes everything to bench/results/scheduling-<date>.json.
@@ -63,6 +66,15 @@ def prepare(work: Path) -> tuple[Path, Path]:
             "max_queue_delay_microseconds: 200\n  priority_levels: 2\n  default_priority_level: 2",
         )
     )
+    reserved = main / "dlrm_reserved"
+    shutil.copytree(ranked, reserved)
+    (reserved / "config.pbtxt").write_text(
+        (ranked / "config.pbtxt")
+        .read_text()
+        .replace('name: "dlrm_ranked"', 'name: "dlrm_reserved"')
+        .replace("count: 1 kind: KIND_CPU", "count: 2 kind: KIND_CPU")
+        + 'parameters [ { key: "ferry.reserved_instances" value: { string_value: "1" } } ]\n'
+    )
     plain = work / "plain"
     (plain / "history").mkdir(parents=True)
     shutil.copytree(main / "history" / "1", plain / "history" / "1")
@@ -74,10 +86,10 @@ def prepare(work: Path) -> tuple[Path, Path]:
     return main, plain
 
 
-async def probe(address: str, seconds: float, priority: int) -> dict[str, float]:
+async def probe(address: str, seconds: float, priority: int, model: str) -> dict[str, float]:
     """Single-row dlrm requests one after another; latency percentiles in ms."""
     rng = np.random.default_rng(3)
-    request = pb.ModelInferRequest(model_name="dlrm_ranked")
+    request = pb.ModelInferRequest(model_name=model)
     request.inputs.add(name="dense", datatype="FP32", shape=[1, 13])
     request.inputs.add(name="sparse", datatype="INT64", shape=[1, 26])
     request.raw_input_contents.append(rng.standard_normal((1, 13)).astype(np.float32).tobytes())
@@ -99,9 +111,9 @@ async def probe(address: str, seconds: float, priority: int) -> dict[str, float]
     return result
 
 
-def background(address: str, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+def background(address: str, seconds: float, out: Path, model: str) -> subprocess.Popen[bytes]:
     """A separate load-generator process: low-priority 64-row dlrm requests, saturating."""
-    command = [sys.executable, "loadtest/run.py", "--address", address, "--model", "dlrm_ranked"]
+    command = [sys.executable, "loadtest/run.py", "--address", address, "--model", model]
     options = ["--concurrency", "64", "--rows", "64", "--priority", "2", "--warmup", "0.5"]
     return subprocess.Popen(
         [*command, *options, "--duration", str(seconds), "--json", str(out)],
@@ -110,23 +122,29 @@ def background(address: str, seconds: float, out: Path) -> subprocess.Popen[byte
     )
 
 
-def priority_round(address: str, seconds: float, work: Path) -> dict[str, Any]:
-    alone = uvloop.run(probe(address, seconds, priority=1))
+def priority_round(
+    address: str, seconds: float, work: Path, model: str = "dlrm_ranked", same: bool = True
+) -> dict[str, Any]:
+    alone = uvloop.run(probe(address, seconds, priority=1, model=model))
     loaded: dict[str, Any] = {}
-    for label, priority in (("high", 1), ("same_as_background", 2)):
+    probes = (("high", 1), ("same_as_background", 2)) if same else (("high", 1),)
+    for label, priority in probes:
         out = work / f"background-{label}.json"
-        load = background(address, seconds + 2.0, out)
+        load = background(address, seconds + 2.0, out, model)
         time.sleep(1.5)
-        loaded[label] = uvloop.run(probe(address, seconds, priority=priority))
+        loaded[label] = uvloop.run(probe(address, seconds, priority=priority, model=model))
         load.wait(timeout=seconds + 60)
         loaded[label]["background_rows_per_s"] = json.loads(out.read_text())["rows_per_s"]
-    return {
+    found = {
+        "model": model,
         "alone_ms": alone,
         "loaded_high_ms": loaded["high"],
-        "loaded_same_priority_ms": loaded["same_as_background"],
         "p99_ratio_high": loaded["high"]["p99"] / alone["p99"],
-        "p99_ratio_same_priority": loaded["same_as_background"]["p99"] / alone["p99"],
     }
+    if same:
+        found["loaded_same_priority_ms"] = loaded["same_as_background"]
+        found["p99_ratio_same_priority"] = loaded["same_as_background"]["p99"] / alone["p99"]
+    return found
 
 
 def mixed_round(padded: str, plain: str, seconds: float, rows: int) -> dict[str, Any]:
@@ -206,8 +224,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument(
         "--parts",
-        default="priority,mixed,oversized",
-        help="which parts to run (comma-separated): priority, mixed, oversized",
+        default="priority,reserved,mixed,oversized",
+        help="which parts to run (comma-separated): priority, reserved, mixed, oversized",
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -222,6 +240,10 @@ def main() -> int:
             found: dict[str, Any] = {}
             if "priority" in parts:
                 found["priority"] = priority_round(address, args.seconds, work)
+            if "reserved" in parts:
+                found["reserved"] = priority_round(
+                    address, args.seconds, work, "dlrm_reserved", same=False
+                )
             if "mixed" in parts:
                 found["mixed"] = [
                     mixed_round(address, plain_address, args.seconds, rows) for rows in (4, 32)
@@ -237,6 +259,8 @@ def main() -> int:
 
     if "priority" in parts:
         report_priority(rounds)
+    if "reserved" in parts:
+        report_reserved(rounds)
     if "mixed" in parts:
         report_mixed(rounds)
     if "oversized" in parts:
@@ -268,6 +292,30 @@ def report_priority(rounds: list[dict[str, Any]]) -> None:
         "p99 loaded/alone, same priority:    "
         + spread([r["priority"]["p99_ratio_same_priority"] for r in rounds])
     )
+    print()
+
+
+def report_reserved(rounds: list[dict[str, Any]]) -> None:
+    print(
+        "(1b) dlrm_reserved (2 instances, 1 reserved for level 1): high-priority probe, p50/p99 ms"
+    )
+    print(
+        f"{'round':>5} {'alone':>15} {'loaded, high':>15} {'x high':>7} {'background rows/s':>18}"
+    )
+    for i, r in enumerate(rounds):
+        p = r["reserved"]
+        print(
+            f"{i + 1:>5} {p['alone_ms']['p50']:>6.2f}/{p['alone_ms']['p99']:<8.2f}"
+            f"{p['loaded_high_ms']['p50']:>6.2f}/{p['loaded_high_ms']['p99']:<8.2f}"
+            f"{p['p99_ratio_high']:>7.2f} {p['loaded_high_ms']['background_rows_per_s']:>18.0f}"
+        )
+    print(
+        "p99 loaded/alone, reserved instance: "
+        + spread([r["reserved"]["p99_ratio_high"] for r in rounds])
+    )
+    if all("priority" in r for r in rounds):
+        background = [r["priority"]["loaded_high_ms"]["background_rows_per_s"] for r in rounds]
+        print(f"background rows/s without reservation (part priority): {spread(background)}")
     print()
 
 

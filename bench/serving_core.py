@@ -3,7 +3,9 @@
 (a) dlrm throughput: ONNX Runtime called directly at its best batch size (rows/s) against rows/s
     served by Ferry under many concurrent 64-row requests (loadtest closed loop, same machine, at
     its best concurrency). Server and client CPU per request are measured too, and with them the
-    ceiling that gRPC's per-request cost leaves on this machine (see docs/benchmarks.md).
+    ceiling that gRPC's per-request cost leaves on this machine (see docs/benchmarks.md): with
+    Ferry's costs (64-row requests to its `echo`), and with those of the bare grpc.aio server
+    alone, client on these cores or (server CPU only) elsewhere.
 (b) echo latency: p50/p99 of single small requests to Ferry's `echo` against a bare grpc.aio
     echo server (bench/bare_echo_server.py), the floor for Python gRPC here; the two are probed
     in alternating short slices so that the machine's drift hits both alike.
@@ -166,8 +168,23 @@ def main() -> int:
                 rows=64,
                 duration_s=args.seconds / 2,
             )
+            # The same load to the bare grpc.aio server: the per-request cost of Python gRPC
+            # alone, with nothing of Ferry's. Its ceilings bound every Python gRPC server here:
+            # with the client on these cores, and with the client elsewhere (server CPU only).
+            _, bare_server_us, bare_client_us = measured_load(
+                bare.pid,
+                bare_addr,
+                "echo",
+                concurrency=int(top["concurrency"]),
+                rows=64,
+                duration_s=args.seconds / 2,
+            )
             ort_us_per_row = cores * 1e6 / best
             ceiling = cores * 1e6 / (echo_server_us + echo_client_us + 64 * ort_us_per_row) * 64
+            bare_ceiling = (
+                cores * 1e6 / (bare_server_us + bare_client_us + 64 * ort_us_per_row) * 64
+            )
+            bare_server_only = cores * 1e6 / (bare_server_us + 64 * ort_us_per_row) * 64
             floor, echo = uvloop.run(interleaved_echo(bare_addr, ferry_addr, args.seconds))
             rounds.append(
                 {
@@ -182,6 +199,10 @@ def main() -> int:
                     "grpc_ceiling_rows_per_s": ceiling,
                     "ceiling_ratio": ceiling / best,
                     "served_of_ceiling": top["rows_per_s"] / ceiling,
+                    "bare64_server_cpu_us_per_request": bare_server_us,
+                    "bare64_client_cpu_us_per_request": bare_client_us,
+                    "bare_ceiling_ratio": bare_ceiling / best,
+                    "bare_server_only_ceiling_ratio": bare_server_only / best,
                     "bare_echo_ms": floor,
                     "ferry_echo_ms": echo,
                     "echo_p50_ratio": echo["p50"] / floor["p50"],
@@ -216,6 +237,8 @@ def main() -> int:
     print(f"throughput ratio served/direct: {spread('throughput_ratio')}")
     print(f"gRPC ceiling / direct:          {spread('ceiling_ratio')}")
     print(f"served / gRPC ceiling:          {spread('served_of_ceiling')}")
+    print(f"bare grpc.aio ceiling / direct: {spread('bare_ceiling_ratio')}")
+    print(f"  same, client on other cores:  {spread('bare_server_only_ceiling_ratio')}")
     print(f"echo p50 ratio ferry/bare:      {spread('echo_p50_ratio')}")
     print(f"echo p99 ratio ferry/bare:      {spread('echo_p99_ratio')}")
 
