@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import os
 import threading
 import time
@@ -141,13 +142,21 @@ class OnnxRuntimeEngine(OnnxSignature):
         except Exception as exc:  # ONNX Runtime raises its own exception types for bad files
             raise ModelLoadError(f"{self._path}: onnxruntime cannot load it: {exc}") from exc
 
-    def create_instance(self, name: str, device: Device, profile: Profile) -> OnnxRuntimeInstance:
+    def create_instance(
+        self, name: str, device: Device, profile: Profile, threads: int | None = None
+    ) -> OnnxRuntimeInstance:
+        """threads: this instance's intra-op threads, when not the engine's option."""
         if device.kind != "cpu":
             raise ModelLoadError(
                 f"instance {name}: the ONNX Runtime CPU backend cannot use {device}"
             )
         return OnnxRuntimeInstance(
-            name, self._open, self._inputs, self._outputs, profile, self._options.compute_nice
+            name,
+            functools.partial(self._open, threads),
+            self._inputs,
+            self._outputs,
+            profile,
+            self._options.compute_nice,
         )
 
     def close(self) -> None:

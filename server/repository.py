@@ -217,9 +217,13 @@ class ModelRepository:
             return await self._load_plan(folder, version, path, config, had_file, where)
         parameters = {k: v.string_value for k, v in config.parameters.items()}
         count = scheduling_config.instance_total(config)
-        if "intra_op_thread_count" not in parameters:
-            # N instances share the cores instead of each spawning a thread per core.
-            parameters["intra_op_thread_count"] = str(max(1, (os.cpu_count() or 1) // count))
+        reserved = scheduling_config.count(parameters, "reserved_instances", 0, where)
+        chosen_threads = "intra_op_thread_count" in parameters
+        if not chosen_threads:
+            # N instances share the cores instead of each spawning a thread per core; reserved
+            # instances take one thread each (below), the others share the rest.
+            general = max(1, count - reserved)
+            parameters["intra_op_thread_count"] = str(max(1, (os.cpu_count() or 1) // general))
         options = replace(
             options_from_parameters(parameters),
             in_flight=max(1, scheduling_config.count(parameters, "in_flight", 2, where)),
@@ -247,8 +251,18 @@ class ModelRepository:
                     f"{where}: optimization.cuda.graphs needs GPU instances (KIND_GPU); "
                     "this model has CPU instances"
                 )
+            one_thread = set() if chosen_threads else _reserved_indices(settings, reserved)
             for i, planned in enumerate(settings.instances):
                 name = f"{folder.name}_{version}_{i}"
+                if i in one_thread and planned.device.kind == "cpu":
+                    # A reserved instance runs small high-priority batches: on one thread it
+                    # never waits for a straggler among threads the busy instances crowd out.
+                    instances.append(
+                        await asyncio.to_thread(
+                            engine.create_instance, name, planned.device, planned.profile, 1
+                        )
+                    )
+                    continue
                 maker: Engine = engine
                 if planned.device.kind == "gpu":
                     if gpu_engine is None:
@@ -377,6 +391,15 @@ def _sha256(path: Path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _reserved_indices(settings: model_config.ModelSettings, reserved: int) -> set[int]:
+    """Which of the planned instances the scheduler reserves: the last `reserved` of each
+    profile's (ModelScheduler groups them by profile in this order)."""
+    by_profile: dict[int, list[int]] = {}
+    for i, planned in enumerate(settings.instances):
+        by_profile.setdefault(planned.profile.index, []).append(i)
+    return {i for members in by_profile.values() for i in members[len(members) - reserved :]}
 
 
 def _wants_gpu(config: mc.ModelConfig) -> bool:

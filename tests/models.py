@@ -113,6 +113,20 @@ SCHEDULING = {
         "  default_priority_level: 2\n"
         "}\n",
     ),
+    "reserved": (
+        "identity",
+        "max_batch_size: 4\n"
+        "dynamic_batching { priority_levels: 2 default_priority_level: 2 }\n"
+        "instance_group { count: 2 kind: KIND_CPU }\n"
+        'parameters { key: "ferry.reserved_instances" value { string_value: "1" } }\n',
+    ),
+    # Fails to load: its one instance cannot be reserved (the other models still serve).
+    "overreserved": (
+        "identity",
+        "max_batch_size: 4\n"
+        "dynamic_batching { priority_levels: 2 }\n"
+        'parameters { key: "ferry.reserved_instances" value { string_value: "1" } }\n',
+    ),
     "tinybytes": (
         "identity",
         "max_batch_size: 64\n"

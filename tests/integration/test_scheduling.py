@@ -274,3 +274,29 @@ def test_hostile_scheduling_input_is_refused_and_others_keep_being_served(
     # The server is unharmed: an ordinary request on each model still gets its answer.
     assert list(stub.ModelInfer(add("ranked", 4), timeout=10).outputs[0].shape) == [4, 4]
     assert list(stub.ModelInfer(add("nosplit", 8), timeout=10).outputs[0].shape) == [8, 4]
+
+
+@pytest.mark.asyncio
+async def test_a_model_with_a_reserved_instance_answers_every_level(server: RunningServer) -> None:
+    client = tca.InferenceServerClient(server.address)
+    try:
+        arrays = [np.full((1, 4), float(i), np.float32) for i in range(24)]
+        results = await asyncio.gather(
+            *(
+                client.infer("reserved", x_input(tca, a), priority=1 + i % 2)
+                for i, a in enumerate(arrays)
+            )
+        )
+        for array, result in zip(arrays, results, strict=True):
+            np.testing.assert_array_equal(result.as_numpy("y"), array)
+        index = {
+            m["name"]: m for m in (await client.get_model_repository_index(as_json=True))["models"]
+        }
+        assert index["reserved"]["state"] == "READY"
+        assert index["overreserved"]["state"] == "UNAVAILABLE"
+        assert (
+            "'ferry.reserved_instances' is 1, but profile 0 has 1 instance(s)"
+            in (index["overreserved"]["reason"])
+        )
+    finally:
+        await client.close()
