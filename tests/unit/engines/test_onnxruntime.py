@@ -71,6 +71,37 @@ async def test_fast_batches_run_inline_and_an_overrun_sends_them_back(
     await instance.close()
 
 
+async def test_a_batch_that_looks_slow_only_on_the_thread_is_tried_on_the_loop(
+    examples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load the thread's measure is inflated; every PROBE_EVERY near misses, one batch is
+    tried on the loop, and kept there only if it is fast there."""
+    instance = OnnxRuntimeEngine(examples / "echo" / "1" / "model.onnx").create_instance(
+        "e", Device(), UNBOUNDED
+    )
+    feed = Feed([{"x": np.ones((2, 4), np.float32)}], 2)
+    loop_thread = threading.get_ident()
+    ran_on: list[bool] = []  # True: on the event loop
+    original = instance._run_blocking
+
+    def spy(f: Feed) -> backend.ExecutionResult:
+        ran_on.append(threading.get_ident() == loop_thread)
+        return original(f)
+
+    monkeypatch.setattr(instance, "_run_blocking", spy)
+    monkeypatch.setattr(backend, "INLINE_BUDGET_NS", 0)  # never fast enough on the thread ...
+    monkeypatch.setattr(backend, "PROBE_NS", 10**9)  # ... but always a near miss
+    monkeypatch.setattr(backend, "PROBE_EVERY", 3)
+    for _ in range(5):
+        await instance.run(feed)
+    assert ran_on == [False, False, False, True, False]  # the trial overran: back to the thread
+    monkeypatch.setattr(backend, "INLINE_BUDGET_NS", 10**9)  # now fast on the loop
+    for _ in range(3):
+        await instance.run(feed)
+    assert ran_on[5:] == [False, True, True]  # measured fast on the thread, then kept inline
+    await instance.close()
+
+
 @pytest.mark.skipif(not hasattr(os, "getpriority"), reason="needs POSIX priorities")
 async def test_compute_threads_run_below_the_event_loops_priority(examples: Path) -> None:
     engine = OnnxRuntimeEngine(examples / "echo" / "1" / "model.onnx", OnnxRuntimeOptions(1, 0, 7))
