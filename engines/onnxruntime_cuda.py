@@ -202,7 +202,11 @@ class _Binding:
 
 
 class OnnxRuntimeCudaInstance:
-    """One stream, one session on it, and `in_flight` slots of staging buffers."""
+    """One stream, one session on it, and `in_flight` slots of staging buffers.
+
+    sizes: the batch sizes offered CUDA graphs (graph_sizes()); () = no graphs. After capture
+    only those that paid remain, in `_graph_sizes`; `graph_timings` keeps what was measured.
+    """
 
     def __init__(
         self,
