@@ -1,0 +1,65 @@
+"""A reserved CPU instance runs one ONNX Runtime thread and the others share the cores, unless
+the config names a thread count; which instances are reserved agrees with the scheduler."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from server.example_repo import write_example_repo
+from server.repository import ModelRepository
+
+pytestmark = pytest.mark.asyncio
+
+RESERVED = (
+    "dynamic_batching { priority_levels: 2 }\n"
+    "instance_group [ { count: 2 kind: KIND_CPU } ]\n"
+    'parameters [ { key: "ferry.reserved_instances" value: { string_value: "1" } } ]\n'
+)
+
+
+def threads_by_instance(repository: ModelRepository, model: str) -> dict[str, int]:
+    runner = next(iter(repository.get(model, "").scheduler._runners.values()))
+    return {
+        i.name: i._session.get_session_options().intra_op_num_threads  # type: ignore[attr-defined]
+        for i in runner._instances
+    }
+
+
+async def load(root: Path, extra: str) -> ModelRepository:
+    write_example_repo(root)
+    config = root / "dlrm" / "config.pbtxt"
+    text = config.read_text().replace("instance_group [ { count: 1 kind: KIND_CPU } ]\n", "")
+    config.write_text(
+        text.replace("dynamic_batching {\n  max_queue_delay_microseconds: 200\n}\n", "") + extra
+    )
+    repository = ModelRepository(root)
+    await repository.load()
+    return repository
+
+
+async def test_the_reserved_instance_runs_one_thread_and_the_rest_share_the_cores(
+    tmp_path: Path,
+) -> None:
+    repository = await load(tmp_path, RESERVED)
+    try:
+        runner = next(iter(repository.get("dlrm", "").scheduler._runners.values()))
+        assert runner.reserved == ("dlrm_1_1",)  # the last of the profile's instances
+        shared = os.cpu_count() or 1  # one unreserved instance: all the cores
+        assert threads_by_instance(repository, "dlrm") == {"dlrm_1_0": shared, "dlrm_1_1": 1}
+    finally:
+        await repository.stop()
+
+
+async def test_a_thread_count_in_the_config_holds_for_every_instance(tmp_path: Path) -> None:
+    extra = RESERVED.replace(
+        "parameters [ ",
+        'parameters [ { key: "intra_op_thread_count" value: { string_value: "3" } }, ',
+    )
+    repository = await load(tmp_path, extra)
+    try:
+        assert set(threads_by_instance(repository, "dlrm").values()) == {3}
+    finally:
+        await repository.stop()
