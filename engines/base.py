@@ -71,6 +71,12 @@ class Profile:
     def fits(self, shapes: Mapping[str, tuple[int, ...]]) -> bool:
         return all(r.contains(shapes[name]) for name, r in self.ranges.items() if name in shapes)
 
+    def batch_rows(self, max_batch_size: int) -> int:
+        """Most rows one batch on this profile may hold: the smaller of its own limit and the
+        model's max_batch_size (0 where neither sets one)."""
+        limits = [n for n in (self.max_rows, max_batch_size) if n > 0]
+        return min(limits) if limits else 0
+
     @property
     def volume(self) -> int:
         """Elements of the largest shapes it admits: what "smallest profile" compares."""

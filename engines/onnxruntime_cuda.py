@@ -128,8 +128,7 @@ class OnnxRuntimeCudaEngine(OnnxSignature):
             raise ModelLoadError(f"instance {name}: the ONNX Runtime CUDA backend needs a GPU")
         sizes: tuple[int, ...] = ()
         if self._options.cuda_graphs:
-            limits = [n for n in (profile.max_rows, self._max_batch_size) if n > 0]
-            sizes = graph_sizes(min(limits))
+            sizes = graph_sizes(profile.batch_rows(self._max_batch_size))
         return OnnxRuntimeCudaInstance(
             name,
             self._ort,

@@ -47,8 +47,7 @@ class Batcher:
         self._closed = False
         self._delay_ns = int(config.max_queue_delay_s * 1e9)
         self._largest_preferred = max(config.preferred_batch_sizes, default=0)
-        limits = [n for n in (profile.max_rows, config.max_batch_size) if n > 0]
-        self.max_rows = min(limits) if limits else 0
+        self.max_rows = profile.batch_rows(config.max_batch_size)
         self._limits: list[tuple[int, int, InferenceRequest]] = []  # (when, seq, request)
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None

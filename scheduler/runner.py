@@ -70,8 +70,8 @@ class ProfileRunner:
         self._clock = clock
         self._on_failure = on_failure
         self._batched = batcher.max_rows > 0
-        # The last `reserved` instances serve the highest priority level only.
-        self.reserved = tuple(i.name for i in self._instances[len(self._instances) - reserved :])
+        kept = reserved_positions([i.profile.index for i in self._instances], reserved)
+        self.reserved = tuple(i.name for n, i in enumerate(self._instances) if n in kept)
         self._idle: asyncio.Queue[Instance] = asyncio.Queue()
         self._idle_reserved: asyncio.Queue[Instance] = asyncio.Queue()
         self._home = {
@@ -255,6 +255,16 @@ class ProfileRunner:
         await asyncio.gather(*tasks, return_exceptions=True)
         for instance in self._instances:
             await instance.close()
+
+
+def reserved_positions(profiles: Sequence[int], reserved: int) -> set[int]:
+    """Which instances, given each one's profile index in order, are reserved for the highest
+    priority level: the last `reserved` of each profile's. The scheduler runs them so, and the
+    repository gives them their resources; this is the one place that decides."""
+    by_profile: dict[int, list[int]] = {}
+    for position, profile in enumerate(profiles):
+        by_profile.setdefault(profile, []).append(position)
+    return {p for members in by_profile.values() for p in members[len(members) - reserved :]}
 
 
 def _in_flight(instance: Instance) -> int:

@@ -30,6 +30,7 @@ from engines.tensorrt.engine import TensorRTEngine, TensorRTOptions
 from engines.tensorrt.runtime import import_tensorrt
 from proto import model_config_pb2 as mc
 from scheduler.observer import BatchObserver
+from scheduler.runner import reserved_positions
 from scheduler.scheduler import ModelScheduler
 from server import model_config, scheduling_config
 from server.model_config import TENSORRT, ModelSettings
@@ -251,19 +252,19 @@ class ModelRepository:
                     f"{where}: optimization.cuda.graphs needs GPU instances (KIND_GPU); "
                     "this model has CPU instances"
                 )
-            one_thread = set() if chosen_threads else _reserved_indices(settings, reserved)
+            # A reserved CPU instance runs small high-priority batches: on one thread it never
+            # waits for a straggler among threads the busy instances crowd out.
+            one_thread = (
+                set()
+                if chosen_threads
+                else reserved_positions([p.profile.index for p in settings.instances], reserved)
+            )
             for i, planned in enumerate(settings.instances):
                 name = f"{folder.name}_{version}_{i}"
-                if i in one_thread and planned.device.kind == "cpu":
-                    # A reserved instance runs small high-priority batches: on one thread it
-                    # never waits for a straggler among threads the busy instances crowd out.
-                    instances.append(
-                        await asyncio.to_thread(
-                            engine.create_instance, name, planned.device, planned.profile, 1
-                        )
-                    )
-                    continue
                 maker: Engine = engine
+                threads: tuple[int, ...] = ()
+                if planned.device.kind == "cpu" and i in one_thread:
+                    threads = (1,)
                 if planned.device.kind == "gpu":
                     if gpu_engine is None:
                         from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
@@ -277,7 +278,7 @@ class ModelRepository:
                     maker = gpu_engine
                 instances.append(
                     await asyncio.to_thread(
-                        maker.create_instance, name, planned.device, planned.profile
+                        maker.create_instance, name, planned.device, planned.profile, *threads
                     )
                 )
         except BaseException:
@@ -391,15 +392,6 @@ def _sha256(path: Path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _reserved_indices(settings: model_config.ModelSettings, reserved: int) -> set[int]:
-    """Which of the planned instances the scheduler reserves: the last `reserved` of each
-    profile's (ModelScheduler groups them by profile in this order)."""
-    by_profile: dict[int, list[int]] = {}
-    for i, planned in enumerate(settings.instances):
-        by_profile.setdefault(planned.profile.index, []).append(i)
-    return {i for members in by_profile.values() for i in members[len(members) - reserved :]}
 
 
 def _wants_gpu(config: mc.ModelConfig) -> bool:

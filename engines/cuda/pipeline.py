@@ -193,6 +193,12 @@ class StreamPipeline:
             except BaseException as exc:
                 report(None, exc)
 
+        def abandon(exc: BaseException) -> None:
+            """The batch cannot finish: let its enqueued work end, free the slot, say why."""
+            self._settle_stream()
+            slot.done.set()
+            report(None, exc)
+
         def enqueue() -> None:
             start = time.perf_counter_ns()
             try:
@@ -201,9 +207,7 @@ class StreamPipeline:
                 assert self._launch is not None, "start() was not called"
                 launched = self._launch(feed, slot)
             except BaseException as exc:
-                self._settle_stream()
-                slot.done.set()
-                report(None, exc)
+                abandon(exc)
                 return
             enqueue_ns = time.perf_counter_ns() - start
             if self.depth == 1 or launched.event is None:  # one thread hand-off less
@@ -212,9 +216,7 @@ class StreamPipeline:
             try:
                 self._waiter.submit(lambda: finish(launched, enqueue_ns))
             except RuntimeError as exc:  # the wait thread was stopped (shutdown)
-                self._settle_stream()
-                slot.done.set()
-                report(None, exc)
+                abandon(exc)
 
         self._enqueuer.submit(enqueue)
         try:
