@@ -9,7 +9,8 @@ runs one on the event loop itself when batches of that many rows have finished w
 `INLINE_BUDGET_NS`; one that overruns sends the row count back to the thread. The loop is then
 held no longer than a thread handoff would have cost it.
 
-What a batch costs on the thread is judged by the thread's CPU time, and even that is inflated
+What a batch costs is judged by CPU time, on the loop as on the thread: the clock also counts
+the moments the OS gave the core to someone else. Even the thread's CPU time is inflated
 when the loop is busy (the thread takes the GIL back from it after every ONNX Runtime call: 47
 µs of CPU for an `echo` batch that takes 5 µs alone, seen on a 2-core VM under load). So a
 batch that came close (`PROBE_NS`) is, every `PROBE_EVERY` such batches, tried once on the loop
@@ -226,10 +227,12 @@ class OnnxRuntimeInstance:
         if feed.rows <= max(self._inline_rows, self._trial_rows):
             self._trial_rows = 0
             result = self._run_blocking(feed)
-            # A running average: one slow outlier (the loop was preempted) must not send every
-            # batch back to the thread.
+            # The loop's CPU time, not the wall time: a run during which the OS preempted the
+            # loop (a client on the same cores) cost the loop nothing extra. A running average
+            # besides, so that one slow batch does not send every batch back to the thread.
+            spent = self._thread_cpu_ns
             cost = self._inline_cost_ns
-            cost = _elapsed(result) if cost == 0 else (cost * 7 + _elapsed(result)) // 8
+            cost = spent if cost == 0 else (cost * 7 + spent) // 8
             if cost > INLINE_BUDGET_NS:
                 self._inline_rows = min(self._inline_rows, feed.rows - 1)  # back to the thread
                 cost = 0

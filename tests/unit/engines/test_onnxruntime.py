@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,34 @@ async def test_a_batch_that_looks_slow_only_on_the_thread_is_tried_on_the_loop(
     for _ in range(3):
         await instance.run(feed)
     assert ran_on[5:] == [False, True, True]  # measured fast on the thread, then kept inline
+    await instance.close()
+
+
+async def test_an_inline_batch_is_judged_by_the_loops_cpu_time_not_the_clock(
+    examples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch during which the OS ran something else (a client on the same cores) took long by
+    the clock but cost the loop little: it stays inline."""
+    instance = OnnxRuntimeEngine(examples / "echo" / "1" / "model.onnx").create_instance(
+        "e", Device(), UNBOUNDED
+    )
+    feed = Feed([{"x": np.ones((2, 4), np.float32)}], 2)
+    loop_thread = threading.get_ident()
+    ran_on: list[bool] = []  # True: on the event loop
+    session = instance._session  # type: ignore[attr-defined]
+    run = session.run
+
+    def preempted(*args: object, **kwargs: object) -> object:
+        ran_on.append(threading.get_ident() == loop_thread)
+        time.sleep(0.02)  # off the CPU for 20 ms, as if preempted
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(session, "run", preempted)
+    monkeypatch.setattr(backend, "INLINE_BUDGET_NS", 5_000_000)  # 5 ms: far above the CPU cost
+    for _ in range(4):
+        result = await instance.run(feed)
+        assert backend._elapsed(result) > 20_000_000  # the clock saw every sleep
+    assert ran_on == [False, True, True, True]
     await instance.close()
 
 
