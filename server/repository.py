@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from common.cpus import usable_cpus
 from common.errors import FerryError, ModelLoadError, ModelNotFound, ModelNotReady
 from engines.base import Engine
 from engines.cuda import toolkit
@@ -221,10 +222,11 @@ class ModelRepository:
         reserved = scheduling_config.count(parameters, "reserved_instances", 0, where)
         chosen_threads = "intra_op_thread_count" in parameters
         if not chosen_threads:
-            # N instances share the cores instead of each spawning a thread per core; reserved
-            # instances take one thread each (below), the others share the rest.
+            # N instances share the usable cores (the process's affinity, not the host's)
+            # instead of each spawning a thread per core; reserved instances take one thread
+            # each (below), the others share the rest.
             general = max(1, count - reserved)
-            parameters["intra_op_thread_count"] = str(max(1, (os.cpu_count() or 1) // general))
+            parameters["intra_op_thread_count"] = str(max(1, usable_cpus() // general))
         options = replace(
             options_from_parameters(parameters),
             in_flight=max(1, scheduling_config.count(parameters, "in_flight", 2, where)),

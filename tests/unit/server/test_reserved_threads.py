@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from common.cpus import usable_cpus
 from server.example_repo import write_example_repo
 from server.repository import ModelRepository
 
@@ -47,7 +48,7 @@ async def test_the_reserved_instance_runs_one_thread_and_the_rest_share_the_core
     try:
         runner = next(iter(repository.get("dlrm", "").scheduler._runners.values()))
         assert runner.reserved == ("dlrm_1_1",)  # the last of the profile's instances
-        shared = os.cpu_count() or 1  # one unreserved instance: all the cores
+        shared = usable_cpus()  # one unreserved instance: all the cores it may use
         assert threads_by_instance(repository, "dlrm") == {"dlrm_1_0": shared, "dlrm_1_1": 1}
     finally:
         await repository.stop()
@@ -61,5 +62,23 @@ async def test_a_thread_count_in_the_config_holds_for_every_instance(tmp_path: P
     repository = await load(tmp_path, extra)
     try:
         assert set(threads_by_instance(repository, "dlrm").values()) == {3}
+    finally:
+        await repository.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+async def test_instances_share_the_cpus_the_process_may_use_not_the_hosts(
+    tmp_path: Path,
+) -> None:
+    """Pinned to one CPU (a container's cpuset, taskset), the instance gets one thread, however
+    many the host has."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        repository = await load(tmp_path, "instance_group [ { count: 1 kind: KIND_CPU } ]\n")
+    finally:
+        os.sched_setaffinity(0, before)
+    try:
+        assert threads_by_instance(repository, "dlrm") == {"dlrm_1_0": 1}
     finally:
         await repository.stop()
