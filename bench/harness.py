@@ -36,10 +36,30 @@ def start(
     raise RuntimeError(f"{cmd[0]} did not start:\n{log.read_text()}")
 
 
-def ferry(repo: Path, log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    """Start Ferry on a free loopback port serving `repo`."""
-    command = [sys.executable, "-m", "server", "serve", "--model-repository", str(repo)]
+def ferry(
+    repo: Path, log: Path, *extra: str, cpus: set[int] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start Ferry on a free loopback port serving `repo` (on `cpus` only, when given)."""
+    command = [*python(cpus), "-m", "server", "serve", "--model-repository", str(repo)]
     return start([*command, "--grpc-port", "0", "--metrics-port", "0", *extra], log)
+
+
+def python(cpus: set[int] | None = None) -> list[str]:
+    """The command that starts this Python, confined to `cpus` (None: anywhere) before it runs
+    anything, so that every thread it starts inherits the mask."""
+    if cpus is None:
+        return [sys.executable]
+    pin = "import os, sys; os.sched_setaffinity(0, {%s}); os.execv(sys.argv[1], sys.argv[1:])"
+    return [sys.executable, "-c", pin % ",".join(map(str, sorted(cpus))), sys.executable]
+
+
+def parse_cpus(text: str) -> set[int]:
+    """A CPU list as taskset writes it: "0-1", "2,3", "2-5,8"."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -15,6 +15,12 @@
     its latency against ONNX Runtime running the same rows as 10 batches of 1,000 directly.
 
     python bench/scheduling.py [--rounds 3] [--seconds 6] [--parts priority,reserved,...]
+                               [--server-cpus 0-1 --client-cpus 2-7]
+
+With --server-cpus and --client-cpus (a machine with more cores than the server should get) the
+servers run on the first CPUs only and every client (the probe in this process, the background
+load generator) on the others: a server of that many cores with its clients on other machines,
+as a deployed sidecar sees it. Without them everything shares the machine's cores.
 
 Rounds alternate baseline and measurement so drift on a noisy machine hits both. Prints one table
 per part and writes everything to bench/results/scheduling-<date>.json.
@@ -41,7 +47,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import ROOT, ferry, record, stop
+from bench.harness import ROOT, ferry, parse_cpus, python, record, stop
 from loadtest.run import percentiles, run_closed_loop
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
@@ -111,9 +117,11 @@ async def probe(address: str, seconds: float, priority: int, model: str) -> dict
     return result
 
 
-def background(address: str, seconds: float, out: Path, model: str) -> subprocess.Popen[bytes]:
+def background(
+    address: str, seconds: float, out: Path, model: str, cpus: set[int] | None = None
+) -> subprocess.Popen[bytes]:
     """A separate load-generator process: low-priority 64-row dlrm requests, saturating."""
-    command = [sys.executable, "loadtest/run.py", "--address", address, "--model", model]
+    command = [*python(cpus), "loadtest/run.py", "--address", address, "--model", model]
     options = ["--concurrency", "64", "--rows", "64", "--priority", "2", "--warmup", "0.5"]
     return subprocess.Popen(
         [*command, *options, "--duration", str(seconds), "--json", str(out)],
@@ -123,14 +131,19 @@ def background(address: str, seconds: float, out: Path, model: str) -> subproces
 
 
 def priority_round(
-    address: str, seconds: float, work: Path, model: str = "dlrm_ranked", same: bool = True
+    address: str,
+    seconds: float,
+    work: Path,
+    model: str = "dlrm_ranked",
+    same: bool = True,
+    client_cpus: set[int] | None = None,
 ) -> dict[str, Any]:
     alone = uvloop.run(probe(address, seconds, priority=1, model=model))
     loaded: dict[str, Any] = {}
     probes = (("high", 1), ("same_as_background", 2)) if same else (("high", 1),)
     for label, priority in probes:
         out = work / f"background-{label}.json"
-        load = background(address, seconds + 2.0, out, model)
+        load = background(address, seconds + 2.0, out, model, client_cpus)
         time.sleep(1.5)
         loaded[label] = uvloop.run(probe(address, seconds, priority=priority, model=model))
         load.wait(timeout=seconds + 60)
@@ -227,22 +240,34 @@ def main() -> int:
         default="priority,reserved,mixed,oversized",
         help="which parts to run (comma-separated): priority, reserved, mixed, oversized",
     )
+    parser.add_argument("--server-cpus", help="CPUs the servers run on, e.g. 0-1")
+    parser.add_argument("--client-cpus", help="CPUs every client runs on, e.g. 2-7")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
+    if (args.server_cpus is None) != (args.client_cpus is None):
+        parser.error("--server-cpus and --client-cpus go together")
+    server_cpus = parse_cpus(args.server_cpus) if args.server_cpus else None
+    client_cpus = parse_cpus(args.client_cpus) if args.client_cpus else None
+    if server_cpus is not None and "oversized" in parts:
+        parser.error("part oversized times ONNX Runtime in this process: run it unpinned")
+    if client_cpus is not None:
+        os.sched_setaffinity(0, client_cpus)  # the probe; before any gRPC thread starts
 
     work = Path(tempfile.mkdtemp(prefix="ferry-sched-"))
     main_repo, plain_repo = prepare(work)
-    server, address = ferry(main_repo, work / "ferry.log")
-    plain_server, plain_address = ferry(plain_repo, work / "plain.log")
+    server, address = ferry(main_repo, work / "ferry.log", cpus=server_cpus)
+    plain_server, plain_address = ferry(plain_repo, work / "plain.log", cpus=server_cpus)
     rounds: list[dict[str, Any]] = []
     try:
         for _ in range(args.rounds):
             found: dict[str, Any] = {}
             if "priority" in parts:
-                found["priority"] = priority_round(address, args.seconds, work)
+                found["priority"] = priority_round(
+                    address, args.seconds, work, client_cpus=client_cpus
+                )
             if "reserved" in parts:
                 found["reserved"] = priority_round(
-                    address, args.seconds, work, "dlrm_reserved", same=False
+                    address, args.seconds, work, "dlrm_reserved", False, client_cpus
                 )
             if "mixed" in parts:
                 found["mixed"] = [
