@@ -150,9 +150,15 @@ class OnnxRuntimeEngine(OnnxSignature):
             raise ModelLoadError(f"{self._path}: onnxruntime cannot load it: {exc}") from exc
 
     def create_instance(
-        self, name: str, device: Device, profile: Profile, threads: int | None = None
+        self,
+        name: str,
+        device: Device,
+        profile: Profile,
+        threads: int | None = None,
+        nice: int | None = None,
     ) -> OnnxRuntimeInstance:
-        """threads: this instance's intra-op threads, when not the engine's option."""
+        """threads, nice: this instance's intra-op threads and compute priority, when not the
+        engine's options (an instance reserved for high priority runs at the loop's, nice 0)."""
         if device.kind != "cpu":
             raise ModelLoadError(
                 f"instance {name}: the ONNX Runtime CPU backend cannot use {device}"
@@ -163,7 +169,7 @@ class OnnxRuntimeEngine(OnnxSignature):
             self._inputs,
             self._outputs,
             profile,
-            self._options.compute_nice,
+            self._options.compute_nice if nice is None else nice,
         )
 
     def close(self) -> None:

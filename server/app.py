@@ -8,6 +8,7 @@ close the engines. The first SIGTERM/SIGINT drains; a second one exits at once.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -130,6 +131,7 @@ class FerryServer:
             )
         self.readiness.started = True
         await self._publish_health()
+        _freeze_startup_objects()
         log.info("serving on %s", ", ".join(self.addresses))
 
     def _state(self) -> list[tuple[str, str, dict[int, int], dict[str, int], float]]:
@@ -173,6 +175,19 @@ class FerryServer:
         if self.config.unix_socket:
             _remove_stale_socket(Path(self.config.unix_socket))
         log.info("stopped")
+
+
+def _freeze_startup_objects() -> None:
+    """Move everything alive after start-up (modules, models, sessions: ~50,000 objects) out of
+    the garbage collector's reach.
+
+    They live as long as the server, yet every full collection walked them all: 11-15 ms with the
+    event loop stopped, about once a second under load (dlrm, 2-core VM), which set the p99 of
+    every request caught behind one. Frozen, a full collection walks only what requests
+    allocate (under 1 ms). The price: a frozen object that later ends up in a reference cycle is
+    never reclaimed; start-up objects live as long as the server anyway."""
+    gc.collect()
+    gc.freeze()
 
 
 def _remove_stale_socket(path: Path) -> None:

@@ -11,6 +11,7 @@ it) and never stops the others from loading.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -255,18 +256,15 @@ class ModelRepository:
                     "this model has CPU instances"
                 )
             # A reserved CPU instance runs small high-priority batches: on one thread it never
-            # waits for a straggler among threads the busy instances crowd out.
-            one_thread = (
-                set()
-                if chosen_threads
-                else reserved_positions([p.profile.index for p in settings.instances], reserved)
-            )
+            # waits for a straggler among threads the busy instances crowd out, and at the event
+            # loop's OS priority it is not crowded out by the unreserved instances' threads.
+            kept = reserved_positions([p.profile.index for p in settings.instances], reserved)
             for i, planned in enumerate(settings.instances):
                 name = f"{folder.name}_{version}_{i}"
                 maker: Engine = engine
-                threads: tuple[int, ...] = ()
-                if planned.device.kind == "cpu" and i in one_thread:
-                    threads = (1,)
+                extra: dict[str, int] = {}
+                if planned.device.kind == "cpu" and i in kept:
+                    extra = {"nice": 0} if chosen_threads else {"threads": 1, "nice": 0}
                 if planned.device.kind == "gpu":
                     if gpu_engine is None:
                         from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
@@ -280,7 +278,9 @@ class ModelRepository:
                     maker = gpu_engine
                 instances.append(
                     await asyncio.to_thread(
-                        maker.create_instance, name, planned.device, planned.profile, *threads
+                        functools.partial(
+                            maker.create_instance, name, planned.device, planned.profile, **extra
+                        )
                     )
                 )
         except BaseException:

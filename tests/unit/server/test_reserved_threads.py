@@ -1,9 +1,11 @@
 """A reserved CPU instance runs one ONNX Runtime thread and the others share the cores, unless
-the config names a thread count; which instances are reserved agrees with the scheduler."""
+the config names a thread count; it computes at the event loop's OS priority, the others below
+it; which instances are reserved agrees with the scheduler."""
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -80,5 +82,31 @@ async def test_instances_share_the_cpus_the_process_may_use_not_the_hosts(
         os.sched_setaffinity(0, before)
     try:
         assert threads_by_instance(repository, "dlrm") == {"dlrm_1_0": 1}
+    finally:
+        await repository.stop()
+
+
+def nice_by_instance(repository: ModelRepository, model: str) -> dict[str, int]:
+    """How far below this (the event loop's) thread each instance's compute thread runs."""
+    runner = next(iter(repository.get(model, "").scheduler._runners.values()))
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    return {
+        i.name: i._executor.submit(  # type: ignore[attr-defined]
+            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        ).result()
+        - mine
+        for i in runner._instances
+    }
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="needs POSIX priorities")
+async def test_the_reserved_instance_computes_at_the_loops_priority_the_others_below(
+    tmp_path: Path,
+) -> None:
+    repository = await load(tmp_path, RESERVED)
+    try:
+        if os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + 10 > 19:
+            pytest.skip("this process already runs at the lowest priority")
+        assert nice_by_instance(repository, "dlrm") == {"dlrm_1_0": 10, "dlrm_1_1": 0}
     finally:
         await repository.stop()
