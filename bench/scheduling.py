@@ -242,6 +242,9 @@ def main() -> int:
     )
     parser.add_argument("--server-cpus", help="CPUs the servers run on, e.g. 0-1")
     parser.add_argument("--client-cpus", help="CPUs every client runs on, e.g. 2-7")
+    parser.add_argument(
+        "--server-args", default="", help="more `ferry serve` flags, e.g. '--access-log F'"
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     if (args.server_cpus is None) != (args.client_cpus is None):
@@ -255,7 +258,9 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="ferry-sched-"))
     main_repo, plain_repo = prepare(work)
-    server, address = ferry(main_repo, work / "ferry.log", cpus=server_cpus)
+    server, address = ferry(
+        main_repo, work / "ferry.log", *args.server_args.split(), cpus=server_cpus
+    )
     plain_server, plain_address = ferry(plain_repo, work / "plain.log", cpus=server_cpus)
     rounds: list[dict[str, Any]] = []
     try:
