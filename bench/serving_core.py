@@ -11,6 +11,11 @@
     in alternating short slices so that the machine's drift hits both alike.
 
     python bench/serving_core.py [--rounds 3] [--seconds 8] [--concurrency 64 256]
+                                 [--server-cpus 0,1 --client-cpus 2-7]
+
+With --server-cpus and --client-cpus, the servers and the direct ONNX Runtime baseline run on
+the first CPUs only and the load generator and probes on the others: a server of that many cores
+with its clients on other machines. Without them everything shares the machine's cores.
 
 Rounds alternate baseline and Ferry so drift on a noisy machine hits both. Prints one table and
 writes the full results as JSON under bench/results/.
@@ -40,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 import uvloop  # noqa: E402
 
 from bench.harness import ferry as start_ferry  # noqa: E402
-from bench.harness import process_cpu_s, start  # noqa: E402
+from bench.harness import parse_cpus, process_cpu_s, python, start  # noqa: E402
 from loadtest.run import LoadResult, percentiles, run_closed_loop  # noqa: E402
 from proto import grpc_service_pb2 as pb  # noqa: E402
 from proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
@@ -93,10 +98,22 @@ async def interleaved_echo(
     return percentiles(samples[bare]), percentiles(samples[ferry])
 
 
-def direct_dlrm(model: Path, seconds: float) -> dict[str, float]:
-    """rows/s of ONNX Runtime alone at several batch sizes (all cores, like the server)."""
+def direct_dlrm(model: Path, seconds: float, cpus: set[int] | None = None) -> dict[str, float]:
+    """rows/s of ONNX Runtime alone at several batch sizes (on the server's cores: all of them,
+    or `cpus`)."""
+    back = os.sched_getaffinity(0) if cpus is not None else None
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)  # the session's threads, started below, inherit it
+    try:
+        return _direct_rates(model, seconds, len(cpus) if cpus else os.cpu_count() or 1)
+    finally:
+        if back is not None:
+            os.sched_setaffinity(0, back)
+
+
+def _direct_rates(model: Path, seconds: float, threads: int) -> dict[str, float]:
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = os.cpu_count() or 1
+    opts.intra_op_num_threads = threads
     session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
     rates = {}
@@ -122,18 +139,25 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--server-cpus", help="CPUs the servers and direct ONNX Runtime use")
+    parser.add_argument("--client-cpus", help="CPUs the load generator and probes use")
     args = parser.parse_args()
+    if (args.server_cpus is None) != (args.client_cpus is None):
+        parser.error("--server-cpus and --client-cpus go together")
+    server_cpus = parse_cpus(args.server_cpus) if args.server_cpus else None
+    if args.client_cpus:
+        os.sched_setaffinity(0, parse_cpus(args.client_cpus))  # before any gRPC thread starts
 
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
     repo = work / "models"
     write_example_repo(repo)
-    ferry, ferry_addr = start_ferry(repo, work / "ferry.log")
+    ferry, ferry_addr = start_ferry(repo, work / "ferry.log", cpus=server_cpus)
     rounds: list[dict[str, Any]] = []
-    bare, bare_addr = start([sys.executable, "bench/bare_echo_server.py"], work / "bare.log")
-    cores = os.cpu_count() or 1
+    bare, bare_addr = start([*python(server_cpus), "bench/bare_echo_server.py"], work / "bare.log")
+    cores = len(server_cpus) if server_cpus else os.cpu_count() or 1
     try:
         for _ in range(args.rounds):
-            direct = direct_dlrm(repo / "dlrm" / "1" / "model.onnx", args.seconds / 2)
+            direct = direct_dlrm(repo / "dlrm" / "1" / "model.onnx", args.seconds / 2, server_cpus)
             best = max(direct.values())
             served: list[dict[str, Any]] = []
             for concurrency in args.concurrency:
