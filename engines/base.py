@@ -162,6 +162,11 @@ class Instance(Protocol):
 
     async def close(self) -> None: ...
 
+    # Optional, looked up with getattr: `run_now(feed) -> ExecutionResult | None` runs the batch
+    # synchronously on the caller's thread (the event loop) when that is cheaper than handing it
+    # off, and returns None when the batch must go through `run`. The CPU backend offers it for
+    # tiny batches (engines/onnxruntime.py); the scheduler then skips a task and its wake-ups.
+
 
 class Engine(Protocol):
     """A loaded model artifact that can make instances of itself."""

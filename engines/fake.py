@@ -19,6 +19,7 @@ from engines.base import UNBOUNDED, Device, ExecutionResult, Feed, Profile, Tens
 from engines.staging import gather
 
 FP32 = DATATYPES["FP32"]
+NOW_ROWS = 2
 
 
 class FakeInstance:
@@ -40,6 +41,17 @@ class FakeInstance:
     def profile(self) -> Profile:
         return self._profile
 
+    def run_now(self, feed: Feed) -> ExecutionResult | None:
+        """Offered only by an engine made with `now=True`, for batches of at most `NOW_ROWS`
+        rows and while this instance's own gate is not set: runs the batch synchronously on the
+        caller's thread, as the CPU backend runs tiny batches inline. The engine's gate holds
+        only `run`, so tests can keep large batches running while small ones go straight
+        through."""
+        if not self._engine.now or feed.rows > NOW_ROWS or self.gate is not None:
+            return None
+        self._engine.now_tasks.append(asyncio.current_task())
+        return self._compute(feed)
+
     async def run(self, feed: Feed) -> ExecutionResult:
         self._engine.running += 1
         try:
@@ -47,20 +59,23 @@ class FakeInstance:
                 await self._engine.gate.wait()
             if self.gate is not None:
                 await self.gate.wait()
-            x = gather(feed, "x")
-            self._engine.shapes_log.append((self._profile.index, x.shape))
-            self._engine.value_log.append([float(v) for v in x.reshape(len(x), -1)[:, 0]])
-            self.batches.append(int(x.shape[0]))
-            self.values += self._engine.value_log[-1]
-            self._engine.batch_log.append(int(x.shape[0]))
-            if self._engine.fail is not None and self._engine.fail(x):
-                raise EngineError("fake engine failed on purpose")
-            y = x * 2.0
-            if self._engine.drop_last_row:
-                y = y[:-1]
-            return ExecutionResult({"y": y}, Timings(1, 2, 3))
+            return self._compute(feed)
         finally:
             self._engine.running -= 1
+
+    def _compute(self, feed: Feed) -> ExecutionResult:
+        x = gather(feed, "x")
+        self._engine.shapes_log.append((self._profile.index, x.shape))
+        self._engine.value_log.append([float(v) for v in x.reshape(len(x), -1)[:, 0]])
+        self.batches.append(int(x.shape[0]))
+        self.values += self._engine.value_log[-1]
+        self._engine.batch_log.append(int(x.shape[0]))
+        if self._engine.fail is not None and self._engine.fail(x):
+            raise EngineError("fake engine failed on purpose")
+        y = x * 2.0
+        if self._engine.drop_last_row:
+            y = y[:-1]
+        return ExecutionResult({"y": y}, Timings(1, 2, 3))
 
     async def close(self) -> None:
         return None
@@ -69,7 +84,11 @@ class FakeInstance:
 class FakeEngine:
     """Engine with input `x` FP32 [-1, -1] and output `y` = 2x."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: bool = False) -> None:
+        """now: instances offer `run_now` (the scheduler may then answer an idle model's
+        request in the caller's task); `now_tasks` records the task of every such run."""
+        self.now = now
+        self.now_tasks: list[asyncio.Task[object] | None] = []
         self.gate: asyncio.Event | None = None
         self.fail: Callable[[np.ndarray], bool] | None = None
         self.drop_last_row = False

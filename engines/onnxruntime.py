@@ -229,22 +229,30 @@ class OnnxRuntimeInstance:
     def profile(self) -> Profile:
         return self._profile
 
+    def run_now(self, feed: Feed) -> ExecutionResult | None:
+        """Run the batch on the calling thread (the event loop) if batches of its size are known
+        to cost less there than a thread hand-off; None: it must go through `run`."""
+        if feed.rows > max(self._inline_rows, self._trial_rows):
+            return None
+        self._trial_rows = 0
+        result = self._run_blocking(feed)
+        # The loop's CPU time, not the wall time: a run during which the OS preempted the
+        # loop (a client on the same cores) cost the loop nothing extra. A running average
+        # besides, so that one slow batch does not send every batch back to the thread.
+        spent = self._thread_cpu_ns
+        cost = self._inline_cost_ns
+        cost = spent if cost == 0 else (cost * 7 + spent) // 8
+        if cost > INLINE_BUDGET_NS:
+            self._inline_rows = min(self._inline_rows, feed.rows - 1)  # back to the thread
+            cost = 0
+        else:
+            self._inline_rows = max(self._inline_rows, feed.rows)
+        self._inline_cost_ns = cost
+        return result
+
     async def run(self, feed: Feed) -> ExecutionResult:
-        if feed.rows <= max(self._inline_rows, self._trial_rows):
-            self._trial_rows = 0
-            result = self._run_blocking(feed)
-            # The loop's CPU time, not the wall time: a run during which the OS preempted the
-            # loop (a client on the same cores) cost the loop nothing extra. A running average
-            # besides, so that one slow batch does not send every batch back to the thread.
-            spent = self._thread_cpu_ns
-            cost = self._inline_cost_ns
-            cost = spent if cost == 0 else (cost * 7 + spent) // 8
-            if cost > INLINE_BUDGET_NS:
-                self._inline_rows = min(self._inline_rows, feed.rows - 1)  # back to the thread
-                cost = 0
-            else:
-                self._inline_rows = max(self._inline_rows, feed.rows)
-            self._inline_cost_ns = cost
+        result = self.run_now(feed)
+        if result is not None:
             return result
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(self._executor, self._run_blocking, feed)

@@ -81,6 +81,18 @@ class Batcher:
                 self._arm(now)
         self._wakeup.set()
 
+    def leaves_at_once(self, request: InferenceRequest) -> bool:
+        """Whether `request`, alone in an empty queue, would leave as a batch of its own right
+        away: no batching delay to wait out (or it fills a batch), and nothing to pad."""
+        if self._closed or self._padding.inputs:
+            return False
+        if not self._config.batched or self._delay_ns <= 0:
+            return True
+        rows = request.rows
+        return rows >= self.max_rows or bool(
+            self._largest_preferred and rows >= self._largest_preferred
+        )
+
     def poke(self) -> None:
         """Re-evaluate now (tests call this after moving a fake clock)."""
         self._sweep(self._clock())

@@ -196,6 +196,10 @@ class ModelScheduler:
             ]
         else:
             chunks = [request(inputs, rows, -1)]
+            if runner.serve_now(chunks[0]):  # an idle model: answered in this task, no queue
+                if not config.preserve_ordering:
+                    return chunks[0].future.result()
+                return await self._in_arrival_order(_wait(chunks))
         accepted: list[InferenceRequest] = []
         try:
             for chunk in chunks:

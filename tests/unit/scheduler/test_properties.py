@@ -25,6 +25,7 @@ from scheduler import (
     QueuePolicy,
 )
 from scheduler.request import InferenceRequest
+from scheduler.runner import ProfileRunner
 
 request_plan = st.tuples(
     st.integers(min_value=1, max_value=6),  # rows
@@ -39,15 +40,20 @@ request_plan = st.tuples(
     plans=st.lists(request_plan, min_size=1, max_size=40),
     max_batch=st.integers(min_value=6, max_value=16),
     instances=st.integers(min_value=1, max_value=3),
+    now=st.booleans(),
 )
 def test_every_request_gets_exactly_its_own_rows(
-    plans: list[tuple[int, int, int, str]], max_batch: int, instances: int
+    plans: list[tuple[int, int, int, str]], max_batch: int, instances: int, now: bool
 ) -> None:
-    asyncio.run(_scenario(plans, max_batch, instances))
+    """`now`: instances may run batches on the loop, so an idle model answers in the caller's
+    task (ModelScheduler's direct path); the invariants hold either way."""
+    asyncio.run(_scenario(plans, max_batch, instances, now))
 
 
-async def _scenario(plans: list[tuple[int, int, int, str]], max_batch: int, instances: int) -> None:
-    engine = FakeEngine()
+async def _scenario(
+    plans: list[tuple[int, int, int, str]], max_batch: int, instances: int, direct: bool
+) -> None:
+    engine = FakeEngine(now=direct)
     # Rows whose value is negative poison any batch they are in.
     engine.fail = lambda x: bool((x < 0).any())
     now = [0]
@@ -123,6 +129,7 @@ arrival = st.fixed_dictionaries(
     timeouts_ms=st.lists(st.sampled_from([0, 3, 8, 50]), min_size=3, max_size=3),
     padded=st.booleans(),
     reserve=st.booleans(),
+    now=st.booleans(),
 )
 def test_priorities_limits_and_rows_hold_under_any_arrivals(
     plans: list[dict[str, Any]],
@@ -131,6 +138,7 @@ def test_priorities_limits_and_rows_hold_under_any_arrivals(
     timeouts_ms: list[int],
     padded: bool,
     reserve: bool,
+    now: bool,
 ) -> None:
     formed: list[tuple[list[int], list[int]]] = []  # (levels taken, levels left waiting)
     original = Batcher._take
@@ -141,8 +149,20 @@ def test_priorities_limits_and_rows_hold_under_any_arrivals(
         formed.append(([r.level for r in batch.requests], waiting))
         return batch
 
-    with patch.object(Batcher, "_take", watched):
-        asyncio.run(_full_scenario(plans, max_batch, levels, timeouts_ms, padded, reserve))
+    original_now = ProfileRunner.serve_now
+
+    def watched_now(self: ProfileRunner, request: InferenceRequest) -> bool:
+        waiting = [r.level for r in self.batcher._queue._where]
+        served = original_now(self, request)
+        if served:  # a batch of its own that skipped the queue
+            formed.append(([request.level], waiting))
+        return served
+
+    with (
+        patch.object(Batcher, "_take", watched),
+        patch.object(ProfileRunner, "serve_now", watched_now),
+    ):
+        asyncio.run(_full_scenario(plans, max_batch, levels, timeouts_ms, padded, reserve, now))
     # Priority order: a batch holds one level, and none leaves while a higher one waits.
     for taken, waiting in formed:
         assert len(set(taken)) == 1, taken
@@ -156,9 +176,10 @@ async def _full_scenario(
     timeouts_ms: list[int],
     padded: bool,
     reserve: bool,
+    direct: bool,
 ) -> None:
     """Two profiles; with `reserve` (and 2+ levels) each has a second instance reserved for
-    level 1, which must run nothing else."""
+    level 1, which must run nothing else. `direct`: instances offer `run_now`."""
     clock = [0]
     reserve = reserve and levels >= 2
     config = BatchingConfig(
@@ -174,7 +195,7 @@ async def _full_scenario(
     padding = (
         Padding({"x": PaddedInput(0.0, (0,))}, {"y": CutOutput("x", (0,))}) if padded else None
     )
-    engine = FakeEngine()
+    engine = FakeEngine(now=direct)
     engine.gate = asyncio.Event()
     instances = [
         engine.create_instance("short", Device(), SHORT),

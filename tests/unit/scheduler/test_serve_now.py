@@ -1,0 +1,136 @@
+"""An idle model answers a request that would leave alone at once in the caller's own task, with
+no queue, pump or batch task in between (ProfileRunner.serve_now); anything that could change
+the request's batch or its turn sends it through the queue as before."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from engines.base import Device
+from engines.fake import FakeEngine
+from scheduler import BatchingConfig, ModelScheduler
+from scheduler.request import InferenceResult
+
+MS = 1_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+async def make(
+    config: BatchingConfig, clock: Clock, instances: int = 1
+) -> tuple[ModelScheduler, FakeEngine]:
+    engine = FakeEngine(now=True)
+    scheduler = ModelScheduler(
+        "now",
+        [engine.create_instance(f"i{i}", Device()) for i in range(instances)],
+        config,
+        clock=clock,
+    )
+    await scheduler.start()
+    await settle()  # the pumps park with their instances
+    return scheduler, engine
+
+
+def ask(
+    scheduler: ModelScheduler, value: float, rows: int = 1, **kw: object
+) -> asyncio.Task[InferenceResult]:
+    x = np.full((rows, 2), value, dtype=np.float32)
+    return asyncio.create_task(scheduler.infer({"x": x}, rows, **kw))  # type: ignore[arg-type]
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.asyncio
+async def test_an_idle_model_without_batching_delay_answers_in_the_callers_task() -> None:
+    scheduler, engine = await make(BatchingConfig(max_batch_size=8, dynamic=True), Clock())
+    try:
+        task = ask(scheduler, 3.0)
+        result = await task
+        np.testing.assert_array_equal(result.outputs["y"], np.full((1, 2), 6.0))
+        assert engine.now_tasks == [task]  # ran inside the caller's task, not a batch task
+        assert result.queue_ns == 0
+        stats = scheduler.stats
+        assert (stats.queue.count, stats.execution_count, stats.inference_count) == (1, 1, 1)
+    finally:
+        await scheduler.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_request_that_would_wait_for_company_still_queues_and_batches() -> None:
+    clock = Clock()
+    config = BatchingConfig(max_batch_size=8, dynamic=True, max_queue_delay_s=0.001)
+    scheduler, engine = await make(config, clock)
+    try:
+        first, second = ask(scheduler, 1.0), ask(scheduler, 2.0)
+        await settle()
+        assert not first.done() and not second.done()  # waiting for the delay window
+        clock.now += 2 * MS
+        scheduler.poke()
+        await asyncio.gather(first, second)
+        assert engine.batch_log == [2]  # they shared one batch
+        assert None not in engine.now_tasks and first not in engine.now_tasks
+    finally:
+        await scheduler.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_request_never_skips_requests_already_waiting() -> None:
+    """A full batch would leave at once on its own, but a higher-priority request is waiting
+    for its delay window: the full batch waits its turn instead of running first."""
+    clock = Clock()
+    config = BatchingConfig(
+        max_batch_size=2,
+        dynamic=True,
+        max_queue_delay_s=0.001,
+        priority_levels=2,
+        default_priority=2,
+    )
+    scheduler, engine = await make(config, clock)
+    try:
+        high = ask(scheduler, 1.0, priority=1)
+        await settle()
+        low_full = ask(scheduler, 2.0, rows=2, priority=2)
+        await settle()
+        assert not low_full.done()  # it did not jump ahead of the waiting high-priority one
+        clock.now += 2 * MS
+        scheduler.poke()
+        await asyncio.gather(high, low_full)
+        assert [row[0] for row in engine.value_log] == [1.0, 2.0]  # high ran first
+    finally:
+        await scheduler.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_instance_reserved_for_high_priority_does_not_answer_lower_levels() -> None:
+    config = BatchingConfig(
+        max_batch_size=8, dynamic=True, priority_levels=2, default_priority=2, reserved_instances=1
+    )
+    scheduler, engine = await make(config, Clock(), instances=2)
+    try:
+        general, reserved = engine.instances
+        engine.gate = asyncio.Event()  # holds batches too big to run on the loop
+        busy = ask(scheduler, 4.0, rows=3, priority=2)  # occupies the general instance
+        await settle()
+        low = ask(scheduler, 5.0, priority=2)  # small, but only the reserved instance is free
+        await settle()
+        assert not low.done() and reserved.values == []
+        high = ask(scheduler, 7.0, priority=1)
+        await high
+        assert reserved.values == [7.0]  # (through the queue: `low` waits in it)
+        engine.gate.set()
+        await asyncio.gather(busy, low)
+        assert general.values == [4.0, 4.0, 4.0, 5.0]
+    finally:
+        await scheduler.stop()
