@@ -176,8 +176,11 @@ class OnnxRuntimeEngine(OnnxSignature):
         return None
 
 
-INLINE_BUDGET_NS = 50_000
-"""A batch that ran this fast may run on the event loop: below the cost of a thread handoff."""
+INLINE_BUDGET_NS = 100_000
+"""A batch that costs the loop this much CPU or less runs on the event loop: below what a
+thread hand-off costs a request (an `echo` batch on the thread took ~170 µs longer, A/B on a
+2-core VM). 50 µs was too close to what a tiny ONNX Runtime call costs with cold caches (`echo`:
+~40 µs on a loop that also serves gRPC): about one request in five bounced to the thread."""
 
 PROBE_NS = 2 * INLINE_BUDGET_NS
 """A batch whose thread CPU time was under this may be cheap enough for the loop: try it there."""
