@@ -3,11 +3,12 @@
 Each instance owns its own `InferenceSession` and one worker thread. ONNX Runtime releases the
 GIL while it computes, so the event loop stays free, and N instances run N batches at once.
 
-Handing a batch to the worker thread and back costs about 100 µs on these machines, far more than
-a tiny model takes to run (the `echo` model: under 10 µs). So an instance measures its batches and
-runs one on the event loop itself when batches of that many rows have finished within
-`INLINE_BUDGET_NS`; one that overruns sends the row count back to the thread. The loop is then
-held no longer than a thread handoff would have cost it.
+Handing a batch to the worker thread and back costs a request 100-170 µs on these machines, far
+more than a tiny model takes to run (the `echo` model: 4 µs warm, ~40 µs of CPU with the cold
+caches a busy server leaves). So an instance measures its batches and runs one on the event
+loop itself (`run_now`) when batches of that many rows have finished within `INLINE_BUDGET_NS`;
+one that overruns sends the row count back to the thread. The loop is then held no longer than
+a thread hand-off would have cost the request.
 
 What a batch costs is judged by CPU time, on the loop as on the thread: the clock also counts
 the moments the OS gave the core to someone else. Even the thread's CPU time is inflated
@@ -314,11 +315,6 @@ def _lower_priority(nice: int) -> None:
             )
         except OSError:
             pass  # not permitted here: run at normal priority
-
-
-def _elapsed(result: ExecutionResult) -> int:
-    t = result.timings
-    return t.input_ns + t.infer_ns + t.output_ns
 
 
 def _to_ort(array: np.ndarray, datatype: DataType) -> Any:
