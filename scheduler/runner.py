@@ -127,10 +127,14 @@ class ProfileRunner:
                 del self._parked[levels]
             start_ns = self._clock()
             live = self._admit(batch, start_ns)
-            if live is None or self._run_now(instance, live, start_ns):
+            if live is None:  # every request left while it waited
                 idle.put_nowait(instance)
                 continue
-            task = asyncio.create_task(self._execute(instance, live, start_ns))
+            feed = live.feed()
+            if self._run_now(instance, live, feed, start_ns):
+                idle.put_nowait(instance)
+                continue
+            task = asyncio.create_task(self._execute(instance, live, feed, start_ns))
             self._tasks.add(task)
             task.add_done_callback(self._on_batch_done)
 
@@ -153,9 +157,10 @@ class ProfileRunner:
             if request.expired(now):
                 return False  # the queue answers it (DEADLINE_EXCEEDED), like any other
             request.enqueued_ns = now
+            batch = Batch([request])
             # The parked instance is idle and its pump suspended: nothing else can touch it
             # during this synchronous run.
-            if not self._run_now(instance, Batch([request]), now):
+            if not self._run_now(instance, batch, batch.feed(), now):
                 return False  # too big to run on the loop: it queues like any other
             if request.counts:
                 self._stats.record_queue(0)
@@ -185,32 +190,35 @@ class ProfileRunner:
             return batch
         return Batch(live, batch.padded, batch.padding)
 
-    def _run_now(self, instance: Instance, batch: Batch, start_ns: int) -> bool:
+    def _run_now(self, instance: Instance, batch: Batch, feed: Feed, start_ns: int) -> bool:
         """Run the batch here, on the event loop, if the instance offers to (`run_now`: batches
         too small to be worth a thread hand-off). No task and no wake-ups: the pump finishes the
-        batch and goes on. False: it must go through `run` in a task of its own."""
+        batch and goes on. False: it must go through `run` in a task of its own.
+
+        The run is synchronous, so nothing else ran on the instance meanwhile: its busy time
+        is counted from `start_ns` once it is known that the batch ran."""
         run_now: Callable[[Feed], ExecutionResult | None] | None = getattr(
             instance, "run_now", None
         )
         if run_now is None:
             return False
-        self._begin(instance, start_ns)
         try:
-            result = run_now(batch.feed())
+            result = run_now(feed)
         except Exception as exc:
+            self._begin(instance, start_ns)
             self._settle(instance, batch, start_ns, None, exc)
             return True
         if result is None:
-            self._running[instance.name] -= 1  # nothing ran: no busy time
             return False
+        self._begin(instance, start_ns)
         self._settle(instance, batch, start_ns, result, None)
         return True
 
-    async def _execute(self, instance: Instance, batch: Batch, start_ns: int) -> None:
+    async def _execute(self, instance: Instance, batch: Batch, feed: Feed, start_ns: int) -> None:
         self._begin(instance, start_ns)
         try:
             try:
-                result = await instance.run(batch.feed())
+                result = await instance.run(feed)
             except asyncio.CancelledError:
                 self._end(instance, self._clock())
                 for request in batch.requests:
