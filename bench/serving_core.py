@@ -70,6 +70,14 @@ def measured_load(
     return result, server_us / requests, client_us / requests
 
 
+def echo64(pid: int, address: str, concurrency: int, seconds: float) -> tuple[float, float]:
+    """Server and client CPU µs per 64-row `echo` request (no model work)."""
+    _, server_us, client_us = measured_load(
+        pid, address, "echo", concurrency=concurrency, rows=64, duration_s=seconds
+    )
+    return server_us, client_us
+
+
 async def interleaved_echo(
     bare: str, ferry: str, seconds: float, slices: int = 8
 ) -> tuple[dict[str, float], dict[str, float]]:
@@ -181,27 +189,17 @@ def main() -> int:
                     }
                 )
             top = max(served, key=lambda s: s["rows_per_s"])
-            # The same 64-row requests to `echo` (no model work): what gRPC and Ferry cost per
-            # request on each side. With ONNX Runtime's own CPU per row (direct run, all cores
-            # busy), that bounds what any Python gRPC server could serve on these cores.
-            _, echo_server_us, echo_client_us = measured_load(
-                ferry.pid,
-                ferry_addr,
-                "echo",
-                concurrency=int(top["concurrency"]),
-                rows=64,
-                duration_s=args.seconds / 2,
+            # 64-row `echo` load to Ferry: what gRPC and Ferry cost per request on each side.
+            # With ONNX Runtime's own CPU per row (direct run, all cores busy), that bounds what
+            # any Python gRPC server could serve on these cores.
+            echo_server_us, echo_client_us = echo64(
+                ferry.pid, ferry_addr, int(top["concurrency"]), args.seconds / 2
             )
-            # The same load to the bare grpc.aio server: the per-request cost of Python gRPC
-            # alone, with nothing of Ferry's. Its ceilings bound every Python gRPC server here:
-            # with the client on these cores, and with the client elsewhere (server CPU only).
-            _, bare_server_us, bare_client_us = measured_load(
-                bare.pid,
-                bare_addr,
-                "echo",
-                concurrency=int(top["concurrency"]),
-                rows=64,
-                duration_s=args.seconds / 2,
+            # The same to the bare grpc.aio server: the per-request cost of Python gRPC alone, with
+            # nothing of Ferry's. Its ceilings bound every Python gRPC server here: with the
+            # client on these cores, and with the client elsewhere (server CPU only).
+            bare_server_us, bare_client_us = echo64(
+                bare.pid, bare_addr, int(top["concurrency"]), args.seconds / 2
             )
             ort_us_per_row = cores * 1e6 / best
             ceiling = cores * 1e6 / (echo_server_us + echo_client_us + 64 * ort_us_per_row) * 64
