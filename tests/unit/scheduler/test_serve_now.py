@@ -9,6 +9,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from common.errors import EngineError
 from engines.base import Device
 from engines.fake import FakeEngine
 from scheduler import BatchingConfig, ModelScheduler
@@ -132,5 +133,23 @@ async def test_an_instance_reserved_for_high_priority_does_not_answer_lower_leve
         engine.gate.set()
         await asyncio.gather(busy, low)
         assert general.values == [4.0, 4.0, 4.0, 5.0]
+    finally:
+        await scheduler.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_batch_that_fails_on_the_direct_path_fails_only_its_own_request() -> None:
+    scheduler, engine = await make(BatchingConfig(max_batch_size=8, dynamic=True), Clock())
+    engine.fail = lambda x: bool((x < 0).any())  # negative rows poison their batch
+    try:
+        poisoned = ask(scheduler, -1.0)
+        with pytest.raises(EngineError, match="failed on purpose"):
+            await poisoned
+        healthy = ask(scheduler, 2.0)
+        result = await healthy
+        np.testing.assert_array_equal(result.outputs["y"], np.full((1, 2), 4.0))
+        assert engine.now_tasks == [poisoned, healthy]  # both took the direct path
+        assert scheduler.healthy
+        assert (scheduler.stats.execution_count, scheduler.stats.inference_count) == (1, 1)
     finally:
         await scheduler.stop()
