@@ -5,12 +5,16 @@
     its best concurrency). Server and client CPU per request are measured too, and with them the
     ceiling that gRPC's per-request cost leaves on this machine (see docs/benchmarks.md): with
     Ferry's costs (64-row requests to its `echo`), and with those of the bare grpc.aio server
-    alone, client on these cores or (server CPU only) elsewhere.
+    alone, client on these cores or (server CPU only) elsewhere. Measured for the example `dlrm`
+    (the DLRM paper's reference sizes, ~2.4M multiply-adds per row) and for `dlrm_small`, the
+    seven times lighter example of sessions 1-5, where the per-request cost of Python gRPC
+    weighs seven times as much.
 (b) echo latency: p50/p99 of single small requests to Ferry's `echo` against a bare grpc.aio
     echo server (bench/bare_echo_server.py), the floor for Python gRPC here; the two are probed
     in alternating short slices so that the machine's drift hits both alike.
 
     python bench/serving_core.py [--rounds 3] [--seconds 8] [--concurrency 64 256]
+                                 [--models dlrm dlrm_small]
                                  [--server-cpus 0,1 --client-cpus 2-7]
 
 With --server-cpus and --client-cpus, the servers and the direct ONNX Runtime baseline run on
@@ -49,7 +53,7 @@ from bench.harness import parse_cpus, process_cpu_s, python, start  # noqa: E402
 from loadtest.run import LoadResult, percentiles, run_closed_loop  # noqa: E402
 from proto import grpc_service_pb2 as pb  # noqa: E402
 from proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
-from server.example_repo import write_example_repo  # noqa: E402
+from server.example_repo import DlrmShape, dlrm_model, write_example_repo  # noqa: E402
 
 
 def own_cpu_s() -> float:
@@ -142,11 +146,92 @@ def _direct_rates(model: Path, seconds: float, threads: int) -> dict[str, float]
     return rates
 
 
+SMALL_DLRM = DlrmShape(26, 1000, 16, (13, 64, 16), (512, 256, 1), interaction="concat")
+"""The example `dlrm` of sessions 1-5: 0.35M multiply-adds per row, a seventh of the reference
+DLRM's. Measured beside it so that the served/direct ratio of both model sizes stays visible."""
+
+
+def add_small_dlrm(repo: Path) -> None:
+    folder = repo / "dlrm_small"
+    (folder / "1").mkdir(parents=True)
+    config = (repo / "dlrm" / "config.pbtxt").read_text()
+    (folder / "config.pbtxt").write_text(config.replace('name: "dlrm"', 'name: "dlrm_small"'))
+    model = dlrm_model(SMALL_DLRM, "dlrm_small")
+    (folder / "1" / "model.onnx").write_bytes(model.SerializeToString(deterministic=True))
+
+
+def throughput(
+    model: str,
+    repo: Path,
+    pid: int,
+    address: str,
+    args: argparse.Namespace,
+    server_cpus: set[int] | None,
+) -> dict[str, Any]:
+    """(a) for one dlrm-shaped model: direct rows/s at the best batch size, served rows/s at the
+    best concurrency, and the CPU each side spent per request."""
+    direct = direct_dlrm(repo / model / "1" / "model.onnx", args.seconds / 2, server_cpus)
+    best = max(direct.values())
+    served: list[dict[str, Any]] = []
+    for concurrency in args.concurrency:
+        run, server_us, client_us = measured_load(
+            pid,
+            address,
+            model,
+            concurrency=concurrency,
+            rows=64,
+            duration_s=args.seconds,
+            id_range=1000,
+        )
+        served.append(
+            {
+                "concurrency": concurrency,
+                "rows_per_s": run.rows_per_s,
+                "errors": run.errors,
+                "latency_ms": run.latency_ms,
+                "server_cpu_us_per_request": server_us,
+                "client_cpu_us_per_request": client_us,
+            }
+        )
+    top = max(served, key=lambda s: s["rows_per_s"])
+    return {
+        "direct_rows_per_s": direct,
+        "served": served,
+        "served_rows_per_s": top["rows_per_s"],
+        "served_concurrency": top["concurrency"],
+        "throughput_ratio": top["rows_per_s"] / best,
+    }
+
+
+def ceilings(found: dict[str, Any], cores: int, costs: dict[str, float]) -> None:
+    """Add to `found` the most rows/s a server paying the measured per-request costs could serve
+    on these cores, given ONNX Runtime's own CPU per row (direct run, all cores busy)."""
+    best = max(found["direct_rows_per_s"].values())
+    per_request = 64 * cores * 1e6 / best
+    found["ort_cpu_us_per_row"] = per_request / 64
+
+    def ceiling(*costs_us: float) -> float:
+        return cores * 1e6 / (sum(costs_us) + per_request) * 64
+
+    ferry = ceiling(costs["echo64_server"], costs["echo64_client"])
+    found["grpc_ceiling_rows_per_s"] = ferry
+    found["ceiling_ratio"] = ferry / best
+    found["served_of_ceiling"] = found["served_rows_per_s"] / ferry
+    found["bare_ceiling_ratio"] = ceiling(costs["bare64_server"], costs["bare64_client"]) / best
+    found["bare_server_only_ceiling_ratio"] = ceiling(costs["bare64_server"]) / best
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["dlrm", "dlrm_small"],
+        help="models for (a): the example dlrm and/or the small one of sessions 1-5",
+    )
     parser.add_argument("--server-cpus", help="CPUs the servers and direct ONNX Runtime use")
     parser.add_argument("--client-cpus", help="CPUs the load generator and probes use")
     args = parser.parse_args()
@@ -159,110 +244,82 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
     repo = work / "models"
     write_example_repo(repo)
+    add_small_dlrm(repo)
     ferry, ferry_addr = start_ferry(repo, work / "ferry.log", cpus=server_cpus)
     rounds: list[dict[str, Any]] = []
     bare, bare_addr = start([*python(server_cpus), "bench/bare_echo_server.py"], work / "bare.log")
     cores = len(server_cpus) if server_cpus else os.cpu_count() or 1
     try:
         for _ in range(args.rounds):
-            direct = direct_dlrm(repo / "dlrm" / "1" / "model.onnx", args.seconds / 2, server_cpus)
-            best = max(direct.values())
-            served: list[dict[str, Any]] = []
-            for concurrency in args.concurrency:
-                run, server_us, client_us = measured_load(
-                    ferry.pid,
-                    ferry_addr,
-                    "dlrm",
-                    concurrency=concurrency,
-                    rows=64,
-                    duration_s=args.seconds,
-                    id_range=1000,
-                )
-                served.append(
-                    {
-                        "concurrency": concurrency,
-                        "rows_per_s": run.rows_per_s,
-                        "errors": run.errors,
-                        "latency_ms": run.latency_ms,
-                        "server_cpu_us_per_request": server_us,
-                        "client_cpu_us_per_request": client_us,
-                    }
-                )
-            top = max(served, key=lambda s: s["rows_per_s"])
-            # 64-row `echo` load to Ferry: what gRPC and Ferry cost per request on each side.
-            # With ONNX Runtime's own CPU per row (direct run, all cores busy), that bounds what
-            # any Python gRPC server could serve on these cores.
-            echo_server_us, echo_client_us = echo64(
-                ferry.pid, ferry_addr, int(top["concurrency"]), args.seconds / 2
+            found: dict[str, Any] = {
+                model: throughput(model, repo, ferry.pid, ferry_addr, args, server_cpus)
+                for model in args.models
+            }
+            concurrency = int(found[args.models[0]]["served_concurrency"])
+            # 64-row `echo` loads (no model work): what gRPC and Ferry cost per request on each
+            # side; then the same to the bare grpc.aio server, the cost of Python gRPC alone.
+            costs: dict[str, float] = {}
+            costs["echo64_server"], costs["echo64_client"] = echo64(
+                ferry.pid, ferry_addr, concurrency, args.seconds / 2
             )
-            # The same to the bare grpc.aio server: the per-request cost of Python gRPC alone, with
-            # nothing of Ferry's. Its ceilings bound every Python gRPC server here: with the
-            # client on these cores, and with the client elsewhere (server CPU only).
-            bare_server_us, bare_client_us = echo64(
-                bare.pid, bare_addr, int(top["concurrency"]), args.seconds / 2
+            costs["bare64_server"], costs["bare64_client"] = echo64(
+                bare.pid, bare_addr, concurrency, args.seconds / 2
             )
-            ort_us_per_row = cores * 1e6 / best
-            ceiling = cores * 1e6 / (echo_server_us + echo_client_us + 64 * ort_us_per_row) * 64
-            bare_ceiling = (
-                cores * 1e6 / (bare_server_us + bare_client_us + 64 * ort_us_per_row) * 64
-            )
-            bare_server_only = cores * 1e6 / (bare_server_us + 64 * ort_us_per_row) * 64
+            for model in args.models:
+                ceilings(found[model], cores, costs)
             floor, echo = uvloop.run(interleaved_echo(bare_addr, ferry_addr, args.seconds))
-            rounds.append(
+            found.update({f"{k}_cpu_us_per_request": v for k, v in costs.items()})
+            found.update(
                 {
-                    "direct_rows_per_s": direct,
-                    "served": served,
-                    "served_rows_per_s": top["rows_per_s"],
-                    "served_concurrency": top["concurrency"],
-                    "throughput_ratio": top["rows_per_s"] / best,
-                    "echo64_server_cpu_us_per_request": echo_server_us,
-                    "echo64_client_cpu_us_per_request": echo_client_us,
-                    "ort_cpu_us_per_row": ort_us_per_row,
-                    "grpc_ceiling_rows_per_s": ceiling,
-                    "ceiling_ratio": ceiling / best,
-                    "served_of_ceiling": top["rows_per_s"] / ceiling,
-                    "bare64_server_cpu_us_per_request": bare_server_us,
-                    "bare64_client_cpu_us_per_request": bare_client_us,
-                    "bare_ceiling_ratio": bare_ceiling / best,
-                    "bare_server_only_ceiling_ratio": bare_server_only / best,
                     "bare_echo_ms": floor,
                     "ferry_echo_ms": echo,
                     "echo_p50_ratio": echo["p50"] / floor["p50"],
                     "echo_p99_ratio": echo["p99"] / floor["p99"],
                 }
             )
+            rounds.append(found)
     finally:
         for process in (ferry, bare):
             process.terminate()
             process.wait(timeout=30)
 
-    def spread(key: str) -> str:
-        values = [r[key] for r in rounds]
+    def spread(values: list[float]) -> str:
         return f"{np.median(values):.3f} (min {min(values):.3f}, max {max(values):.3f})"
 
-    print(
-        f"{'round':>5} {'direct rows/s':>14} {'served rows/s':>14} {'conc':>5} {'ratio':>6} "
-        f"{'ceiling':>8} {'srv/cli us/req':>15} {'bare p50/p99 ms':>16} "
-        f"{'ferry p50/p99 ms':>17} {'p50 x':>6}"
-    )
-    for i, r in enumerate(rounds):
-        top = max(r["served"], key=lambda s: s["rows_per_s"])
+    for model in args.models:
+        print(f"(a) {model}, 64-row requests")
         print(
-            f"{i + 1:>5} {max(r['direct_rows_per_s'].values()):>14.0f} "
-            f"{r['served_rows_per_s']:>14.0f} {r['served_concurrency']:>5} "
-            f"{r['throughput_ratio']:>6.2f} {r['ceiling_ratio']:>8.2f} "
-            f"{top['server_cpu_us_per_request']:>7.0f}/{top['client_cpu_us_per_request']:<7.0f} "
-            f"{r['bare_echo_ms']['p50']:>7.3f}/{r['bare_echo_ms']['p99']:<8.3f} "
+            f"{'round':>5} {'direct rows/s':>14} {'served rows/s':>14} {'conc':>5} {'ratio':>6} "
+            f"{'ceiling':>8} {'srv/cli us/req':>15}"
+        )
+        for i, r in enumerate(rounds):
+            m = r[model]
+            top = max(m["served"], key=lambda s: s["rows_per_s"])
+            print(
+                f"{i + 1:>5} {max(m['direct_rows_per_s'].values()):>14.0f} "
+                f"{m['served_rows_per_s']:>14.0f} {m['served_concurrency']:>5} "
+                f"{m['throughput_ratio']:>6.2f} {m['ceiling_ratio']:>8.2f} "
+                f"{top['server_cpu_us_per_request']:>7.0f}/{top['client_cpu_us_per_request']:<7.0f}"
+            )
+
+        def of(key: str, model: str = model) -> str:
+            return spread([r[model][key] for r in rounds])
+
+        print(f"throughput ratio served/direct: {of('throughput_ratio')}")
+        print(f"gRPC ceiling / direct:          {of('ceiling_ratio')}")
+        print(f"served / gRPC ceiling:          {of('served_of_ceiling')}")
+        print(f"bare grpc.aio ceiling / direct: {of('bare_ceiling_ratio')}")
+        print(f"  same, client on other cores:  {of('bare_server_only_ceiling_ratio')}")
+    print("(b) echo, one 1-row request in flight")
+    print(f"{'round':>5} {'bare p50/p99 ms':>16} {'ferry p50/p99 ms':>17} {'p50 x':>6}")
+    for i, r in enumerate(rounds):
+        print(
+            f"{i + 1:>5} {r['bare_echo_ms']['p50']:>7.3f}/{r['bare_echo_ms']['p99']:<8.3f} "
             f"{r['ferry_echo_ms']['p50']:>8.3f}/{r['ferry_echo_ms']['p99']:<8.3f} "
             f"{r['echo_p50_ratio']:>6.2f}"
         )
-    print(f"throughput ratio served/direct: {spread('throughput_ratio')}")
-    print(f"gRPC ceiling / direct:          {spread('ceiling_ratio')}")
-    print(f"served / gRPC ceiling:          {spread('served_of_ceiling')}")
-    print(f"bare grpc.aio ceiling / direct: {spread('bare_ceiling_ratio')}")
-    print(f"  same, client on other cores:  {spread('bare_server_only_ceiling_ratio')}")
-    print(f"echo p50 ratio ferry/bare:      {spread('echo_p50_ratio')}")
-    print(f"echo p99 ratio ferry/bare:      {spread('echo_p99_ratio')}")
+    print(f"echo p50 ratio ferry/bare:      {spread([r['echo_p50_ratio'] for r in rounds])}")
+    print(f"echo p99 ratio ferry/bare:      {spread([r['echo_p99_ratio'] for r in rounds])}")
 
     date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     record: dict[str, Any] = {

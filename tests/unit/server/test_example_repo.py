@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 from server.cli import main
 
@@ -35,3 +37,36 @@ def test_history_ignores_padding(tmp_path: Path) -> None:
     (a,) = session.run(None, {"history": short, "user": user})
     (b,) = session.run(None, {"history": padded, "user": user})
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_dlrm_is_the_dlrm_function(tmp_path: Path) -> None:
+    """The example computes what the DLRM paper defines, checked against numpy from the model's
+    own weights: embeddings looked up per table (ids modulo the table size), a bottom MLP on
+    the dense features, the dot product of every pair of the 27 vectors (no self-products),
+    then the top MLP over [bottom output, products] and a sigmoid."""
+    main(["example-repo", str(tmp_path)])
+    path = tmp_path / "dlrm" / "1" / "model.onnx"
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    rng = np.random.default_rng(7)
+    dense = rng.standard_normal((5, 13)).astype(np.float32)
+    sparse = rng.integers(-(10**6), 10**6, (5, 26)).astype(np.int64)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"dense": dense, "sparse": sparse})
+
+    def mlp(x: np.ndarray, prefix: str, last_relu: bool) -> np.ndarray:
+        layers = sum(1 for name in weights if name.startswith(prefix) and name.endswith("_w"))
+        for i in range(layers):
+            x = x @ weights[f"{prefix}{i}_w"] + weights[f"{prefix}{i}_b"]
+            if i < layers - 1 or last_relu:
+                x = np.maximum(x, 0)
+        return x
+
+    tables = weights["tables"].reshape(26, -1, weights["tables"].shape[1])
+    embedded = tables[np.arange(26), np.mod(sparse, tables.shape[1])]  # [5, 26, dim]
+    bottom = mlp(dense, "bottom", last_relu=True)
+    vectors = np.concatenate([bottom[:, None, :], embedded], axis=1)  # [5, 27, dim]
+    rows, cols = np.tril_indices(27, k=-1)
+    products = np.einsum("bid,bjd->bij", vectors, vectors)[:, rows, cols]
+    assert products.shape == (5, 351)
+    logit = mlp(np.concatenate([bottom, products], axis=1), "top", last_relu=False)
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-logit)), rtol=1e-4, atol=1e-6)
