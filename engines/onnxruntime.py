@@ -157,9 +157,14 @@ class OnnxRuntimeEngine(OnnxSignature):
         profile: Profile,
         threads: int | None = None,
         nice: int | None = None,
+        idle_class: bool = False,
+        inline_budget_ns: int | None = None,
     ) -> OnnxRuntimeInstance:
         """threads, nice: this instance's intra-op threads and compute priority, when not the
-        engine's options (an instance reserved for high priority runs at the loop's, nice 0)."""
+        engine's options (an instance reserved for high priority runs at the loop's, nice 0).
+        idle_class: its threads run in Linux's idle scheduling class instead (the unreserved
+        instances of a model that reserves some). inline_budget_ns: the loop CPU a batch may
+        cost and still run on the event loop, when not INLINE_BUDGET_NS."""
         if device.kind != "cpu":
             raise ModelLoadError(
                 f"instance {name}: the ONNX Runtime CPU backend cannot use {device}"
@@ -171,6 +176,8 @@ class OnnxRuntimeEngine(OnnxSignature):
             self._outputs,
             profile,
             self._options.compute_nice if nice is None else nice,
+            idle_class,
+            inline_budget_ns,
         )
 
     def close(self) -> None:
@@ -189,6 +196,14 @@ PROBE_NS = 2 * INLINE_BUDGET_NS
 PROBE_EVERY = 32
 """How many such near misses on the thread come before one trial on the loop."""
 
+RESERVED_INLINE_BUDGET_NS = 1_500_000
+"""The inline budget of an instance reserved for the highest priority. Its batches are few and
+small, and their latency is the point: on the loop they skip two thread hand-offs, each of which
+can wait for a CPU while the unreserved instances compute (p99 of a 1-row dlrm probe under
+saturating low-priority load, server on 2 cores of its own: 6.7-6.9 ms on the thread, 3.2-3.5 ms
+inline with the unreserved instances in the idle class; docs/benchmarks.md). Everything else on
+the loop waits for at most one such batch."""
+
 
 class OnnxRuntimeInstance:
     """One session and the one thread that runs it (tiny batches run inline; see the module)."""
@@ -201,8 +216,11 @@ class OnnxRuntimeInstance:
         outputs: Sequence[TensorSpec],
         profile: Profile,
         nice: int = 0,
+        idle_class: bool = False,
+        inline_budget_ns: int | None = None,
     ) -> None:
         self._name = name
+        self._budget_ns = inline_budget_ns  # None: the module's INLINE_BUDGET_NS
         self._profile = profile
         self._inline_rows = 0  # batches of at most this many rows run on the event loop
         self._thread_cpu_ns = 0  # CPU time of the calling thread in the last batch
@@ -216,7 +234,7 @@ class OnnxRuntimeInstance:
             max_workers=1,
             thread_name_prefix=f"ferry-{name}",
             initializer=_lower_priority,
-            initargs=(nice,),
+            initargs=(nice, idle_class),
         )
         try:
             self._session = self._executor.submit(open_session).result()
@@ -246,7 +264,7 @@ class OnnxRuntimeInstance:
         spent = self._thread_cpu_ns
         cost = self._inline_cost_ns
         cost = spent if cost == 0 else (cost * 7 + spent) // 8
-        if cost > INLINE_BUDGET_NS:
+        if cost > self._budget():
             self._inline_rows = min(self._inline_rows, feed.rows - 1)  # back to the thread
             cost = 0
         else:
@@ -263,14 +281,17 @@ class OnnxRuntimeInstance:
         # Judged by the thread's CPU time: its wall time counts every moment the busy event
         # loop (or a client on the same cores) kept the lower-priority thread waiting, and
         # would keep a tiny batch off the loop for good exactly when the loop is busiest.
-        if self._thread_cpu_ns <= INLINE_BUDGET_NS // 2:  # clearly fast: worth running inline
+        if self._thread_cpu_ns <= self._budget() // 2:  # clearly fast: worth running inline
             self._inline_rows = max(self._inline_rows, feed.rows)
-        elif self._thread_cpu_ns <= PROBE_NS:
+        elif self._thread_cpu_ns <= (PROBE_NS if self._budget_ns is None else 2 * self._budget_ns):
             self._near_misses += 1
             if self._near_misses >= PROBE_EVERY:  # maybe only the busy loop made it look slow
                 self._near_misses = 0
                 self._trial_rows = feed.rows
         return result
+
+    def _budget(self) -> int:
+        return INLINE_BUDGET_NS if self._budget_ns is None else self._budget_ns
 
     def _run_blocking(self, feed: Feed) -> ExecutionResult:
         cpu0 = time.thread_time_ns()
@@ -303,12 +324,22 @@ class OnnxRuntimeInstance:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _lower_priority(nice: int) -> None:
+def _lower_priority(nice: int, idle_class: bool = False) -> None:
     """Lower the calling thread's CPU priority by `nice` (Linux: per thread; inherited by the
     threads it starts, such as ONNX Runtime's pool). The event loop keeps its priority, so under
-    full load it still answers promptly while compute takes whatever CPU is left."""
+    full load it still answers promptly while compute takes whatever CPU is left.
+
+    `idle_class` goes further: Linux's SCHED_IDLE, whose threads run only on CPU time no other
+    thread wants, and give way the moment one wakes. Nice 10 is not enough for that: a waking
+    event loop still waited behind busy nice-10 compute threads often enough to set the p99."""
+    tid = threading.get_native_id()
+    if idle_class and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            return
+        except OSError:
+            pass  # not permitted here: fall back to nice
     if nice > 0 and hasattr(os, "setpriority"):
-        tid = threading.get_native_id()
         try:
             os.setpriority(
                 os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19)

@@ -52,6 +52,8 @@ class Batcher:
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0
+        # Callers of next_batch(levels) waiting now, by `levels` (reserved instances' pumps).
+        self._reserved_waiting: dict[int, int] = {}
 
     @property
     def profile(self) -> Profile:
@@ -102,13 +104,31 @@ class Batcher:
         """The next batch to run; waits for requests and for the delay window as needed.
         `levels`: take requests of the first `levels` priority levels only (an instance
         reserved for high priority). Several callers may wait at once; each re-checks after
-        every wake-up, and a batch is taken whole by one of them."""
+        every wake-up, and a batch is taken whole by one of them. While a reserved caller
+        waits, the others leave its levels to it: an idle reserved instance serves high
+        priority before an unreserved one does, and the unreserved ones go on with the rest."""
+        if levels is not None:
+            self._reserved_waiting[levels] = self._reserved_waiting.get(levels, 0) + 1
+        try:
+            return await self._next_batch(levels)
+        finally:
+            if levels is not None:
+                self._reserved_waiting[levels] -= 1
+                if not self._reserved_waiting[levels]:
+                    del self._reserved_waiting[levels]
+                    if len(self._queue):  # what it left behind is the others' again
+                        self._wakeup.set()
+
+    async def _next_batch(self, levels: int | None) -> Batch:
         while True:
             if self._closed:
                 raise ShuttingDown("the model is shutting down")
             now = self._clock()
             self._sweep(now)
-            head = self._queue.head(levels)
+            if levels is None and self._reserved_waiting:
+                head = self._queue.head(skip=max(self._reserved_waiting))
+            else:
+                head = self._queue.head(levels)
             if head is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()

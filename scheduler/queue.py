@@ -93,11 +93,12 @@ class RequestQueue:
             del self._slots[slot][key]
         return None
 
-    def head(self, levels: int | None = None) -> InferenceRequest | None:
+    def head(self, levels: int | None = None, skip: int = 0) -> InferenceRequest | None:
         """The request to serve next: the oldest of the first slot that holds any; with
-        `levels`, among the first `levels` priority levels only."""
+        `levels`, among the first `levels` priority levels only; `skip`: past the first `skip`
+        levels."""
         slots = self._slots if levels is None else self._slots[: 2 * levels]
-        for slot, lanes in enumerate(slots):
+        for slot, lanes in enumerate(slots[2 * skip :], start=2 * skip):
             best: InferenceRequest | None = None
             for key in list(lanes):
                 front = self._front(slot, key)

@@ -148,7 +148,10 @@ class ProfileRunner:
         """
         if len(self.batcher) or not self.batcher.leaves_at_once(request):
             return False
-        for levels, instance in self._parked.items():
+        parked = list(self._parked.items())
+        if len(parked) > 1:  # a reserved instance first, as in the queue (Batcher)
+            parked.sort(key=lambda item: item[0] is None)
+        for levels, instance in parked:
             if levels is not None and request.level >= levels:
                 continue  # a reserved instance: not this request's level
             if getattr(instance, "run_now", None) is None:

@@ -27,7 +27,11 @@ from engines.base import Engine
 from engines.cuda import toolkit
 from engines.cuda.devices import Discovery, discover
 from engines.cuda.toolkit import CudaToolkit
-from engines.onnxruntime import OnnxRuntimeEngine, options_from_parameters
+from engines.onnxruntime import (
+    RESERVED_INLINE_BUDGET_NS,
+    OnnxRuntimeEngine,
+    options_from_parameters,
+)
 from engines.tensorrt.engine import TensorRTEngine, TensorRTOptions
 from engines.tensorrt.runtime import import_tensorrt
 from proto import model_config_pb2 as mc
@@ -256,15 +260,20 @@ class ModelRepository:
                     "this model has CPU instances"
                 )
             # A reserved CPU instance runs small high-priority batches: on one thread it never
-            # waits for a straggler among threads the busy instances crowd out, and at the event
-            # loop's OS priority it is not crowded out by the unreserved instances' threads.
+            # waits for a straggler among threads the busy instances crowd out; at the event
+            # loop's OS priority, and on the loop itself when a batch is cheap enough, it is not
+            # crowded out by the unreserved instances, whose threads run in the idle class.
             kept = reserved_positions([p.profile.index for p in settings.instances], reserved)
             for i, planned in enumerate(settings.instances):
                 name = f"{folder.name}_{version}_{i}"
                 maker: Engine = engine
-                extra: dict[str, int] = {}
+                extra: dict[str, Any] = {}
                 if planned.device.kind == "cpu" and i in kept:
-                    extra = {"nice": 0} if chosen_threads else {"threads": 1, "nice": 0}
+                    extra = {"nice": 0, "inline_budget_ns": RESERVED_INLINE_BUDGET_NS}
+                    if not chosen_threads:
+                        extra["threads"] = 1
+                elif planned.device.kind == "cpu" and kept:
+                    extra = {"idle_class": True}
                 if planned.device.kind == "gpu":
                     if gpu_engine is None:
                         from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine

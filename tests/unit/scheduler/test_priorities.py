@@ -263,8 +263,10 @@ async def test_batches_never_mix_priority_levels() -> None:
     await scheduler.stop()
 
 
-async def two_instances(reserved: int) -> tuple[ModelScheduler, FakeInstance, FakeInstance]:
-    engine = FakeEngine()
+async def two_instances(
+    reserved: int, now: bool = False
+) -> tuple[ModelScheduler, FakeInstance, FakeInstance]:
+    engine = FakeEngine(now=now)
     general, spare = engine.create_instance("i0", Device()), engine.create_instance("i1", Device())
     config = BatchingConfig(
         max_batch_size=1,
@@ -290,6 +292,52 @@ async def test_a_reserved_instance_runs_high_priority_while_low_priority_holds_t
     general.gate.set()
     await asyncio.gather(*low)
     assert general.batches == [1, 1, 1] and reserved.batches == [1]
+    await scheduler.stop()
+
+
+@pytest.mark.parametrize("now", [False, True], ids=["queued", "direct"])
+async def test_an_idle_reserved_instance_serves_high_priority_before_an_idle_unreserved_one(
+    now: bool,
+) -> None:
+    """Both instances idle: the high-priority request runs on the reserved one (which the
+    server runs at the loop's priority, the other in the idle class), through the queue and
+    through the direct path alike; low priority still runs on the unreserved one."""
+    scheduler, general, reserved = await two_instances(reserved=1, now=now)
+    for i in range(3):
+        await asyncio.wait_for(ask(scheduler, 30.0 + i, priority=1), 5)
+    assert reserved.batches == [1, 1, 1] and general.batches == []
+    await asyncio.wait_for(ask(scheduler, 40.0, priority=2), 5)
+    assert general.batches == [1]
+    await scheduler.stop()
+
+
+async def test_high_priority_goes_to_an_unreserved_instance_while_the_reserved_one_is_busy() -> (
+    None
+):
+    scheduler, general, reserved = await two_instances(reserved=1)
+    reserved.gate = asyncio.Event()
+    first = ask(scheduler, 30.0, priority=1)
+    await settle()
+    assert not first.done() and general.batches == []  # it holds the reserved instance
+    second = await asyncio.wait_for(ask(scheduler, 31.0, priority=1), 5)
+    np.testing.assert_array_equal(second.outputs["y"], [[62.0, 62.0]])
+    assert general.batches == [1] and not first.done()
+    reserved.gate.set()
+    await first
+    assert reserved.batches == [1]
+    await scheduler.stop()
+
+
+async def test_high_priority_left_behind_by_the_reserved_instance_goes_to_an_idle_one() -> None:
+    """Two arrive at once: the reserved instance takes one, the other does not wait for it."""
+    scheduler, general, reserved = await two_instances(reserved=1)
+    reserved.gate = asyncio.Event()
+    first, second = ask(scheduler, 30.0, priority=1), ask(scheduler, 31.0, priority=1)
+    done, _ = await asyncio.wait([first, second], timeout=5, return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1 and general.batches == [1]
+    reserved.gate.set()
+    await asyncio.gather(first, second)
+    assert reserved.batches == [1]
     await scheduler.stop()
 
 

@@ -1,6 +1,7 @@
 """A reserved CPU instance runs one ONNX Runtime thread and the others share the cores, unless
-the config names a thread count; it computes at the event loop's OS priority, the others below
-it; which instances are reserved agrees with the scheduler."""
+the config names a thread count; it computes at the event loop's OS priority and may run batches
+on the loop up to a larger budget, the others in the idle scheduling class (without a
+reservation: all at nice +10); which instances are reserved agrees with the scheduler."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from common.cpus import usable_cpus
+from engines.onnxruntime import INLINE_BUDGET_NS, RESERVED_INLINE_BUDGET_NS
 from server.example_repo import write_example_repo
 from server.repository import ModelRepository
 
@@ -86,27 +88,56 @@ async def test_instances_share_the_cpus_the_process_may_use_not_the_hosts(
         await repository.stop()
 
 
-def nice_by_instance(repository: ModelRepository, model: str) -> dict[str, int]:
-    """How far below this (the event loop's) thread each instance's compute thread runs."""
+def compute_priority(repository: ModelRepository, model: str) -> dict[str, str]:
+    """Each instance's compute thread: its scheduling class, and with the normal class how far
+    below this (the event loop's) thread it runs."""
     runner = next(iter(repository.get(model, "").scheduler._runners.values()))
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def read() -> str:
+        tid = threading.get_native_id()
+        if os.sched_getscheduler(tid) == os.SCHED_IDLE:
+            return "idle class"
+        return f"nice +{os.getpriority(os.PRIO_PROCESS, tid) - mine}"
+
     return {
-        i.name: i._executor.submit(  # type: ignore[attr-defined]
-            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        ).result()
-        - mine
+        i.name: i._executor.submit(read).result()  # type: ignore[attr-defined]
         for i in runner._instances
     }
 
 
-@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="needs POSIX priorities")
-async def test_the_reserved_instance_computes_at_the_loops_priority_the_others_below(
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="needs Linux scheduling classes")
+async def test_the_reserved_instance_computes_at_the_loops_priority_the_others_in_the_idle_class(
     tmp_path: Path,
 ) -> None:
+    """With a reservation the unreserved instances are background work: their threads run only
+    on CPU time that the event loop and the reserved instance leave."""
     repository = await load(tmp_path, RESERVED)
+    try:
+        assert compute_priority(repository, "dlrm") == {
+            "dlrm_1_0": "idle class",
+            "dlrm_1_1": "nice +0",
+        }
+        reserved = repository.get("dlrm", "").scheduler._runners
+        instances = {i.name: i for i in next(iter(reserved.values()))._instances}
+        # The reserved instance may run batches on the loop up to its larger budget.
+        assert instances["dlrm_1_1"]._budget() == RESERVED_INLINE_BUDGET_NS  # type: ignore[attr-defined]
+        assert instances["dlrm_1_0"]._budget() == INLINE_BUDGET_NS  # type: ignore[attr-defined]
+    finally:
+        await repository.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="needs POSIX priorities")
+async def test_without_a_reservation_every_instance_computes_below_the_loop(
+    tmp_path: Path,
+) -> None:
+    repository = await load(tmp_path, "instance_group [ { count: 2 kind: KIND_CPU } ]\n")
     try:
         if os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + 10 > 19:
             pytest.skip("this process already runs at the lowest priority")
-        assert nice_by_instance(repository, "dlrm") == {"dlrm_1_0": 10, "dlrm_1_1": 0}
+        assert compute_priority(repository, "dlrm") == {
+            "dlrm_1_0": "nice +10",
+            "dlrm_1_1": "nice +10",
+        }
     finally:
         await repository.stop()
