@@ -23,7 +23,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -148,9 +148,9 @@ class ProfileRunner:
         """
         if len(self.batcher) or not self.batcher.leaves_at_once(request):
             return False
-        parked = list(self._parked.items())
-        if len(parked) > 1:  # a reserved instance first, as in the queue (Batcher)
-            parked.sort(key=lambda item: item[0] is None)
+        parked: Iterable[tuple[int | None, Instance]] = self._parked.items()
+        if len(self._parked) > 1:  # a reserved instance first, as in the queue (Batcher)
+            parked = sorted(parked, key=lambda item: item[0] is None)
         for levels, instance in parked:
             if levels is not None and request.level >= levels:
                 continue  # a reserved instance: not this request's level
