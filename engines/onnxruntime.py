@@ -283,7 +283,7 @@ class OnnxRuntimeInstance:
         # would keep a tiny batch off the loop for good exactly when the loop is busiest.
         if self._thread_cpu_ns <= self._budget() // 2:  # clearly fast: worth running inline
             self._inline_rows = max(self._inline_rows, feed.rows)
-        elif self._thread_cpu_ns <= (PROBE_NS if self._budget_ns is None else 2 * self._budget_ns):
+        elif self._thread_cpu_ns <= self._probe():
             self._near_misses += 1
             if self._near_misses >= PROBE_EVERY:  # maybe only the busy loop made it look slow
                 self._near_misses = 0
@@ -292,6 +292,9 @@ class OnnxRuntimeInstance:
 
     def _budget(self) -> int:
         return INLINE_BUDGET_NS if self._budget_ns is None else self._budget_ns
+
+    def _probe(self) -> int:
+        return PROBE_NS if self._budget_ns is None else 2 * self._budget_ns
 
     def _run_blocking(self, feed: Feed) -> ExecutionResult:
         cpu0 = time.thread_time_ns()
