@@ -16,19 +16,19 @@ rename metrics by OpenTelemetry's rules and add a translation layer for no gain 
     running batches; ferry_instance_busy_seconds is the counter to take rates of).
     GPU memory and utilization come from NVML on GPU hosts (engines' GPU work; none here).
 
-Counters are plain integers updated on the event loop; the scrape thread reads them (a read of a
-Python int is atomic under the GIL). The current state (queues, instances) is read at scrape time.
+Counters are plain numbers and histograms plain lists (telemetry/histogram.py), updated on the
+event loop without locks; the scrape thread reads them (a read of a Python number, a copy of a
+list, is atomic under the GIL). The current state (queues, instances) is read at scrape time.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -43,6 +43,7 @@ from common.errors import (
 )
 from scheduler.observer import BatchRecord
 from scheduler.request import InferenceResult
+from telemetry.histogram import Histogram, HistogramFamily
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -65,17 +66,56 @@ LATENCY_BUCKETS = (
 )
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
-_COUNTERS = {
-    "nv_inference_request_success": "Successful inference requests",
-    "nv_inference_request_failure": "Failed inference requests (label reason)",
-    "nv_inference_count": "Rows inferred (a batch of n counts n)",
-    "nv_inference_exec_count": "Batch executions",
-    "nv_inference_request_duration_us": "Cumulative request duration, microseconds",
-    "nv_inference_queue_duration_us": "Cumulative queue duration, microseconds",
-    "nv_inference_compute_input_duration_us": "Cumulative compute input duration, microseconds",
-    "nv_inference_compute_infer_duration_us": "Cumulative compute infer duration, microseconds",
-    "nv_inference_compute_output_duration_us": "Cumulative compute output duration, microseconds",
-}
+_COUNTERS = (  # (Triton's name, the _ModelMetrics field, help)
+    ("nv_inference_request_success", "success", "Successful inference requests"),
+    ("nv_inference_count", "rows", "Rows inferred (a batch of n counts n)"),
+    ("nv_inference_exec_count", "executions", "Batch executions"),
+    ("nv_inference_request_duration_us", "request_us", "Cumulative request duration, microseconds"),
+    ("nv_inference_queue_duration_us", "queue_us", "Cumulative queue duration, microseconds"),
+    (
+        "nv_inference_compute_input_duration_us",
+        "input_us",
+        "Cumulative compute input duration, microseconds",
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "infer_us",
+        "Cumulative compute infer duration, microseconds",
+    ),
+    (
+        "nv_inference_compute_output_duration_us",
+        "output_us",
+        "Cumulative compute output duration, microseconds",
+    ),
+)
+_FAILURES = ("nv_inference_request_failure", "Failed inference requests (label reason)")
+
+
+class _ModelMetrics:
+    """One model version's counters and histograms: plain fields that the request path updates
+    with attribute additions (looked up once per request, by (model, version))."""
+
+    __slots__ = (
+        "batch_rows",
+        "compute",
+        "executions",
+        "failures",
+        "infer_us",
+        "input_us",
+        "latency",
+        "output_us",
+        "queue",
+        "queue_us",
+        "request_us",
+        "rows",
+        "success",
+    )
+
+    def __init__(self, histograms: tuple[Histogram, Histogram, Histogram, Histogram]) -> None:
+        self.success = self.rows = self.executions = 0
+        self.request_us = self.queue_us = self.input_us = self.infer_us = self.output_us = 0.0
+        self.failures: dict[str, int] = {}
+        self.latency, self.queue, self.compute, self.batch_rows = histograms
 
 
 def failure_reason(error: BaseException) -> str:
@@ -98,40 +138,26 @@ StateReader = Callable[[], Iterable[tuple[str, str, dict[int, int], dict[str, in
 class Metrics(Collector):
     def __init__(self, state: StateReader | None = None) -> None:
         self.registry = CollectorRegistry()
-        self._counts: dict[str, dict[tuple[str, ...], float]] = {
-            name: defaultdict(float) for name in _COUNTERS
-        }
         self._state = state
         self._started = time.monotonic()
-        self.latency = Histogram(
+        labels = ("model", "version")
+        self.latency = HistogramFamily(
             "ferry_request_latency_seconds",
             "Request latency in the server",
-            ["model", "version"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            labels,
+            LATENCY_BUCKETS,
         )
-        self.queue = Histogram(
-            "ferry_queue_seconds",
-            "Time requests waited in the queue",
-            ["model", "version"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+        self.queue = HistogramFamily(
+            "ferry_queue_seconds", "Time requests waited in the queue", labels, LATENCY_BUCKETS
         )
-        self.compute = Histogram(
-            "ferry_compute_seconds",
-            "Compute time of each request's batch",
-            ["model", "version"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+        self.compute = HistogramFamily(
+            "ferry_compute_seconds", "Compute time of each request's batch", labels, LATENCY_BUCKETS
         )
-        self.batch_rows = Histogram(
-            "ferry_batch_rows",
-            "Rows per batch execution",
-            ["model", "version"],
-            buckets=ROWS_BUCKETS,
-            registry=self.registry,
+        self.batch_rows = HistogramFamily(
+            "ferry_batch_rows", "Rows per batch execution", labels, ROWS_BUCKETS
         )
-        self._by_model: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._histograms = (self.latency, self.queue, self.compute, self.batch_rows)
+        self._by_model: dict[tuple[str, str], _ModelMetrics] = {}
         self.registry.register(self)
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -146,55 +172,58 @@ class Metrics(Collector):
         result: InferenceResult | None,
         error: BaseException | None,
     ) -> None:
-        key = (model, version)
-        counts = self._counts
-        latency, queue, compute = self._children(key)
-        latency.observe(total_ns / 1e9)
-        counts["nv_inference_request_duration_us"][key] += total_ns / 1e3
+        m = self._model((model, version))
+        m.latency.observe(total_ns / 1e9)
+        m.request_us += total_ns / 1e3
         if error is not None or result is None:
             reason = failure_reason(error) if error is not None else "OTHER"
-            counts["nv_inference_request_failure"][(model, version, reason)] += 1
+            m.failures[reason] = m.failures.get(reason, 0) + 1
             return
-        counts["nv_inference_request_success"][key] += 1
-        counts["nv_inference_queue_duration_us"][key] += result.queue_ns / 1e3
+        m.success += 1
+        m.queue_us += result.queue_ns / 1e3
         t = result.timings
-        counts["nv_inference_compute_input_duration_us"][key] += t.input_ns / 1e3
-        counts["nv_inference_compute_infer_duration_us"][key] += t.infer_ns / 1e3
-        counts["nv_inference_compute_output_duration_us"][key] += t.output_ns / 1e3
-        queue.observe(result.queue_ns / 1e9)
-        compute.observe(max(result.finished_ns - result.started_ns, 0) / 1e9)
+        m.input_us += t.input_ns / 1e3
+        m.infer_us += t.infer_ns / 1e3
+        m.output_us += t.output_ns / 1e3
+        m.queue.observe(result.queue_ns / 1e9)
+        m.compute.observe(max(result.finished_ns - result.started_ns, 0) / 1e9)
 
-    def _children(self, key: tuple[str, str]) -> tuple[Any, Any, Any]:
-        """The per-model histogram children, looked up once (labels() takes a lock)."""
+    def _model(self, key: tuple[str, str]) -> _ModelMetrics:
         found = self._by_model.get(key)
         if found is None:
-            found = self._by_model[key] = (
-                self.latency.labels(*key),
-                self.queue.labels(*key),
-                self.compute.labels(*key),
-            )
+            latency, queue, compute, rows = (h.child(*key) for h in self._histograms)
+            found = self._by_model[key] = _ModelMetrics((latency, queue, compute, rows))
         return found
 
     def batch_done(self, record: BatchRecord) -> None:
         if record.error is not None:
             return
         model, _, version = record.model.partition(":")
-        key = (model, version)
-        self._counts["nv_inference_count"][key] += record.rows
-        self._counts["nv_inference_exec_count"][key] += 1
-        self.batch_rows.labels(model, version).observe(record.rows)
+        m = self._model((model, version))
+        rows = record.rows
+        m.rows += rows
+        m.executions += 1
+        m.batch_rows.observe(rows)
 
     # ---- scrape, on the HTTP thread -------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
-        for name, doc in _COUNTERS.items():
-            labels = (
-                ["model", "version", "reason"] if name.endswith("failure") else ["model", "version"]
-            )
+        for histogram in self._histograms:
+            yield histogram.collect()
+        models = list(self._by_model.items())
+        for name, field, doc in _COUNTERS:
             metric = Metric(name, doc, "counter")
-            for values, count in list(self._counts[name].items()):
-                metric.add_sample(name, dict(zip(labels, values, strict=True)), count)
+            for (model, version), m in models:
+                labels = {"model": model, "version": version}
+                metric.add_sample(name, labels, getattr(m, field))
             yield metric
+        name, doc = _FAILURES
+        failures = Metric(name, doc, "counter")
+        for (model, version), m in models:
+            for reason, count in list(m.failures.items()):
+                labels = {"model": model, "version": version, "reason": reason}
+                failures.add_sample(name, labels, count)
+        yield failures
         if self._state is None:
             return
         pending = GaugeMetricFamily(
