@@ -16,9 +16,12 @@ from scheduler.batch import Batch
 from scheduler.request import InferenceRequest
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class BatchRecord:
-    """One batch execution. Times are monotonic nanoseconds (scheduler/clock.py)."""
+    """One batch execution. Times are monotonic nanoseconds (scheduler/clock.py).
+
+    Observers only read it. Not frozen: one is made per batch, and a frozen dataclass pays an
+    `object.__setattr__` call per field on creation."""
 
     model: str
     profile: int

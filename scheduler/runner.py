@@ -70,6 +70,7 @@ class ProfileRunner:
         self.busy_ns: dict[str, int] = {i.name: 0 for i in instances}
         self._running: dict[str, int] = {i.name: 0 for i in instances}  # batches in flight
         self._busy_since: dict[str, int] = {i.name: 0 for i in instances}
+        self._devices = {i.name: str(getattr(i, "device", "cpu")) for i in instances}
         self.batcher = batcher
         self._instances = list(instances)
         self._stats = stats
@@ -319,7 +320,7 @@ class ProfileRunner:
             self.name,
             instance.profile.index,
             instance.name,
-            str(getattr(instance, "device", "cpu")),
+            self._devices[instance.name],
             batch_id,
             batch,
             start_ns,

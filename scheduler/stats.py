@@ -54,14 +54,24 @@ class ModelStats:
         self.execution_count += 1
         self.inference_count += rows
         self.last_inference_ms = wall_ms
-        per_size = self.batch_stats.setdefault(rows, BatchSizeStats())
-        per_size.compute_input.add(timings.input_ns)
-        per_size.compute_infer.add(timings.infer_ns)
-        per_size.compute_output.add(timings.output_ns)
+        per_size = self.batch_stats.get(rows)
+        if per_size is None:
+            per_size = self.batch_stats[rows] = BatchSizeStats()
+        # Durations are differences of a monotonic clock: never negative, so no clamping here.
+        input_ns, infer_ns, output_ns = timings.input_ns, timings.infer_ns, timings.output_ns
+        d = per_size.compute_input
+        d.count, d.ns = d.count + 1, d.ns + input_ns
+        d = per_size.compute_infer
+        d.count, d.ns = d.count + 1, d.ns + infer_ns
+        d = per_size.compute_output
+        d.count, d.ns = d.count + 1, d.ns + output_ns
         # Every entry of the batch spent the batch's compute time.
-        self.compute_input.add(timings.input_ns * parts, requests)
-        self.compute_infer.add(timings.infer_ns * parts, requests)
-        self.compute_output.add(timings.output_ns * parts, requests)
+        d = self.compute_input
+        d.count, d.ns = d.count + requests, d.ns + input_ns * parts
+        d = self.compute_infer
+        d.count, d.ns = d.count + requests, d.ns + infer_ns * parts
+        d = self.compute_output
+        d.count, d.ns = d.count + requests, d.ns + output_ns * parts
 
     def record_queue(self, ns: int) -> None:
         self.queue.add(ns)

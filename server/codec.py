@@ -12,6 +12,7 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -54,6 +55,17 @@ class Signature:
     # More rows than max_batch_size are accepted (the scheduler splits them into chunks).
     split_oversized: bool = False
 
+    @cached_property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each input's full expected shape, the batch dimension (-1) first when batched."""
+        batch = (-1,) if self.max_batch_size > 0 else ()
+        return {name: batch + spec.dims for name, spec in self.inputs.items()}
+
+    @cached_property
+    def output_names(self) -> tuple[str, ...]:
+        """Every output, in the model's order: what a request that names none gets."""
+        return tuple(self.outputs)
+
 
 @dataclass
 class DecodedRequest:
@@ -73,10 +85,18 @@ class DecodedRequest:
 
 
 def decode(request: pb.ModelInferRequest, sig: Signature) -> DecodedRequest:
-    """Validated arrays for `request`; InvalidInput naming the tensor for anything wrong."""
-    for param in _UNSUPPORTED_PARAMETERS:
-        if param in request.parameters:
-            raise Unsupported(f"request parameter '{param}': sequence batching is not supported")
+    """Validated arrays for `request`; InvalidInput naming the tensor for anything wrong.
+
+    Every request passes here, so the common case (raw contents, no parameters, every output)
+    takes the fewest steps: on a 2-core VM this function ran with cold caches at ~5x its
+    in-process cost."""
+    parameters = request.parameters
+    if parameters:
+        for param in _UNSUPPORTED_PARAMETERS:
+            if param in parameters:
+                raise Unsupported(
+                    f"request parameter '{param}': sequence batching is not supported"
+                )
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(
@@ -103,13 +123,15 @@ def decode(request: pb.ModelInferRequest, sig: Signature) -> DecodedRequest:
             inputs[tensor.name] = _from_contents(tensor, shape, spec)
         if sig.utf8_bytes and spec.datatype.name == "BYTES":
             _check_utf8(inputs[tensor.name], tensor.name)
-    missing = [name for name in sig.inputs if name not in inputs]
-    if missing:
+    if len(inputs) != len(sig.inputs):  # every given name is known and given once: some missing
+        missing = [name for name in sig.inputs if name not in inputs]
         raise InvalidInput(f"missing input(s): {', '.join(repr(m) for m in missing)}")
     rows = _rows(inputs, sig)
-    priority = _integer_parameter(request, "priority")
-    timeout_us = _integer_parameter(request, "timeout")
-    nbytes = sum(len(r) for r in raw) if raw else sum(a.nbytes for a in inputs.values())
+    priority = timeout_us = 0
+    if parameters:
+        priority = _integer_parameter(request, "priority")
+        timeout_us = _integer_parameter(request, "timeout")
+    nbytes = sum(map(len, raw)) if raw else sum(a.nbytes for a in inputs.values())
     return DecodedRequest(
         inputs,
         rows,
@@ -147,10 +169,10 @@ def _check_shape(
             f"input '{name}': datatype {tensor.datatype or '(empty)'} does not match the "
             f"model's {spec.datatype.name}"
         )
-    shape = tuple(int(d) for d in tensor.shape)
-    expected = ((-1,) if mbs > 0 else ()) + spec.dims
-    if len(shape) != len(expected) or any(
-        d < 0 or (e != -1 and d != e) for d, e in zip(shape, expected, strict=False)
+    shape = tuple(tensor.shape)
+    expected = sig.input_shapes[name]
+    if len(shape) != len(expected) or not all(
+        d >= 0 and (d == e or e == -1) for d, e in zip(shape, expected, strict=True)
     ):
         raise InvalidInput(
             f"input '{name}': shape {list(shape)} does not match the model's {list(expected)}"
@@ -246,6 +268,8 @@ def _from_contents(
 def _rows(inputs: Mapping[str, np.ndarray], sig: Signature) -> int:
     if sig.max_batch_size == 0:
         return 1
+    if len(inputs) == 1:
+        return int(next(iter(inputs.values())).shape[0])
     rows = {name: int(a.shape[0]) for name, a in inputs.items()}
     if len(set(rows.values())) > 1:
         detail = ", ".join(f"'{n}': {r}" for n, r in rows.items())
@@ -255,7 +279,7 @@ def _rows(inputs: Mapping[str, np.ndarray], sig: Signature) -> int:
 
 def _requested_outputs(request: pb.ModelInferRequest, sig: Signature) -> tuple[str, ...]:
     if not request.outputs:
-        return tuple(sig.outputs)
+        return sig.output_names
     names: list[str] = []
     for output in request.outputs:
         if output.name not in sig.outputs:
