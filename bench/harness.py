@@ -88,5 +88,7 @@ def record(name: str, settings: dict[str, Any], results: dict[str, Any]) -> Path
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}-{date[:16].replace(':', '-')}.json"
+    if path.exists():  # two runs in one minute: keep both
+        path = out / f"{name}-{date[:19].replace(':', '-')}.json"
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
     return path

@@ -334,6 +334,8 @@ def main() -> int:
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"serving_core-{date[:16].replace(':', '-')}.json"
+    if path.exists():  # two runs in one minute: keep both
+        path = out / f"serving_core-{date[:19].replace(':', '-')}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"full results: {path.relative_to(ROOT)}")
     return 0
