@@ -118,10 +118,21 @@ async def probe(address: str, seconds: float, priority: int, model: str) -> dict
 
 
 def background(
-    address: str, seconds: float, out: Path, model: str, cpus: set[int] | None = None
+    address: str,
+    seconds: float,
+    out: Path,
+    model: str,
+    cpus: set[int] | None = None,
+    nice: int = 0,
 ) -> subprocess.Popen[bytes]:
-    """A separate load-generator process: low-priority 64-row dlrm requests, saturating."""
+    """A separate load-generator process: low-priority 64-row dlrm requests, saturating.
+
+    nice > 0 lowers its CPU priority: on a machine where it must share the server's cores, its
+    own CPU then weighs less than that of clients on other machines would (zero)."""
     command = [*python(cpus), "loadtest/run.py", "--address", address, "--model", model]
+    if nice:
+        renice = "import os, sys; os.nice(int(sys.argv[1])); os.execv(sys.argv[2], sys.argv[2:])"
+        command = [sys.executable, "-c", renice, str(nice), *command]
     options = ["--concurrency", "64", "--rows", "64", "--priority", "2", "--warmup", "0.5"]
     return subprocess.Popen(
         [*command, *options, "--duration", str(seconds), "--json", str(out)],
@@ -137,13 +148,14 @@ def priority_round(
     model: str = "dlrm_ranked",
     same: bool = True,
     client_cpus: set[int] | None = None,
+    background_nice: int = 0,
 ) -> dict[str, Any]:
     alone = uvloop.run(probe(address, seconds, priority=1, model=model))
     loaded: dict[str, Any] = {}
     probes = (("high", 1), ("same_as_background", 2)) if same else (("high", 1),)
     for label, priority in probes:
         out = work / f"background-{label}.json"
-        load = background(address, seconds + 2.0, out, model, client_cpus)
+        load = background(address, seconds + 2.0, out, model, client_cpus, background_nice)
         time.sleep(1.5)
         loaded[label] = uvloop.run(probe(address, seconds, priority=priority, model=model))
         load.wait(timeout=seconds + 60)
@@ -243,6 +255,12 @@ def main() -> int:
     parser.add_argument("--server-cpus", help="CPUs the servers run on, e.g. 0-1")
     parser.add_argument("--client-cpus", help="CPUs every client runs on, e.g. 2-7")
     parser.add_argument(
+        "--background-nice",
+        type=int,
+        default=0,
+        help="niceness of the background load generator (parts priority, reserved); 0: as is",
+    )
+    parser.add_argument(
         "--server-args", default="", help="more `ferry serve` flags, e.g. '--access-log F'"
     )
     args = parser.parse_args()
@@ -268,11 +286,21 @@ def main() -> int:
             found: dict[str, Any] = {}
             if "priority" in parts:
                 found["priority"] = priority_round(
-                    address, args.seconds, work, client_cpus=client_cpus
+                    address,
+                    args.seconds,
+                    work,
+                    client_cpus=client_cpus,
+                    background_nice=args.background_nice,
                 )
             if "reserved" in parts:
                 found["reserved"] = priority_round(
-                    address, args.seconds, work, "dlrm_reserved", False, client_cpus
+                    address,
+                    args.seconds,
+                    work,
+                    "dlrm_reserved",
+                    False,
+                    client_cpus,
+                    args.background_nice,
                 )
             if "mixed" in parts:
                 found["mixed"] = [
