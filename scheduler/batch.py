@@ -10,7 +10,7 @@ import numpy as np
 from common.errors import EngineError
 from engines.base import Feed
 from scheduler.request import InferenceRequest
-from scheduler.shapes import Padding
+from scheduler.shapes import NO_PADDING, Padding
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Batch:
 
     requests: list[InferenceRequest]
     padded: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    padding: Padding = field(default_factory=Padding)
+    padding: Padding = NO_PADDING
 
     @cached_property
     def rows(self) -> int:

@@ -23,7 +23,7 @@ class BatchRecord:
     Observers only read it. Not frozen: one is made per batch, and a frozen dataclass pays an
     `object.__setattr__` call per field on creation."""
 
-    model: str
+    model: str  # "name:version", whichever profile of the model ran the batch
     profile: int
     instance: str
     device: str

@@ -58,13 +58,17 @@ class ProfileRunner:
         observers: Sequence[BatchObserver] = (),
         batch_ids: Iterator[int] | None = None,
         reserved: int = 0,
+        model: str | None = None,
     ) -> None:
+        """`name` names this runner in logs (a model of several profiles has one per profile);
+        `model` is what its batch records name (the model, "name:version"; default `name`)."""
         if not 0 <= reserved < len(instances):
             raise ValueError(
                 f"{name}: reserved_instances {reserved} must leave at least one of the "
                 f"profile's {len(instances)} instance(s) for every priority level"
             )
         self.name = name
+        self._model = model or name
         self._observers = list(observers)
         self._batch_ids = batch_ids if batch_ids is not None else itertools.count()
         self.busy_ns: dict[str, int] = {i.name: 0 for i in instances}
@@ -317,7 +321,7 @@ class ProfileRunner:
         if not self._observers:
             return
         record = BatchRecord(
-            self.name,
+            self._model,
             instance.profile.index,
             instance.name,
             self._devices[instance.name],

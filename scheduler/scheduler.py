@@ -85,10 +85,14 @@ class ModelScheduler:
                 observers,
                 batch_ids,
                 reserved=config.reserved_instances,
+                model=name,
             )
             for index, members in groups.items()
         }
         self._failure: BaseException | None = None
+        # The loop the scheduler serves on, kept at start: on Python 3.11 every
+        # asyncio.get_running_loop() makes a getpid() system call.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_release: asyncio.Future[None] | None = None
 
     @property
@@ -121,6 +125,7 @@ class ModelScheduler:
             runner.batcher.poke()
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         for runner in self._runners.values():
             runner.start()
 
@@ -163,7 +168,7 @@ class ModelScheduler:
                 f"Exceeds maximum queue bytes: model {self.name} holds {self.queued_bytes()} "
                 f"bytes of queued input, this request's {size} would pass its limit of {limit}"
             )
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         key = self._padding.batch_key(shapes)
 
         def request(part: dict[str, np.ndarray], part_rows: int, index: int) -> InferenceRequest:

@@ -111,3 +111,7 @@ class Padding:
                 longest[axis] = max(length, longest[axis])
             out[name] = tuple(longest)
         return out
+
+
+NO_PADDING = Padding()
+"""The padding of a model without padded inputs (immutable, so one instance serves all)."""

@@ -158,6 +158,7 @@ class Metrics(Collector):
         )
         self._histograms = (self.latency, self.queue, self.compute, self.batch_rows)
         self._by_model: dict[tuple[str, str], _ModelMetrics] = {}
+        self._by_record: dict[str, _ModelMetrics] = {}  # by BatchRecord.model, "name:version"
         self.registry.register(self)
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -198,8 +199,10 @@ class Metrics(Collector):
     def batch_done(self, record: BatchRecord) -> None:
         if record.error is not None:
             return
-        model, _, version = record.model.partition(":")
-        m = self._model((model, version))
+        m = self._by_record.get(record.model)
+        if m is None:
+            model, _, version = record.model.rpartition(":")
+            m = self._by_record[record.model] = self._model((model, version))
         rows = record.rows
         m.rows += rows
         m.executions += 1
