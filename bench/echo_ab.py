@@ -17,10 +17,10 @@ the bare server per round; writes JSON under bench/results/.
 from __future__ import annotations
 
 import argparse
+import functools
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import record, start, stop  # noqa: E402
+from bench.harness import record, start, stop, timed_calls  # noqa: E402
 from loadtest.run import percentiles, run_closed_loop  # noqa: E402
 from proto import grpc_service_pb2 as pb  # noqa: E402
 from proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
@@ -54,11 +54,8 @@ async def probe_all(addresses: dict[str, str], seconds: float, slices: int) -> d
         for turn in range(slices):
             order = names if turn % 2 == 0 else names[::-1]
             for name in order:
-                stub, out = stubs[name], samples[name]
-                stop_at = time.perf_counter() + seconds / slices
-                while (t0 := time.perf_counter()) < stop_at:
-                    await stub.ModelInfer(request)
-                    out.append(time.perf_counter() - t0)
+                call = functools.partial(stubs[name].ModelInfer, request)
+                await timed_calls(call, seconds / slices, samples[name])
     finally:
         for channel in channels.values():
             await channel.close()

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,14 @@ def record(name: str, settings: dict[str, Any], results: dict[str, Any]) -> Path
         path = out / f"{name}-{date[:19].replace(':', '-')}.json"
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
     return path
+
+
+async def timed_calls(
+    call: Callable[[], Awaitable[object]], seconds: float, out: list[float]
+) -> None:
+    """Await `call()` one after another for `seconds`, appending each call's latency (seconds):
+    one slice of a latency probe that alternates between servers."""
+    stop_at = time.perf_counter() + seconds
+    while (t0 := time.perf_counter()) < stop_at:
+        await call()
+        out.append(time.perf_counter() - t0)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -49,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 import uvloop  # noqa: E402
 
 from bench.harness import ferry as start_ferry  # noqa: E402
-from bench.harness import parse_cpus, process_cpu_s, python, start  # noqa: E402
+from bench.harness import parse_cpus, process_cpu_s, python, start, timed_calls  # noqa: E402
 from loadtest.run import LoadResult, percentiles, run_closed_loop  # noqa: E402
 from proto import grpc_service_pb2 as pb  # noqa: E402
 from proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
@@ -99,11 +100,8 @@ async def interleaved_echo(
                 await stub.ModelInfer(request)
         for i in range(2 * slices):
             address = (bare, ferry)[i % 2]
-            stub, out = stubs[address], samples[address]
-            stop_at = time.perf_counter() + seconds / slices  # each server: `seconds` in all
-            while (t0 := time.perf_counter()) < stop_at:
-                await stub.ModelInfer(request)
-                out.append(time.perf_counter() - t0)
+            call = functools.partial(stubs[address].ModelInfer, request)
+            await timed_calls(call, seconds / slices, samples[address])  # each: `seconds` in all
     finally:
         for channel in channels.values():
             await channel.close()
