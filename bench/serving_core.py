@@ -28,11 +28,8 @@ writes the full results as JSON under bench/results/.
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
-import json
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -50,7 +47,14 @@ sys.path.insert(0, str(ROOT))
 import uvloop  # noqa: E402
 
 from bench.harness import ferry as start_ferry  # noqa: E402
-from bench.harness import parse_cpus, process_cpu_s, python, start, timed_calls  # noqa: E402
+from bench.harness import (  # noqa: E402
+    parse_cpus,
+    process_cpu_s,
+    python,
+    record,
+    start,
+    timed_calls,
+)
 from loadtest.run import LoadResult, percentiles, run_closed_loop  # noqa: E402
 from proto import grpc_service_pb2 as pb  # noqa: E402
 from proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
@@ -319,22 +323,7 @@ def main() -> int:
     print(f"echo p50 ratio ferry/bare:      {spread([r['echo_p50_ratio'] for r in rounds])}")
     print(f"echo p99 ratio ferry/bare:      {spread([r['echo_p99_ratio'] for r in rounds])}")
 
-    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    record: dict[str, Any] = {
-        "benchmark": "serving_core",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": date,
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, onnxruntime {ort.__version__}",
-        "settings": vars(args),
-        "rounds": rounds,
-    }
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"serving_core-{date[:16].replace(':', '-')}.json"
-    if path.exists():  # two runs in one minute: keep both
-        path = out / f"serving_core-{date[:19].replace(':', '-')}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path = record("serving_core", vars(args), {"rounds": rounds})
     print(f"full results: {path.relative_to(ROOT)}")
     return 0
 

@@ -35,6 +35,12 @@ class BatchRecord:
     error: BaseException | None = None
 
     @property
+    def name_and_version(self) -> tuple[str, str]:
+        """`model` split at its last ':' (a model's name may hold one, its version does not)."""
+        name, _, version = self.model.rpartition(":")
+        return name, version
+
+    @property
     def rows(self) -> int:
         return self.batch.rows
 

@@ -75,6 +75,10 @@ class ProfileRunner:
         self._running: dict[str, int] = {i.name: 0 for i in instances}  # batches in flight
         self._busy_since: dict[str, int] = {i.name: 0 for i in instances}
         self._devices = {i.name: str(getattr(i, "device", "cpu")) for i in instances}
+        # Each instance's optional `run_now` (engines/base.py), looked up once, not per batch.
+        self._run_nows: dict[str, Callable[[Feed], ExecutionResult | None] | None] = {
+            i.name: getattr(i, "run_now", None) for i in instances
+        }
         self.batcher = batcher
         self._instances = list(instances)
         self._stats = stats
@@ -159,7 +163,7 @@ class ProfileRunner:
         for levels, instance in parked:
             if levels is not None and request.level >= levels:
                 continue  # a reserved instance: not this request's level
-            if getattr(instance, "run_now", None) is None:
+            if self._run_nows[instance.name] is None:
                 continue
             now = self._clock()
             if request.expired(now):
@@ -205,9 +209,7 @@ class ProfileRunner:
 
         The run is synchronous, so nothing else ran on the instance meanwhile: its busy time
         is counted from `start_ns` once it is known that the batch ran."""
-        run_now: Callable[[Feed], ExecutionResult | None] | None = getattr(
-            instance, "run_now", None
-        )
+        run_now = self._run_nows[instance.name]
         if run_now is None:
             return False
         try:

@@ -201,8 +201,7 @@ class Metrics(Collector):
             return
         m = self._by_record.get(record.model)
         if m is None:
-            model, _, version = record.model.rpartition(":")
-            m = self._by_record[record.model] = self._model((model, version))
+            m = self._by_record[record.model] = self._model(record.name_and_version)
         rows = record.rows
         m.rows += rows
         m.executions += 1

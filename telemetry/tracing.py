@@ -184,7 +184,7 @@ class Tracing:
         ]
         if not contexts:
             return
-        model, _, version = record.model.rpartition(":")
+        model, version = record.name_and_version
         span = self._tracer.start_span(
             "batch",
             context=trace.set_span_in_context(trace.NonRecordingSpan(contexts[0])),
