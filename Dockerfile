@@ -12,6 +12,7 @@ COPY engines engines
 COPY common common
 COPY loadtest loadtest
 COPY telemetry telemetry
+COPY ferry ferry
 RUN python3 -m pip install --no-cache-dir ".[gpu]" && ferry example-repo /models
 
 # 8001: gRPC; 8002: Prometheus /metrics

@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import record, start, stop, timed_calls  # noqa: E402
-from loadtest.run import percentiles, run_closed_loop  # noqa: E402
-from proto import grpc_service_pb2 as pb  # noqa: E402
-from proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
-from server.example_repo import write_example_repo  # noqa: E402
+from ferry.loadtest.run import percentiles, run_closed_loop  # noqa: E402
+from ferry.proto import grpc_service_pb2 as pb  # noqa: E402
+from ferry.proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
+from ferry.server.example_repo import write_example_repo  # noqa: E402
 
 
 async def probe_all(addresses: dict[str, str], seconds: float, slices: int) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def main() -> int:
         )
         processes.append(bare)
         for i, tree in enumerate(args.trees):
-            command = [sys.executable, "-m", "server", "serve", "--model-repository", str(repo)]
+            command = [sys.executable, "-m", "ferry", "serve", "--model-repository", str(repo)]
             process, address = start(
                 [*command, "--grpc-port", "0", "--metrics-port", "0"],
                 work / f"ferry-{i}.log",

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.example_repo import write_example_repo
+from ferry.server.example_repo import write_example_repo
 
 CUDA = "CUDAExecutionProvider"
 
@@ -50,7 +50,7 @@ def main() -> int:
     args = parser.parse_args()
     import onnxruntime as ort
 
-    from engines.cuda.stream import DeviceBuffer, PinnedBuffer, Stream
+    from ferry.engines.cuda.stream import DeviceBuffer, PinnedBuffer, Stream
 
     root = args.repo
     if root is None:

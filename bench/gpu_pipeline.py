@@ -35,10 +35,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engines.base import UNBOUNDED, Device, Feed
-from engines.onnxruntime import OnnxRuntimeOptions
-from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
-from server.example_repo import write_example_repo
+from ferry.engines.base import UNBOUNDED, Device, Feed
+from ferry.engines.onnxruntime import OnnxRuntimeOptions
+from ferry.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+from ferry.server.example_repo import write_example_repo
 
 BATCHES = (256, 1024, 4096, 16384)
 graphs: dict[int, dict[int, list[float]]] = {}  # batch → the first graphed instance's timings

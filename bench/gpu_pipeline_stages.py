@@ -20,10 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engines.base import UNBOUNDED, Device, Feed
-from engines.onnxruntime import OnnxRuntimeOptions
-from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
-from server.example_repo import write_example_repo
+from ferry.engines.base import UNBOUNDED, Device, Feed
+from ferry.engines.onnxruntime import OnnxRuntimeOptions
+from ferry.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+from ferry.server.example_repo import write_example_repo
 
 
 async def stages(path: Path, rows: int, depth: int, runs: int) -> dict[str, float]:

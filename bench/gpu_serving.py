@@ -94,7 +94,7 @@ def serve(repo: Path, per_gpu: int, gpus: str, log: Path) -> tuple[subprocess.Po
     port = free_port()
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpus)
     command = [
-        sys.executable, "-m", "server", "serve", "--model-repository", str(repo),
+        sys.executable, "-m", "ferry", "serve", "--model-repository", str(repo),
         "--workers", f"gpu:{per_gpu}", "--grpc-port", str(port), "--metrics-port", "-1",
     ]  # fmt: skip
     process = subprocess.Popen(
@@ -125,7 +125,7 @@ def load(
     port: int, seconds: float, processes: int, concurrency: int, channels: int, out: Path
 ) -> dict[str, Any]:
     command = [
-        sys.executable, "-m", "loadtest.run", "--address", f"127.0.0.1:{port}",
+        sys.executable, "-m", "ferry.loadtest.run", "--address", f"127.0.0.1:{port}",
         "--model", "dlrm_large", "--rows", "1024", "--id-range", str(10**9),
         "--concurrency", str(concurrency), "--processes", str(processes),
         "--channels", str(channels), "--duration", str(seconds), "--warmup", "3",
@@ -197,7 +197,7 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    from server.example_repo import write_example_repo
+    from ferry.server.example_repo import write_example_repo
 
     work = Path(tempfile.mkdtemp(prefix="ferry-gpu-serving-"))
     repo = args.repo

@@ -41,7 +41,7 @@ def ferry(
     repo: Path, log: Path, *extra: str, cpus: set[int] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start Ferry on a free loopback port serving `repo` (on `cpus` only, when given)."""
-    command = [*python(cpus), "-m", "server", "serve", "--model-repository", str(repo)]
+    command = [*python(cpus), "-m", "ferry", "serve", "--model-repository", str(repo)]
     return start([*command, "--grpc-port", "0", "--metrics-port", "0", *extra], log)
 
 

@@ -21,9 +21,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import ROOT, ferry, process_cpu_s, record, stop
-from loadtest.processes import Plan, run
-from loadtest.workload import Workload
-from server.example_repo import write_example_repo
+from ferry.loadtest.processes import Plan, run
+from ferry.loadtest.workload import Workload
+from ferry.server.example_repo import write_example_repo
 
 
 def measure(address: str, server_pid: int, processes: int, seconds: float) -> dict[str, Any]:

@@ -48,10 +48,10 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import ROOT, ferry, parse_cpus, python, record, stop
-from loadtest.run import percentiles, run_closed_loop
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from server.example_repo import write_example_repo
+from ferry.loadtest.run import percentiles, run_closed_loop
+from ferry.proto import grpc_service_pb2 as pb
+from ferry.proto import grpc_service_pb2_grpc as pb_grpc
+from ferry.server.example_repo import write_example_repo
 
 
 def prepare(work: Path) -> tuple[Path, Path]:

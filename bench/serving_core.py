@@ -55,10 +55,10 @@ from bench.harness import (  # noqa: E402
     start,
     timed_calls,
 )
-from loadtest.run import LoadResult, percentiles, run_closed_loop  # noqa: E402
-from proto import grpc_service_pb2 as pb  # noqa: E402
-from proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
-from server.example_repo import DlrmShape, dlrm_model, write_example_repo  # noqa: E402
+from ferry.loadtest.run import LoadResult, percentiles, run_closed_loop  # noqa: E402
+from ferry.proto import grpc_service_pb2 as pb  # noqa: E402
+from ferry.proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
+from ferry.server.example_repo import DlrmShape, dlrm_model, write_example_repo  # noqa: E402
 
 
 def own_cpu_s() -> float:

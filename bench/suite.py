@@ -27,10 +27,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import ROOT, ferry, record, stop
-from loadtest.processes import Plan, run
-from loadtest.report import result_of
-from loadtest.workload import Choice, Workload
-from server.example_repo import write_example_repo
+from ferry.loadtest.processes import Plan, run
+from ferry.loadtest.report import result_of
+from ferry.loadtest.workload import Choice, Workload
+from ferry.server.example_repo import write_example_repo
 
 VARIANTS = {
     "baseline": lambda c: c,

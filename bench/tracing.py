@@ -41,13 +41,13 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import ROOT, process_cpu_s, record, start, stop
-from engines.base import Timings
-from loadtest.processes import Plan, run
-from loadtest.report import result_of
-from loadtest.workload import Choice, Workload
-from scheduler.request import InferenceResult
-from server.example_repo import write_example_repo
-from telemetry.tracing import Tracing, TracingConfig, make_provider
+from ferry.engines.base import Timings
+from ferry.loadtest.processes import Plan, run
+from ferry.loadtest.report import result_of
+from ferry.loadtest.workload import Choice, Workload
+from ferry.scheduler.request import InferenceResult
+from ferry.server.example_repo import write_example_repo
+from ferry.telemetry.tracing import Tracing, TracingConfig, make_provider
 
 
 class Sink(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
@@ -161,7 +161,7 @@ def main() -> int:
     otlp_port = receiver.add_insecure_port("127.0.0.1:0")
     receiver.start()
     http_sink = _HttpSink.start()
-    serve = [sys.executable, "-m", "server", "serve", "--model-repository", str(repo)]
+    serve = [sys.executable, "-m", "ferry", "serve", "--model-repository", str(repo)]
     serve += ["--grpc-port", "0"]
     environment = {
         **os.environ,

@@ -3,8 +3,8 @@
 It imports nothing else of Ferry's, so `server`, `scheduler` and `engines` may all depend on it.
 """
 
-from common.datatypes import DATATYPES, DataType, datatype, from_config_type, from_numpy
-from common.errors import (
+from ferry.common.datatypes import DATATYPES, DataType, datatype, from_config_type, from_numpy
+from ferry.common.errors import (
     CudaError,
     DeadlineExceeded,
     EngineError,

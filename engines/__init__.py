@@ -4,6 +4,6 @@ Only `engines.base` is imported by the scheduler; the server picks a backend mod
 model's platform when it loads the repository.
 """
 
-from engines.base import Device, Engine, ExecutionResult, Instance, Parts, TensorSpec, Timings
+from ferry.engines.base import Device, Engine, ExecutionResult, Instance, Parts, TensorSpec, Timings
 
 __all__ = ["Device", "Engine", "ExecutionResult", "Instance", "Parts", "TensorSpec", "Timings"]

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from common.datatypes import DataType
+from ferry.common.datatypes import DataType
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,18 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from common.datatypes import DATATYPES
-from common.errors import EngineError
-from engines.base import UNBOUNDED, Device, ExecutionResult, Feed, Profile, TensorSpec, Timings
-from engines.staging import gather
+from ferry.common.datatypes import DATATYPES
+from ferry.common.errors import EngineError
+from ferry.engines.base import (
+    UNBOUNDED,
+    Device,
+    ExecutionResult,
+    Feed,
+    Profile,
+    TensorSpec,
+    Timings,
+)
+from ferry.engines.staging import gather
 
 FP32 = DATATYPES["FP32"]
 NOW_ROWS = 2

@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from common.datatypes import DATATYPES, DataType
-from common.errors import EngineError, ModelLoadError
-from engines.base import Device, ExecutionResult, Feed, Profile, TensorSpec, Timings
-from engines.staging import gather
+from ferry.common.datatypes import DATATYPES, DataType
+from ferry.common.errors import EngineError, ModelLoadError
+from ferry.engines.base import Device, ExecutionResult, Feed, Profile, TensorSpec, Timings
+from ferry.engines.staging import gather
 
 _ORT_TYPES: dict[str, str] = {
     "tensor(bool)": "BOOL",

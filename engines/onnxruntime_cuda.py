@@ -45,11 +45,11 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import ModelLoadError
-from engines.base import Device, ExecutionResult, Feed, Profile, TensorSpec
-from engines.cuda.pipeline import Launched, Slot, StreamPipeline
-from engines.onnxruntime import OnnxRuntimeOptions, OnnxSignature, _spec
-from engines.staging import gather_into
+from ferry.common.errors import ModelLoadError
+from ferry.engines.base import Device, ExecutionResult, Feed, Profile, TensorSpec
+from ferry.engines.cuda.pipeline import Launched, Slot, StreamPipeline
+from ferry.engines.onnxruntime import OnnxRuntimeOptions, OnnxSignature, _spec
+from ferry.engines.staging import gather_into
 
 CUDA = "CUDAExecutionProvider"
 
@@ -165,7 +165,7 @@ def _nbytes(spec: TensorSpec, rows: int) -> int:
 
 def _ensure(slot: Slot, name: str, nbytes: int, device: int) -> None:
     """Grow a slot's pinned and device buffers of one tensor to hold `nbytes` (doubling)."""
-    from engines.cuda.stream import DeviceBuffer, PinnedBuffer
+    from ferry.engines.cuda.stream import DeviceBuffer, PinnedBuffer
 
     held = slot.host.get(name)
     if held is not None and held.nbytes >= nbytes:
@@ -219,7 +219,7 @@ class OnnxRuntimeCudaInstance:
         profile: Profile,
         sizes: tuple[int, ...] = (),
     ) -> None:
-        from engines.cuda import toolkit
+        from ferry.engines.cuda import toolkit
 
         self._name = name
         self._profile = profile

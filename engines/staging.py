@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engines.base import Feed
+from ferry.engines.base import Feed
 
 
 def gather(feed: Feed, name: str) -> np.ndarray:

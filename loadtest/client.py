@@ -17,9 +17,9 @@ from typing import Protocol
 import grpc
 import numpy as np
 
-from loadtest.stats import Tally
-from loadtest.workload import Prepared, with_id
-from proto import grpc_service_pb2 as pb
+from ferry.loadtest.stats import Tally
+from ferry.loadtest.workload import Prepared, with_id
+from ferry.proto import grpc_service_pb2 as pb
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"

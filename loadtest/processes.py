@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 
 import grpc
 
-from loadtest.client import Sender, StreamSender, UnarySender, closed_loop, open_loop
-from loadtest.stats import Tally
-from loadtest.workload import Workload, prepare
+from ferry.loadtest.client import Sender, StreamSender, UnarySender, closed_loop, open_loop
+from ferry.loadtest.stats import Tally
+from ferry.loadtest.workload import Workload, prepare
 
 
 @dataclass(frozen=True)

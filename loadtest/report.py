@@ -7,9 +7,9 @@ from typing import Any
 
 import grpc
 
-from loadtest.stats import LoadResult, Tally, percentiles
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
+from ferry.loadtest.stats import LoadResult, Tally, percentiles
+from ferry.proto import grpc_service_pb2 as pb
+from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 
 SATURATED_CORE = 0.9  # a client process busier than this cannot promise its numbers
 

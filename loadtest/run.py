@@ -23,11 +23,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtest import processes, report
-from loadtest.processes import Plan
-from loadtest.search import Slo, search
-from loadtest.stats import LoadResult, percentiles
-from loadtest.workload import Choice, Workload, WorkloadError
+from ferry.loadtest import processes, report
+from ferry.loadtest.processes import Plan
+from ferry.loadtest.search import Slo, search
+from ferry.loadtest.stats import LoadResult, percentiles
+from ferry.loadtest.workload import Choice, Workload, WorkloadError
 
 __all__ = ["LoadResult", "main", "percentiles", "run_closed_loop"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from loadtest.stats import LoadResult
+from ferry.loadtest.stats import LoadResult
 
 
 @dataclass(frozen=True)

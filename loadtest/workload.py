@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
+from ferry.proto import grpc_service_pb2 as pb
+from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 
 NUMPY_TYPES = {
     "BOOL": np.bool_,

@@ -3,14 +3,14 @@
 The scheduler knows nothing of gRPC or protobuf and knows backends only through engines.base.
 """
 
-from scheduler.batch import Batch
-from scheduler.batcher import Batcher
-from scheduler.config import BatchingConfig, QueuePolicy, TimeoutAction
-from scheduler.request import InferenceRequest, InferenceResult
-from scheduler.runner import ProfileRunner
-from scheduler.scheduler import ModelScheduler
-from scheduler.shapes import CutOutput, PaddedInput, Padding
-from scheduler.stats import ModelStats
+from ferry.scheduler.batch import Batch
+from ferry.scheduler.batcher import Batcher
+from ferry.scheduler.config import BatchingConfig, QueuePolicy, TimeoutAction
+from ferry.scheduler.request import InferenceRequest, InferenceResult
+from ferry.scheduler.runner import ProfileRunner
+from ferry.scheduler.scheduler import ModelScheduler
+from ferry.scheduler.shapes import CutOutput, PaddedInput, Padding
+from ferry.scheduler.stats import ModelStats
 
 __all__ = [
     "Batch",

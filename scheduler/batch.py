@@ -7,10 +7,10 @@ from functools import cached_property
 
 import numpy as np
 
-from common.errors import EngineError
-from engines.base import Feed
-from scheduler.request import InferenceRequest
-from scheduler.shapes import NO_PADDING, Padding
+from ferry.common.errors import EngineError
+from ferry.engines.base import Feed
+from ferry.scheduler.request import InferenceRequest
+from ferry.scheduler.shapes import NO_PADDING, Padding
 
 
 @dataclass

@@ -18,14 +18,14 @@ import asyncio
 import heapq
 import itertools
 
-from common.errors import DeadlineExceeded, QueueFull, QueueTimeout, ShuttingDown
-from engines.base import Profile
-from scheduler.batch import Batch
-from scheduler.clock import Clock, monotonic_ns
-from scheduler.config import BatchingConfig, TimeoutAction
-from scheduler.queue import RequestQueue
-from scheduler.request import InferenceRequest, set_exception_if_pending
-from scheduler.shapes import Padding
+from ferry.common.errors import DeadlineExceeded, QueueFull, QueueTimeout, ShuttingDown
+from ferry.engines.base import Profile
+from ferry.scheduler.batch import Batch
+from ferry.scheduler.clock import Clock, monotonic_ns
+from ferry.scheduler.config import BatchingConfig, TimeoutAction
+from ferry.scheduler.queue import RequestQueue
+from ferry.scheduler.request import InferenceRequest, set_exception_if_pending
+from ferry.scheduler.shapes import Padding
 
 
 class Batcher:

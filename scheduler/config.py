@@ -14,7 +14,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from common.errors import InvalidInput
+from ferry.common.errors import InvalidInput
 
 
 class TimeoutAction(enum.Enum):

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from engines.base import Timings
-from scheduler.batch import Batch
-from scheduler.request import InferenceRequest
+from ferry.engines.base import Timings
+from ferry.scheduler.batch import Batch
+from ferry.scheduler.request import InferenceRequest
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ import functools
 from collections import deque
 from collections.abc import Hashable
 
-from scheduler.request import InferenceRequest
+from ferry.scheduler.request import InferenceRequest
 
 
 class RequestQueue:

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engines.base import Timings
-from scheduler.config import TimeoutAction
-from scheduler.shapes import Shapes
+from ferry.engines.base import Timings
+from ferry.scheduler.config import TimeoutAction
+from ferry.scheduler.shapes import Shapes
 
 
 @dataclass

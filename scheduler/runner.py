@@ -27,19 +27,19 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from common.errors import DeadlineExceeded, EngineError, FerryError, ShuttingDown
-from engines.base import ExecutionResult, Feed, Instance, Profile, Timings
-from scheduler.batch import Batch
-from scheduler.batcher import Batcher
-from scheduler.clock import Clock
-from scheduler.observer import BatchObserver, BatchRecord
-from scheduler.request import (
+from ferry.common.errors import DeadlineExceeded, EngineError, FerryError, ShuttingDown
+from ferry.engines.base import ExecutionResult, Feed, Instance, Profile, Timings
+from ferry.scheduler.batch import Batch
+from ferry.scheduler.batcher import Batcher
+from ferry.scheduler.clock import Clock
+from ferry.scheduler.observer import BatchObserver, BatchRecord
+from ferry.scheduler.request import (
     InferenceRequest,
     InferenceResult,
     set_exception_if_pending,
     set_result_if_pending,
 )
-from scheduler.stats import ModelStats
+from ferry.scheduler.stats import ModelStats
 
 log = logging.getLogger("ferry.scheduler")
 

@@ -27,16 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import DeadlineExceeded, EngineError, InvalidInput, QueueFull
-from engines.base import Instance, Profile, Timings
-from scheduler.batcher import Batcher
-from scheduler.clock import Clock, monotonic_ns
-from scheduler.config import BatchingConfig
-from scheduler.observer import BatchObserver
-from scheduler.request import InferenceRequest, InferenceResult
-from scheduler.runner import ProfileRunner
-from scheduler.shapes import Padding, route, smallest_first
-from scheduler.stats import ModelStats
+from ferry.common.errors import DeadlineExceeded, EngineError, InvalidInput, QueueFull
+from ferry.engines.base import Instance, Profile, Timings
+from ferry.scheduler.batcher import Batcher
+from ferry.scheduler.clock import Clock, monotonic_ns
+from ferry.scheduler.config import BatchingConfig
+from ferry.scheduler.observer import BatchObserver
+from ferry.scheduler.request import InferenceRequest, InferenceResult
+from ferry.scheduler.runner import ProfileRunner
+from ferry.scheduler.shapes import Padding, route, smallest_first
+from ferry.scheduler.stats import ModelStats
 
 
 class ModelScheduler:

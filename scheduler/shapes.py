@@ -16,8 +16,8 @@ import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from common.errors import InvalidInput
-from engines.base import Profile
+from ferry.common.errors import InvalidInput
+from ferry.engines.base import Profile
 
 Shape = tuple[int, ...]
 Shapes = Mapping[str, Shape]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engines.base import Timings
+from ferry.engines.base import Timings
 
 
 @dataclass

@@ -10,10 +10,14 @@ import importlib
 from typing import Any
 
 __all__ = ["FerryServer", "ServerConfig", "serve"]
-_WHERE = {"FerryServer": "server.app", "serve": "server.app", "ServerConfig": "server.config"}
+_WHERE = {
+    "FerryServer": "ferry.server.app",
+    "serve": "ferry.server.app",
+    "ServerConfig": "ferry.server.config",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
         return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'server' has no attribute {name!r}")
+    raise AttributeError(f"module 'ferry.server' has no attribute {name!r}")

@@ -22,16 +22,16 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from opentelemetry.sdk.trace import TracerProvider
 
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from proto._pool import POOL
-from server.config import ServerConfig
-from server.repository import Backends, ModelRepository, RepositoryOptions
-from server.servicer import InferenceServicer, ReadinessState, Telemetry
-from telemetry.access_log import AccessLog
-from telemetry.gpu import GpuCollector
-from telemetry.metrics import Metrics
-from telemetry.tracing import Tracing, make_provider
+from ferry.proto import grpc_service_pb2 as pb
+from ferry.proto import grpc_service_pb2_grpc as pb_grpc
+from ferry.proto._pool import POOL
+from ferry.server.config import ServerConfig
+from ferry.server.repository import Backends, ModelRepository, RepositoryOptions
+from ferry.server.servicer import InferenceServicer, ReadinessState, Telemetry
+from ferry.telemetry.access_log import AccessLog
+from ferry.telemetry.gpu import GpuCollector
+from ferry.telemetry.metrics import Metrics
+from ferry.telemetry.tracing import Tracing, make_provider
 
 log = logging.getLogger("ferry.server")
 

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.config import ServerConfig
-from telemetry.tracing import TracingConfig
+from ferry.server.config import ServerConfig
+from ferry.telemetry.tracing import TracingConfig
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "example-repo":
-        from server.example_repo import write_example_repo
+        from ferry.server.example_repo import write_example_repo
 
         for path in write_example_repo(args.directory, large=args.large):
             print(path)
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     devices: list[str] = []
     kind, _, per_device = args.workers.partition(":")
     if kind == "gpu" and (not per_device or (per_device.isdigit() and int(per_device) >= 1)):
-        from engines.cuda.devices import discover
+        from ferry.engines.cuda.devices import discover
 
         found = discover()
         if not found.devices:
@@ -150,13 +150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("ferry: several workers share a TCP port; a Unix socket cannot be shared "
                   "(drop --unix-socket or use --workers 1)", file=sys.stderr)  # fmt: skip
             return 2
-        from server.workers import supervise
+        from ferry.server.workers import supervise
 
         own = list(argv)[1:] if argv is not None else sys.argv[2:]  # what follows "serve"
         return supervise(own, workers, config.host, config.grpc_port, config.metrics_port, devices)
     import uvloop
 
-    from server.app import serve
+    from ferry.server.app import serve
 
     uvloop.run(serve(config))
     return 0

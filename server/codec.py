@@ -16,10 +16,10 @@ from functools import cached_property
 
 import numpy as np
 
-from common.datatypes import DataType
-from common.errors import InvalidInput, Unsupported
-from engines.base import TensorSpec
-from proto import grpc_service_pb2 as pb
+from ferry.common.datatypes import DataType
+from ferry.common.errors import InvalidInput, Unsupported
+from ferry.engines.base import TensorSpec
+from ferry.proto import grpc_service_pb2 as pb
 
 _LENGTH = struct.Struct("<I")
 _INT_RANGE = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from telemetry.tracing import TracingConfig
+from ferry.telemetry.tracing import TracingConfig
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import logging
 
 import grpc
 
-from common.errors import (
+from ferry.common.errors import (
     DeadlineExceeded,
     EngineError,
     FerryError,

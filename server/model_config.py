@@ -16,16 +16,16 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from common.datatypes import DataType, from_config_type
-from common.errors import ModelLoadError
-from engines.base import Profile, TensorSpec
-from engines.cuda.devices import Discovery
-from proto import model_config_pb2 as mc
-from scheduler.config import BatchingConfig
-from scheduler.shapes import Padding
-from server import scheduling_config as scheduling
-from server.codec import Signature
-from server.scheduling_config import PlannedInstance
+from ferry.common.datatypes import DataType, from_config_type
+from ferry.common.errors import ModelLoadError
+from ferry.engines.base import Profile, TensorSpec
+from ferry.engines.cuda.devices import Discovery
+from ferry.proto import model_config_pb2 as mc
+from ferry.scheduler.config import BatchingConfig
+from ferry.scheduler.shapes import Padding
+from ferry.server import scheduling_config as scheduling
+from ferry.server.codec import Signature
+from ferry.server.scheduling_config import PlannedInstance
 
 ONNXRUNTIME = "onnxruntime"
 TENSORRT = "tensorrt"

@@ -21,25 +21,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from common.cpus import usable_cpus
-from common.errors import FerryError, ModelLoadError, ModelNotFound, ModelNotReady
-from engines.base import Engine
-from engines.cuda import toolkit
-from engines.cuda.devices import Discovery, discover
-from engines.cuda.toolkit import CudaToolkit
-from engines.onnxruntime import (
+from ferry.common.cpus import usable_cpus
+from ferry.common.errors import FerryError, ModelLoadError, ModelNotFound, ModelNotReady
+from ferry.engines.base import Engine
+from ferry.engines.cuda import toolkit
+from ferry.engines.cuda.devices import Discovery, discover
+from ferry.engines.cuda.toolkit import CudaToolkit
+from ferry.engines.onnxruntime import (
     RESERVED_INLINE_BUDGET_NS,
     OnnxRuntimeEngine,
     options_from_parameters,
 )
-from engines.tensorrt.engine import TensorRTEngine, TensorRTOptions
-from engines.tensorrt.runtime import import_tensorrt
-from proto import model_config_pb2 as mc
-from scheduler.observer import BatchObserver
-from scheduler.runner import reserved_positions
-from scheduler.scheduler import ModelScheduler
-from server import model_config, scheduling_config
-from server.model_config import TENSORRT, ModelSettings
+from ferry.engines.tensorrt.engine import TensorRTEngine, TensorRTOptions
+from ferry.engines.tensorrt.runtime import import_tensorrt
+from ferry.proto import model_config_pb2 as mc
+from ferry.scheduler.observer import BatchObserver
+from ferry.scheduler.runner import reserved_positions
+from ferry.scheduler.scheduler import ModelScheduler
+from ferry.server import model_config, scheduling_config
+from ferry.server.model_config import TENSORRT, ModelSettings
 
 log = logging.getLogger("ferry.repository")
 
@@ -280,7 +280,7 @@ class ModelRepository:
                     extra = {"idle_class": True}
                 if planned.device.kind == "gpu":
                     if gpu_engine is None:
-                        from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+                        from ferry.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
 
                         gpu_engine = await asyncio.to_thread(
                             OnnxRuntimeCudaEngine,

@@ -30,12 +30,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from common.errors import ModelLoadError
-from engines.base import UNBOUNDED, Device, Profile, ShapeRange, TensorSpec
-from engines.cuda.devices import Discovery
-from proto import model_config_pb2 as mc
-from scheduler.config import BatchingConfig, QueuePolicy, TimeoutAction
-from scheduler.shapes import CutOutput, PaddedInput, Padding
+from ferry.common.errors import ModelLoadError
+from ferry.engines.base import UNBOUNDED, Device, Profile, ShapeRange, TensorSpec
+from ferry.engines.cuda.devices import Discovery
+from ferry.proto import model_config_pb2 as mc
+from ferry.scheduler.config import BatchingConfig, QueuePolicy, TimeoutAction
+from ferry.scheduler.shapes import CutOutput, PaddedInput, Padding
 
 PREFIX = "ferry."
 _KEYS = ("profile.", "pad.", "pad_buckets.", "cut.")

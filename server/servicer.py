@@ -17,17 +17,17 @@ from typing import Any, TypeVar
 
 import grpc
 
-from common.errors import FerryError, ModelNotFound, Unsupported
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from scheduler.request import InferenceResult
-from scheduler.stats import Duration, ModelStats
-from server.codec import decode, encode
-from server.errors import to_status
-from server.repository import READY, ModelRepository, ServedVersion
-from telemetry.access_log import AccessLog
-from telemetry.metrics import Metrics
-from telemetry.tracing import Tracing
+from ferry.common.errors import FerryError, ModelNotFound, Unsupported
+from ferry.proto import grpc_service_pb2 as pb
+from ferry.proto import grpc_service_pb2_grpc as pb_grpc
+from ferry.scheduler.request import InferenceResult
+from ferry.scheduler.stats import Duration, ModelStats
+from ferry.server.codec import decode, encode
+from ferry.server.errors import to_status
+from ferry.server.repository import READY, ModelRepository, ServedVersion
+from ferry.telemetry.access_log import AccessLog
+from ferry.telemetry.metrics import Metrics
+from ferry.telemetry.tracing import Tracing
 
 log = logging.getLogger("ferry.server")
 

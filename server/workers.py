@@ -56,7 +56,7 @@ def supervise(
     for index in range(workers):
         metrics = metrics_port if metrics_port <= 0 else metrics_port + index
         command = [
-            sys.executable, "-m", "server", "serve", *argv,
+            sys.executable, "-m", "ferry", "serve", *argv,
             "--workers", "1", "--reuse-port",
             "--grpc-port", str(port), "--metrics-port", str(metrics),
         ]  # fmt: skip

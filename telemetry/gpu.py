@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from engines.cuda import nvml as nvml_access
+from ferry.engines.cuda import nvml as nvml_access
 
 log = logging.getLogger("ferry.telemetry")
 

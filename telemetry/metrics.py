@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from common.errors import (
+from ferry.common.errors import (
     DeadlineExceeded,
     EngineError,
     FerryError,
@@ -41,9 +41,9 @@ from common.errors import (
     RequestCancelled,
     ShuttingDown,
 )
-from scheduler.observer import BatchRecord
-from scheduler.request import InferenceResult
-from telemetry.histogram import Histogram, HistogramFamily
+from ferry.scheduler.observer import BatchRecord
+from ferry.scheduler.request import InferenceResult
+from ferry.telemetry.histogram import Histogram, HistogramFamily
 
 LATENCY_BUCKETS = (
     0.0005,

@@ -31,8 +31,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from scheduler.observer import BatchRecord
-from scheduler.request import InferenceResult
+from ferry.scheduler.observer import BatchRecord
+from ferry.scheduler.request import InferenceResult
 
 EXPORTERS = ("none", "otlp", "console")
 

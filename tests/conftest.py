@@ -48,7 +48,7 @@ def start_server(repo: Path, workdir: Path, *extra: str) -> RunningServer:
         [
             sys.executable,
             "-m",
-            "server",
+            "ferry",
             "serve",
             "--model-repository",
             str(repo),

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from server.example_repo import write_example_repo
+from ferry.server.example_repo import write_example_repo
 
 # Protocol datatype -> ONNX element type, for the every-datatype identity model.
 ONNX_TYPES = {

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from common.errors import CudaError
-from engines.cuda import nvml as nvml_access
+from ferry.common.errors import CudaError
+from ferry.engines.cuda import nvml as nvml_access
 
 log = logging.getLogger("ferry.engines")
 

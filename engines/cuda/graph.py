@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from common.errors import CudaError
-from engines.cuda.devices import check
-from engines.cuda.stream import Stream
+from ferry.common.errors import CudaError
+from ferry.engines.cuda.devices import check
+from ferry.engines.cuda.stream import Stream
 
 
 def _runtime() -> Any:

@@ -31,9 +31,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from common.errors import EngineError, FerryError
-from engines.base import ExecutionResult, Feed, TensorSpec, Timings
-from engines.cuda.toolkit import CudaToolkit
+from ferry.common.errors import EngineError, FerryError
+from ferry.engines.base import ExecutionResult, Feed, TensorSpec, Timings
+from ferry.engines.cuda.toolkit import CudaToolkit
 
 T = TypeVar("T")
 log = logging.getLogger("ferry.engines.cuda")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.cuda.devices import check
+from ferry.engines.cuda.devices import check
 
 
 def _runtime() -> Any:

@@ -25,7 +25,7 @@ class CudaToolkit:
 
 def real() -> CudaToolkit:
     """cuda-python's runtime API (engines/cuda/stream.py and graph.py)."""
-    from engines.cuda.graph import capture
-    from engines.cuda.stream import DeviceBuffer, PinnedBuffer, Stream, use_device
+    from ferry.engines.cuda.graph import capture
+    from ferry.engines.cuda.stream import DeviceBuffer, PinnedBuffer, Stream, use_device
 
     return CudaToolkit(Stream, PinnedBuffer, DeviceBuffer, use_device, capture)

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.errors import ModelLoadError
-from engines.base import Device, Profile, ShapeRange, TensorSpec
-from engines.cuda.toolkit import CudaToolkit
-from engines.tensorrt.runtime import ErrorLog, datatype, import_tensorrt, member_name
+from ferry.common.errors import ModelLoadError
+from ferry.engines.base import Device, Profile, ShapeRange, TensorSpec
+from ferry.engines.cuda.toolkit import CudaToolkit
+from ferry.engines.tensorrt.runtime import ErrorLog, datatype, import_tensorrt, member_name
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class TensorRTEngine:
         if not devices:
             raise ModelLoadError(f"{path}: a TensorRT plan runs only on a GPU, and none is usable")
         if cuda is None:
-            from engines.cuda import toolkit
+            from ferry.engines.cuda import toolkit
 
             cuda = toolkit.real()
         self._trt = trt if trt is not None else import_tensorrt()
@@ -140,7 +140,7 @@ class TensorRTEngine:
         return tuple(found)
 
     def create_instance(self, name: str, device: Device, profile: Profile) -> Any:
-        from engines.tensorrt.instance import TensorRTInstance
+        from ferry.engines.tensorrt.instance import TensorRTInstance
 
         if device.kind != "gpu":
             raise ModelLoadError(f"instance {name}: a TensorRT plan runs only on a GPU")

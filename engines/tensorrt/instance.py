@@ -19,14 +19,14 @@ import asyncio
 import math
 from typing import TYPE_CHECKING, Any
 
-from common.errors import EngineError, ModelLoadError
-from engines.base import Device, ExecutionResult, Feed, Profile, TensorSpec
-from engines.cuda.pipeline import Launched, Slot, StreamPipeline
-from engines.cuda.toolkit import CudaToolkit
-from engines.staging import gather_into
+from ferry.common.errors import EngineError, ModelLoadError
+from ferry.engines.base import Device, ExecutionResult, Feed, Profile, TensorSpec
+from ferry.engines.cuda.pipeline import Launched, Slot, StreamPipeline
+from ferry.engines.cuda.toolkit import CudaToolkit
+from ferry.engines.staging import gather_into
 
 if TYPE_CHECKING:
-    from engines.tensorrt.engine import TensorRTEngine
+    from ferry.engines.tensorrt.engine import TensorRTEngine
 
 Shapes = tuple[tuple[int, ...], ...]
 

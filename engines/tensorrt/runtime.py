@@ -13,8 +13,8 @@ import logging
 import threading
 from typing import Any
 
-from common.datatypes import DATATYPES, DataType
-from common.errors import ModelLoadError
+from ferry.common.datatypes import DATATYPES, DataType
+from ferry.common.errors import ModelLoadError
 
 log = logging.getLogger("ferry.engines.tensorrt")
 

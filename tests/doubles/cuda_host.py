@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.cuda.toolkit import CudaToolkit
+from ferry.engines.cuda.toolkit import CudaToolkit
 
 Operation = Callable[[], None]
 

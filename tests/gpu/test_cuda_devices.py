@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.errors import CudaError
-from engines.cuda.devices import check, cuda_device_count, discover
+from ferry.common.errors import CudaError
+from ferry.engines.cuda.devices import check, cuda_device_count, discover
 
 pytestmark = pytest.mark.gpu
 

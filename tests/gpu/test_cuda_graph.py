@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines.cuda.devices import discover
+from ferry.engines.cuda.devices import discover
 
 pytestmark = pytest.mark.gpu
 
@@ -21,9 +21,9 @@ def gpu() -> None:
 def test_a_graph_replays_its_copies_on_fresh_data() -> None:
     from cuda.bindings import runtime
 
-    from engines.cuda.devices import check
-    from engines.cuda.graph import capture
-    from engines.cuda.stream import DeviceBuffer, PinnedBuffer, Stream
+    from ferry.engines.cuda.devices import check
+    from ferry.engines.cuda.graph import capture
+    from ferry.engines.cuda.stream import DeviceBuffer, PinnedBuffer, Stream
 
     n = 4096
     stream = Stream(0)
@@ -54,8 +54,8 @@ def test_a_graph_replays_its_copies_on_fresh_data() -> None:
 
 
 def test_a_capture_that_fails_ends_and_the_stream_still_works() -> None:
-    from engines.cuda.graph import capture
-    from engines.cuda.stream import Stream
+    from ferry.engines.cuda.graph import capture
+    from ferry.engines.cuda.stream import Stream
 
     stream = Stream(0)
 

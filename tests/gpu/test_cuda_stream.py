@@ -8,8 +8,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from common.errors import CudaError
-from engines.cuda.devices import discover
+from ferry.common.errors import CudaError
+from ferry.engines.cuda.devices import discover
 
 pytestmark = [pytest.mark.gpu, pytest.mark.asyncio]
 
@@ -22,7 +22,7 @@ def gpu() -> None:
 
 
 async def round_trip(data: np.ndarray) -> np.ndarray:
-    from engines.cuda.stream import DeviceBuffer, PinnedBuffer, Stream
+    from ferry.engines.cuda.stream import DeviceBuffer, PinnedBuffer, Stream
 
     stream, src, dst = Stream(0), PinnedBuffer(data.nbytes), PinnedBuffer(data.nbytes)
     device = DeviceBuffer(data.nbytes, 0)
@@ -70,7 +70,7 @@ async def test_two_streams_run_at_once() -> None:
 
 
 async def test_cuda_failures_name_the_error() -> None:
-    from engines.cuda.stream import DeviceBuffer, PinnedBuffer, Stream
+    from ferry.engines.cuda.stream import DeviceBuffer, PinnedBuffer, Stream
 
     with pytest.raises(CudaError, match=r"cudaMalloc.*cudaErrorMemoryAllocation"):
         DeviceBuffer(1 << 50, 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from telemetry.gpu import GpuCollector
+from ferry.telemetry.gpu import GpuCollector
 
 pytestmark = pytest.mark.gpu
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.base import UNBOUNDED, Device
-from engines.cuda.devices import discover
-from scheduler import BatchingConfig, ModelScheduler, PaddedInput, Padding
-from server.example_repo import write_example_repo
+from ferry.engines.base import UNBOUNDED, Device
+from ferry.engines.cuda.devices import discover
+from ferry.scheduler import BatchingConfig, ModelScheduler, PaddedInput, Padding
+from ferry.server.example_repo import write_example_repo
 
 pytestmark = [pytest.mark.gpu, pytest.mark.asyncio]
 
@@ -59,7 +59,7 @@ def requests_for(model: str, rng: np.random.Generator) -> list[dict[str, np.ndar
 async def test_served_on_the_gpu_equals_onnx_runtime_on_the_cpu(model: str, examples: Path) -> None:
     import onnxruntime as ort
 
-    from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+    from ferry.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
 
     path = examples / model / "1" / "model.onnx"
     engine = OnnxRuntimeCudaEngine(path)
@@ -94,7 +94,7 @@ async def test_dlrm_large_on_the_gpu_equals_onnx_runtime_on_the_cpu(
 ) -> None:
     import onnxruntime as ort
 
-    from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+    from ferry.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
 
     write_example_repo(tmp_path, large=True)
     path = tmp_path / "dlrm_large" / "1" / "model.onnx"
@@ -130,8 +130,8 @@ async def test_cuda_graphs_answer_every_batch_size_as_the_cpu(examples: Path) ->
     caller still gets exactly its own rows, equal to the CPU's answer."""
     import onnxruntime as ort
 
-    from engines.onnxruntime import OnnxRuntimeOptions
-    from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine, graph_sizes
+    from ferry.engines.onnxruntime import OnnxRuntimeOptions
+    from ferry.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine, graph_sizes
 
     path = examples / "dlrm" / "1" / "model.onnx"
     engine = OnnxRuntimeCudaEngine(path, OnnxRuntimeOptions(cuda_graphs=True), max_batch_size=1024)
@@ -173,9 +173,9 @@ async def test_cuda_graphs_answer_every_batch_size_as_the_cpu(examples: Path) ->
 
 
 async def test_cuda_graphs_refuse_a_model_whose_dims_vary(examples: Path) -> None:
-    from common.errors import ModelLoadError
-    from engines.onnxruntime import OnnxRuntimeOptions
-    from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+    from ferry.common.errors import ModelLoadError
+    from ferry.engines.onnxruntime import OnnxRuntimeOptions
+    from ferry.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
 
     with pytest.raises(ModelLoadError, match="needs fixed non-batch dims, and tensor 'x'"):
         OnnxRuntimeCudaEngine(

@@ -9,10 +9,10 @@ import grpc
 import numpy as np
 import pytest
 
-from engines.cuda.devices import discover
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from server.example_repo import write_example_repo
+from ferry.engines.cuda.devices import discover
+from ferry.proto import grpc_service_pb2 as pb
+from ferry.proto import grpc_service_pb2_grpc as pb_grpc
+from ferry.server.example_repo import write_example_repo
 from tests.conftest import start_server, stop_server
 
 pytestmark = pytest.mark.gpu
@@ -87,7 +87,7 @@ def test_one_worker_per_gpu_sees_only_its_device(tmp_path: Path) -> None:
     log = tmp_path / "workers.log"
     root = Path(__file__).resolve().parents[2]
     with log.open("w") as sink:
-        command = [sys.executable, "-m", "server", "serve", "--model-repository", str(repo)]
+        command = [sys.executable, "-m", "ferry", "serve", "--model-repository", str(repo)]
         command += ["--grpc-port", "0", "--metrics-port", "0", "--workers", "gpu"]
         supervisor = subprocess.Popen(command, cwd=root, stdout=sink, stderr=subprocess.STDOUT)
         try:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import ModelLoadError
-from engines.cuda.devices import discover
-from engines.tensorrt.engine import TensorRTEngine
-from engines.tensorrt.runtime import import_tensorrt
-from server.example_repo import write_example_repo
+from ferry.common.errors import ModelLoadError
+from ferry.engines.cuda.devices import discover
+from ferry.engines.tensorrt.engine import TensorRTEngine
+from ferry.engines.tensorrt.runtime import import_tensorrt
+from ferry.server.example_repo import write_example_repo
 from tests.conftest import start_server, stop_server
 from tests.doubles.tensorrt_api import write_plan
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtest import run as loadtest
-from loadtest.report import statistics
+from ferry.loadtest import run as loadtest
+from ferry.loadtest.report import statistics
 from tests.conftest import RunningServer
 
 

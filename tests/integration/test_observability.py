@@ -27,10 +27,10 @@ from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from server.app import FerryServer
-from server.config import ServerConfig
+from ferry.proto import grpc_service_pb2 as pb
+from ferry.proto import grpc_service_pb2_grpc as pb_grpc
+from ferry.server.app import FerryServer
+from ferry.server.config import ServerConfig
 from tests.conftest import RunningServer, start_server, stop_server
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -20,8 +20,8 @@ import tritonclient.grpc as tc
 import tritonclient.grpc.aio as tca
 from tritonclient.utils import InferenceServerException
 
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
+from ferry.proto import grpc_service_pb2 as pb
+from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import RunningServer
 
 

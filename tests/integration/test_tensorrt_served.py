@@ -16,10 +16,10 @@ import pytest_asyncio
 import tritonclient.grpc.aio as tca
 from tritonclient.utils import InferenceServerException
 
-from engines.cuda.devices import Discovery, GpuDevice
-from server.app import FerryServer
-from server.config import ServerConfig
-from server.repository import Backends
+from ferry.engines.cuda.devices import Discovery, GpuDevice
+from ferry.server.app import FerryServer
+from ferry.server.config import ServerConfig
+from ferry.server.repository import Backends
 from tests.doubles import cuda_host, tensorrt_api
 from tests.doubles.tensorrt_api import write_plan
 from tests.models import _save, add_constant

@@ -15,10 +15,10 @@ import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtest.processes import Plan, run
-from loadtest.workload import Workload
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
+from ferry.loadtest.processes import Plan, run
+from ferry.loadtest.workload import Workload
+from ferry.proto import grpc_service_pb2 as pb
+from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +36,7 @@ def successes(url: str) -> float:
 def test_two_workers_share_the_port_and_stop_together(model_repo: Path, tmp_path: Path) -> None:
     log = tmp_path / "workers.log"
     with log.open("w") as sink:
-        command = [sys.executable, "-m", "server", "serve", "--model-repository", str(model_repo)]
+        command = [sys.executable, "-m", "ferry", "serve", "--model-repository", str(model_repo)]
         command += ["--grpc-port", "0", "--metrics-port", "0", "--workers", "2"]
         command += ["--no-strict-readiness", "--drain-timeout", "5"]
         supervisor = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
@@ -90,7 +90,7 @@ def test_two_workers_share_the_port_and_stop_together(model_repo: Path, tmp_path
 
 def test_worker_options_are_checked(model_repo: Path) -> None:
     def run(*extra: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "server", "serve", "--model-repository", str(model_repo)]
+        command = [sys.executable, "-m", "ferry", "serve", "--model-repository", str(model_repo)]
         return subprocess.run(
             [*command, *extra], cwd=ROOT, capture_output=True, text=True, timeout=60
         )
@@ -105,7 +105,7 @@ def test_worker_options_are_checked(model_repo: Path) -> None:
     assert (
         shared_socket.returncode == 2 and "a Unix socket cannot be shared" in shared_socket.stderr
     )
-    from engines.cuda.devices import discover
+    from ferry.engines.cuda.devices import discover
 
     if not discover().devices:  # here: no GPU, so --workers gpu must say so and stop
         for asked in ("gpu", "gpu:2"):

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from telemetry.gpu import GpuCollector
+from ferry.telemetry.gpu import GpuCollector
 
 
 def test_no_gpu_means_no_gpu_metrics_and_one_log_line(caplog: pytest.LogCaptureFixture) -> None:

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engines.cuda import devices
-from server import cli
-from telemetry.gpu import GpuCollector
+from ferry.engines.cuda import devices
+from ferry.server import cli
+from ferry.telemetry.gpu import GpuCollector
 from tests.doubles.nvml import mig_host
 
 
@@ -48,9 +48,9 @@ def test_workers_gpu_starts_one_worker_per_gpu_or_mig_instance(
         started.update(workers=workers, devices=list(found))
         return 0
 
-    import server.workers
+    import ferry.server.workers
 
-    monkeypatch.setattr(server.workers, "supervise", supervise)
+    monkeypatch.setattr(ferry.server.workers, "supervise", supervise)
     args = ["serve", "--model-repository", str(tmp_path), "--workers"]
     assert cli.main([*args, "gpu"]) == 0
     assert started == {"workers": 3, "devices": ["GPU-aaaa", "MIG-1111", "MIG-2222"]}

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from engines.cuda.devices import Discovery, GpuDevice, discover, visible
+from ferry.engines.cuda.devices import Discovery, GpuDevice, discover, visible
 
 
 def test_no_gpu_is_a_clear_log_line_not_a_crash(caplog: pytest.LogCaptureFixture) -> None:

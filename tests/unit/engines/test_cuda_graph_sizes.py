@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.datatypes import DATATYPES
-from common.errors import ModelLoadError
-from engines.base import TensorSpec
-from engines.onnxruntime_cuda import check_graphable, graph_size, graph_sizes
+from ferry.common.datatypes import DATATYPES
+from ferry.common.errors import ModelLoadError
+from ferry.engines.base import TensorSpec
+from ferry.engines.onnxruntime_cuda import check_graphable, graph_size, graph_sizes
 
 
 def test_sizes_are_the_powers_of_two_below_the_max_and_the_max() -> None:

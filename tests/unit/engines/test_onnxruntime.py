@@ -12,10 +12,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from engines import onnxruntime as backend
-from engines.base import UNBOUNDED, Device, Feed
-from engines.onnxruntime import OnnxRuntimeEngine, OnnxRuntimeOptions
-from server.example_repo import write_example_repo
+from ferry.engines import onnxruntime as backend
+from ferry.engines.base import UNBOUNDED, Device, Feed
+from ferry.engines.onnxruntime import OnnxRuntimeEngine, OnnxRuntimeOptions
+from ferry.server.example_repo import write_example_repo
 
 pytestmark = pytest.mark.asyncio
 

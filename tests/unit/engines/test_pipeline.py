@@ -11,10 +11,10 @@ import threading
 import numpy as np
 import pytest
 
-from common.datatypes import DATATYPES
-from engines.base import Feed, TensorSpec
-from engines.cuda.pipeline import Launched, Slot, StreamPipeline
-from engines.staging import gather_into
+from ferry.common.datatypes import DATATYPES
+from ferry.engines.base import Feed, TensorSpec
+from ferry.engines.cuda.pipeline import Launched, Slot, StreamPipeline
+from ferry.engines.staging import gather_into
 from tests.doubles import cuda_host
 
 OUT = TensorSpec("y", DATATYPES["FP32"], (-1, 4))

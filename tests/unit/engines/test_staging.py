@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engines.base import Feed
-from engines.staging import gather, gather_into
+from ferry.engines.base import Feed
+from ferry.engines.staging import gather, gather_into
 
 
 def test_gather_pads_each_part_into_its_corner_with_one_copy() -> None:

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from common.errors import EngineError, ModelLoadError
-from engines.base import Device, Feed
-from engines.tensorrt.engine import TensorRTEngine, TensorRTOptions
+from ferry.common.errors import EngineError, ModelLoadError
+from ferry.engines.base import Device, Feed
+from ferry.engines.tensorrt.engine import TensorRTEngine, TensorRTOptions
 from tests.doubles import cuda_host, tensorrt_api
 from tests.doubles.tensorrt_api import write_plan
 
@@ -243,7 +243,7 @@ async def test_close_frees_every_buffer(tmp_path: Path) -> None:
 async def test_an_instance_that_cannot_start_frees_what_it_made(tmp_path: Path) -> None:
     import threading
 
-    from engines.base import Profile
+    from ferry.engines.base import Profile
 
     engine = load(affine_plan(tmp_path))
     before = (cuda_host.HostBuffer.live, threading.active_count(), len(cuda_host.STREAMS))

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtest.client import arrival_times, open_loop
-from loadtest.search import Slo, search
-from loadtest.stats import LoadResult, Tally, percentiles
-from loadtest.workload import Choice, Prepared, WorkloadError, with_id
-from proto import grpc_service_pb2 as pb
+from ferry.loadtest.client import arrival_times, open_loop
+from ferry.loadtest.search import Slo, search
+from ferry.loadtest.stats import LoadResult, Tally, percentiles
+from ferry.loadtest.workload import Choice, Prepared, WorkloadError, with_id
+from ferry.proto import grpc_service_pb2 as pb
 
 
 def test_percentiles_match_numpy_on_known_samples() -> None:

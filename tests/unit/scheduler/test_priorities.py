@@ -8,11 +8,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from common.errors import InvalidInput, QueueFull, QueueTimeout
-from engines.base import Device
-from engines.fake import FakeEngine, FakeInstance
-from scheduler import BatchingConfig, ModelScheduler, QueuePolicy, TimeoutAction
-from scheduler.request import InferenceResult
+from ferry.common.errors import InvalidInput, QueueFull, QueueTimeout
+from ferry.engines.base import Device
+from ferry.engines.fake import FakeEngine, FakeInstance
+from ferry.scheduler import BatchingConfig, ModelScheduler, QueuePolicy, TimeoutAction
+from ferry.scheduler.request import InferenceResult
 
 pytestmark = pytest.mark.asyncio
 

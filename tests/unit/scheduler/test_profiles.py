@@ -8,11 +8,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from common.errors import InvalidInput
-from engines.base import Device, Profile, ShapeRange
-from engines.fake import FakeEngine
-from scheduler import BatchingConfig, CutOutput, ModelScheduler, PaddedInput, Padding
-from scheduler.request import InferenceResult
+from ferry.common.errors import InvalidInput
+from ferry.engines.base import Device, Profile, ShapeRange
+from ferry.engines.fake import FakeEngine
+from ferry.scheduler import BatchingConfig, CutOutput, ModelScheduler, PaddedInput, Padding
+from ferry.scheduler.request import InferenceResult
 
 pytestmark = pytest.mark.asyncio
 

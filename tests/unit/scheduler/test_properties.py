@@ -11,10 +11,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.errors import DeadlineExceeded, EngineError, QueueTimeout
-from engines.base import Device, Profile, ShapeRange
-from engines.fake import FakeEngine
-from scheduler import (
+from ferry.common.errors import DeadlineExceeded, EngineError, QueueTimeout
+from ferry.engines.base import Device, Profile, ShapeRange
+from ferry.engines.fake import FakeEngine
+from ferry.scheduler import (
     Batch,
     Batcher,
     BatchingConfig,
@@ -24,8 +24,8 @@ from scheduler import (
     Padding,
     QueuePolicy,
 )
-from scheduler.request import InferenceRequest
-from scheduler.runner import ProfileRunner
+from ferry.scheduler.request import InferenceRequest
+from ferry.scheduler.runner import ProfileRunner
 
 request_plan = st.tuples(
     st.integers(min_value=1, max_value=6),  # rows

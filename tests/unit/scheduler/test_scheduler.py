@@ -8,11 +8,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from common.errors import DeadlineExceeded, EngineError, InvalidInput, QueueFull, ShuttingDown
-from engines.base import Device
-from engines.fake import FakeEngine
-from scheduler import BatchingConfig, ModelScheduler, QueuePolicy
-from scheduler.request import InferenceResult
+from ferry.common.errors import DeadlineExceeded, EngineError, InvalidInput, QueueFull, ShuttingDown
+from ferry.engines.base import Device
+from ferry.engines.fake import FakeEngine
+from ferry.scheduler import BatchingConfig, ModelScheduler, QueuePolicy
+from ferry.scheduler.request import InferenceResult
 
 pytestmark = pytest.mark.asyncio
 

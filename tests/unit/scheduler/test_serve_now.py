@@ -9,11 +9,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from common.errors import EngineError
-from engines.base import Device
-from engines.fake import FakeEngine
-from scheduler import BatchingConfig, ModelScheduler
-from scheduler.request import InferenceResult
+from ferry.common.errors import EngineError
+from ferry.engines.base import Device
+from ferry.engines.fake import FakeEngine
+from ferry.scheduler import BatchingConfig, ModelScheduler
+from ferry.scheduler.request import InferenceResult
 
 MS = 1_000_000
 

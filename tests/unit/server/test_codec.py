@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.datatypes import DATATYPES
-from common.errors import InvalidInput
-from engines.base import TensorSpec
-from proto import grpc_service_pb2 as pb
-from server.codec import Signature, decode, encode, to_raw
+from ferry.common.datatypes import DATATYPES
+from ferry.common.errors import InvalidInput
+from ferry.engines.base import TensorSpec
+from ferry.proto import grpc_service_pb2 as pb
+from ferry.server.codec import Signature, decode, encode, to_raw
 
 
 def signature(name: str, dims: tuple[int, ...] = (-1,), mbs: int = 8) -> Signature:

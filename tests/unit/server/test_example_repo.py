@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from server.cli import main
+from ferry.server.cli import main
 
 
 def test_two_runs_are_byte_identical(tmp_path: Path) -> None:

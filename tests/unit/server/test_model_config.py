@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from common.datatypes import DATATYPES
-from common.errors import ModelLoadError
-from engines.base import TensorSpec
-from server.model_config import ONNXRUNTIME, complete, parse
+from ferry.common.datatypes import DATATYPES
+from ferry.common.errors import ModelLoadError
+from ferry.engines.base import TensorSpec
+from ferry.server.model_config import ONNXRUNTIME, complete, parse
 
 FP32 = DATATYPES["FP32"]
 X = TensorSpec("x", FP32, (-1, 4))

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from common.cpus import usable_cpus
-from engines.onnxruntime import INLINE_BUDGET_NS, RESERVED_INLINE_BUDGET_NS
-from server.example_repo import write_example_repo
-from server.repository import ModelRepository
+from ferry.common.cpus import usable_cpus
+from ferry.engines.onnxruntime import INLINE_BUDGET_NS, RESERVED_INLINE_BUDGET_NS
+from ferry.server.example_repo import write_example_repo
+from ferry.server.repository import ModelRepository
 
 pytestmark = pytest.mark.asyncio
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from common.datatypes import DATATYPES
-from common.errors import ModelLoadError
-from engines.base import TensorSpec
-from engines.cuda.devices import Discovery, GpuDevice
-from scheduler import TimeoutAction
-from server.model_config import ONNXRUNTIME, ModelSettings, complete, parse
-from server.scheduling_config import instance_plan
+from ferry.common.datatypes import DATATYPES
+from ferry.common.errors import ModelLoadError
+from ferry.engines.base import TensorSpec
+from ferry.engines.cuda.devices import Discovery, GpuDevice
+from ferry.scheduler import TimeoutAction
+from ferry.server.model_config import ONNXRUNTIME, ModelSettings, complete, parse
+from ferry.server.scheduling_config import instance_plan
 
 HISTORY = TensorSpec("history", DATATYPES["INT64"], (-1, -1, -1))  # batch, then 2 free dims
 USER = TensorSpec("user", DATATYPES["FP32"], (-1, 16))

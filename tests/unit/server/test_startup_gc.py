@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server.app import FerryServer
-from server.config import ServerConfig
+from ferry.server.app import FerryServer
+from ferry.server.config import ServerConfig
 
 
 @pytest.mark.asyncio

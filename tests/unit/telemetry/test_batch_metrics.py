@@ -10,10 +10,10 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engines.base import Device, Profile, ShapeRange
-from engines.fake import FakeEngine
-from scheduler import BatchingConfig, ModelScheduler
-from telemetry.metrics import Metrics
+from ferry.engines.base import Device, Profile, ShapeRange
+from ferry.engines.fake import FakeEngine
+from ferry.scheduler import BatchingConfig, ModelScheduler
+from ferry.telemetry.metrics import Metrics
 
 pytestmark = pytest.mark.asyncio
 

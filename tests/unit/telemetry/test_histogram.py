@@ -10,8 +10,8 @@ from prometheus_client import Histogram as ClientHistogram
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from telemetry.histogram import HistogramFamily
-from telemetry.metrics import LATENCY_BUCKETS, ROWS_BUCKETS
+from ferry.telemetry.histogram import HistogramFamily
+from ferry.telemetry.metrics import LATENCY_BUCKETS, ROWS_BUCKETS
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -7,7 +7,7 @@ import random
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from telemetry.tracing import Tracing, TracingConfig, make_provider
+from ferry.telemetry.tracing import Tracing, TracingConfig, make_provider
 
 SAMPLED = (("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),)
 UNSAMPLED = (("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from telemetry.tracing import TracingConfig
+from ferry.telemetry.tracing import TracingConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -44,7 +44,7 @@ def test_the_server_refuses_to_start_on_bad_settings(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "server",
+            "ferry",
             "serve",
             "--model-repository",
             str(tmp_path),
