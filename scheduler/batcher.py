@@ -21,7 +21,7 @@ import itertools
 from ferry.common.errors import DeadlineExceeded, QueueFull, QueueTimeout, ShuttingDown
 from ferry.engines.base import Profile
 from ferry.scheduler.batch import Batch
-from ferry.scheduler.clock import Clock, monotonic_ns
+from ferry.scheduler.clock import MONOTONIC, Clock, Timer
 from ferry.scheduler.config import BatchingConfig, TimeoutAction
 from ferry.scheduler.queue import RequestQueue
 from ferry.scheduler.request import InferenceRequest, set_exception_if_pending
@@ -34,14 +34,13 @@ class Batcher:
         config: BatchingConfig,
         profile: Profile,
         padding: Padding | None = None,
-        clock: Clock = monotonic_ns,
+        clock: Clock = MONOTONIC,
     ) -> None:
         self._config = config
         self._profile = profile
         self._padding = padding or Padding()
         self._clock = clock
-        # With an injected clock, time moves only when a test moves it (and calls poke()).
-        self._real_time = clock is monotonic_ns
+        self._now = clock.now
         self._queue = RequestQueue(config.levels)
         self._wakeup = asyncio.Event()
         self._closed = False
@@ -50,7 +49,7 @@ class Batcher:
         self.max_rows = profile.batch_rows(config.max_batch_size)
         self._limits: list[tuple[int, int, InferenceRequest]] = []  # (when, seq, request)
         self._seq = itertools.count()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._timer_at = 0
         # Callers of next_batch(levels) waiting now, by `levels` (reserved instances' pumps).
         self._reserved_waiting: dict[int, int] = {}
@@ -74,13 +73,13 @@ class Batcher:
         limit = self._config.policy(request.level).max_queue_size
         if limit and self._queue.waiting_at(request.level) >= limit:
             raise QueueFull(f"Exceeds maximum queue size ({limit} requests waiting)")
-        now = self._clock()
+        now = self._now()
         request.enqueued_ns = now
         self._queue.push(request)
         for when in (request.deadline_ns, request.queue_deadline_ns):
             if when is not None:
                 heapq.heappush(self._limits, (when, next(self._seq), request))
-                self._arm(now)
+                self._arm()
         self._wakeup.set()
 
     def leaves_at_once(self, request: InferenceRequest) -> bool:
@@ -94,11 +93,6 @@ class Batcher:
         return rows >= self.max_rows or bool(
             self._largest_preferred and rows >= self._largest_preferred
         )
-
-    def poke(self) -> None:
-        """Re-evaluate now (tests call this after moving a fake clock)."""
-        self._sweep(self._clock())
-        self._wakeup.set()
 
     async def next_batch(self, levels: int | None = None) -> Batch:
         """The next batch to run; waits for requests and for the delay window as needed.
@@ -123,7 +117,7 @@ class Batcher:
         while True:
             if self._closed:
                 raise ShuttingDown("the model is shutting down")
-            now = self._clock()
+            now = self._now()
             self._sweep(now)
             if levels is None and self._reserved_waiting:
                 head = self._queue.head(skip=max(self._reserved_waiting))
@@ -137,10 +131,11 @@ class Batcher:
             if wait_ns <= 0:
                 return self._take(head)
             self._wakeup.clear()
+            window = self._clock.call_at(now + wait_ns, self._wakeup.set)
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=wait_ns / 1e9)
-            except TimeoutError:
-                pass
+                await self._wakeup.wait()
+            finally:
+                window.cancel()
 
     def _wait_before_leaving(self, head: InferenceRequest, now: int) -> int:
         """0 when the batch led by `head` should leave now, else nanoseconds left to wait."""
@@ -197,25 +192,24 @@ class Batcher:
                         request.future, QueueTimeout("Request timeout expired")
                     )
 
-    def _arm(self, now: int) -> None:
-        """Make the timer fire at the earliest pending limit (real time only)."""
-        if not self._real_time or not self._limits or self._closed:
+    def _arm(self) -> None:
+        """Make the timer fire at the earliest pending limit."""
+        if not self._limits or self._closed:
             return
         when = self._limits[0][0]
         if self._timer is not None:
             if self._timer_at <= when:
                 return
             self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_at(loop.time() + max(when - now, 0) / 1e9, self._on_timer)
+        self._timer = self._clock.call_at(when, self._on_timer)
         self._timer_at = when
 
     def _on_timer(self) -> None:
         self._timer = None
-        now = self._clock()
+        now = self._now()
         self._sweep(now)
         self._wakeup.set()
-        self._arm(now)
+        self._arm()
 
     def close(self, exc: BaseException) -> None:
         """Stop forming batches; every waiting request fails with `exc`."""

@@ -82,7 +82,7 @@ class ProfileRunner:
         self.batcher = batcher
         self._instances = list(instances)
         self._stats = stats
-        self._clock = clock
+        self._now = clock.now
         self._on_failure = on_failure
         self._batched = batcher.max_rows > 0
         kept = reserved_positions([i.profile.index for i in self._instances], reserved)
@@ -101,11 +101,6 @@ class ProfileRunner:
     @property
     def profile(self) -> Profile:
         return self.batcher.profile
-
-    @property
-    def busy(self) -> bool:
-        """True while requests wait or batches run."""
-        return bool(len(self.batcher) or self._tasks)
 
     def start(self) -> None:
         depth = max((_in_flight(i) for i in self._instances), default=1)
@@ -134,7 +129,7 @@ class ProfileRunner:
                 raise
             finally:
                 del self._parked[levels]
-            start_ns = self._clock()
+            start_ns = self._now()
             live = self._admit(batch, start_ns)
             if live is None:  # every request left while it waited
                 idle.put_nowait(instance)
@@ -165,7 +160,7 @@ class ProfileRunner:
                 continue  # a reserved instance: not this request's level
             if self._run_nows[instance.name] is None:
                 continue
-            now = self._clock()
+            now = self._now()
             if request.expired(now):
                 return False  # the queue answers it (DEADLINE_EXCEEDED), like any other
             request.enqueued_ns = now
@@ -230,7 +225,7 @@ class ProfileRunner:
             try:
                 result = await instance.run(feed)
             except asyncio.CancelledError:
-                self._end(instance, self._clock())
+                self._end(instance, self._now())
                 for request in batch.requests:
                     set_exception_if_pending(
                         request.future, ShuttingDown("the server is shutting down")
@@ -266,7 +261,7 @@ class ProfileRunner:
     ) -> None:
         """Finish a batch that ran (`result`) or failed (`error`): busy time, every request's
         answer or error, statistics, observers. Completes every pending future on every path."""
-        finished = self._clock()
+        finished = self._now()
         self._end(instance, finished)
         batch_id = next(self._batch_ids)
         answers: list[dict[str, np.ndarray]] = []

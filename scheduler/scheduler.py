@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import time
 from collections import defaultdict
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -30,7 +29,7 @@ import numpy as np
 from ferry.common.errors import DeadlineExceeded, EngineError, InvalidInput, QueueFull
 from ferry.engines.base import Instance, Profile, Timings
 from ferry.scheduler.batcher import Batcher
-from ferry.scheduler.clock import Clock, monotonic_ns
+from ferry.scheduler.clock import MONOTONIC, Clock
 from ferry.scheduler.config import BatchingConfig
 from ferry.scheduler.observer import BatchObserver
 from ferry.scheduler.request import InferenceRequest, InferenceResult
@@ -55,7 +54,7 @@ class ModelScheduler:
         *,
         padding: Padding | None = None,
         stats: ModelStats | None = None,
-        clock: Clock = monotonic_ns,
+        clock: Clock = MONOTONIC,
         observers: Sequence[BatchObserver] = (),
     ) -> None:
         if not instances:
@@ -64,7 +63,7 @@ class ModelScheduler:
         self.config = config
         self.stats = stats if stats is not None else ModelStats()
         self._padding = padding or Padding()
-        self._clock = clock
+        self._now = clock.now
         self._batched_dim = config.max_batch_size > 0
         groups: dict[int, list[Instance]] = defaultdict(list)
         profiles: dict[int, Profile] = {}
@@ -119,11 +118,6 @@ class ModelScheduler:
         """Nanoseconds each instance has spent running batches since start."""
         return {name: ns for r in self._runners.values() for name, ns in r.busy_ns.items()}
 
-    def poke(self) -> None:
-        """Re-evaluate every queue now (tests call this after moving an injected clock)."""
-        for runner in self._runners.values():
-            runner.batcher.poke()
-
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         for runner in self._runners.values():
@@ -150,7 +144,7 @@ class ModelScheduler:
         """
         if self._failure is not None:
             raise EngineError(f"model {self.name} stopped serving after an internal error")
-        now = self._clock()
+        now = self._now()
         if deadline_ns is not None and now >= deadline_ns:
             raise DeadlineExceeded("the request's deadline had passed when it arrived")
         config = self.config
@@ -255,13 +249,6 @@ class ModelScheduler:
         """Refuse new work, fail what waits, cancel running batches, close the instances."""
         for runner in self._runners.values():
             await runner.stop()
-
-    async def drain(self, timeout_s: float) -> None:
-        """Wait up to `timeout_s` for queued and running work to finish (graceful shutdown)."""
-        deadline = time.monotonic() + timeout_s
-        # Shutdown only: a short poll is simpler than wiring an event through every path.
-        while any(r.busy for r in self._runners.values()) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 def _chunks(rows: int, size: int) -> list[tuple[int, int]]:

@@ -396,9 +396,6 @@ class ModelRepository:
             await served.scheduler.stop()
             served.engine.close()
 
-    async def drain(self, timeout_s: float) -> None:
-        await asyncio.gather(*(s.scheduler.drain(timeout_s) for s in self.served()))
-
 
 def _sha256(path: Path) -> str:
     """Hex sha256 of a model artifact, read in 1 MiB pieces."""

@@ -12,52 +12,21 @@ from ferry.common.errors import InvalidInput, QueueFull, QueueTimeout
 from ferry.engines.base import Device
 from ferry.engines.fake import FakeEngine, FakeInstance
 from ferry.scheduler import BatchingConfig, ModelScheduler, QueuePolicy, TimeoutAction
-from ferry.scheduler.request import InferenceResult
+from ferry.scheduler.clock import FakeClock
+from tests.unit.scheduler.conftest import MS, ask, settle, started, values
 
 pytestmark = pytest.mark.asyncio
 
-MS = 1_000_000  # nanoseconds
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0
-
-    def __call__(self) -> int:
-        return self.now
-
-
-async def make(config: BatchingConfig, clock: Clock) -> tuple[ModelScheduler, FakeEngine]:
-    engine = FakeEngine()
-    scheduler = ModelScheduler(
-        "prio", [engine.create_instance("i0", Device())], config, clock=clock
-    )
-    await scheduler.start()
-    return scheduler, engine
-
-
-def ask(
-    scheduler: ModelScheduler, value: float, width: int = 2, **kw: object
-) -> asyncio.Task[InferenceResult]:
-    x = np.full((1, width), value, dtype=np.float32)
-    return asyncio.create_task(scheduler.infer({"x": x}, 1, **kw))  # type: ignore[arg-type]
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
-
-
-def values(engine: FakeEngine) -> list[float]:
-    """First element of each row the engine ran, in order (requests are told apart by value)."""
-    return [v for shape_values in engine.value_log for v in shape_values]
+async def make(config: BatchingConfig, clock: FakeClock) -> tuple[ModelScheduler, FakeEngine]:
+    return await started(config, clock=clock, name="prio")
 
 
 TWO_LEVELS = BatchingConfig(max_batch_size=1, dynamic=True, priority_levels=2, default_priority=2)
 
 
 async def test_higher_priority_is_served_first() -> None:
-    clock = Clock()
+    clock = FakeClock()
     scheduler, engine = await make(TWO_LEVELS, clock)
     engine.gate = asyncio.Event()
     blocker = ask(scheduler, 0.0)
@@ -73,21 +42,21 @@ async def test_higher_priority_is_served_first() -> None:
 
 
 async def test_priority_outside_the_levels_is_refused() -> None:
-    scheduler, _ = await make(TWO_LEVELS, Clock())
+    scheduler, _ = await make(TWO_LEVELS, FakeClock())
     with pytest.raises(InvalidInput, match=r"priority 3 is outside the model's levels 1..2"):
         await ask(scheduler, 1.0, priority=3)
     await scheduler.stop()
 
 
 async def test_priority_is_ignored_by_a_model_without_levels() -> None:
-    scheduler, _ = await make(BatchingConfig(max_batch_size=4, dynamic=True), Clock())
+    scheduler, _ = await make(BatchingConfig(max_batch_size=4, dynamic=True), FakeClock())
     result = await ask(scheduler, 1.0, priority=7)
     assert result.outputs["y"][0, 0] == 2.0
     await scheduler.stop()
 
 
 async def test_reject_timeout_fails_the_waiting_request_on_time() -> None:
-    clock = Clock()
+    clock = FakeClock()
     config = BatchingConfig(
         max_batch_size=1,
         dynamic=True,
@@ -99,12 +68,10 @@ async def test_reject_timeout_fails_the_waiting_request_on_time() -> None:
     await settle()
     waiting = ask(scheduler, 1.0)
     await settle()
-    clock.now = 4 * MS
-    scheduler.poke()
+    clock.advance_to(4 * MS)
     await settle()
     assert not waiting.done()
-    clock.now = 5 * MS  # the instance is still busy: the timeout is enforced anyway
-    scheduler.poke()
+    clock.advance_to(5 * MS)  # the instance is still busy: the timeout is enforced anyway
     with pytest.raises(QueueTimeout, match="Request timeout expired"):
         await waiting
     assert scheduler.num_enqueued() == 0
@@ -115,7 +82,7 @@ async def test_reject_timeout_fails_the_waiting_request_on_time() -> None:
 
 
 async def test_delay_action_moves_a_late_request_behind_its_level_but_ahead_of_lower() -> None:
-    clock = Clock()
+    clock = FakeClock()
     config = BatchingConfig(
         max_batch_size=1,
         dynamic=True,
@@ -130,8 +97,7 @@ async def test_delay_action_moves_a_late_request_behind_its_level_but_ahead_of_l
     await settle()
     late = ask(scheduler, 1.0, priority=1)
     await settle()
-    clock.now = 2 * MS  # `late` passes its timeout: delayed, not rejected
-    scheduler.poke()
+    clock.advance_to(2 * MS)  # `late` passes its timeout: delayed, not rejected
     low = ask(scheduler, 3.0, priority=2)
     fresh = ask(scheduler, 2.0, priority=1)
     await settle()
@@ -142,7 +108,7 @@ async def test_delay_action_moves_a_late_request_behind_its_level_but_ahead_of_l
 
 
 async def test_request_timeout_override_only_shortens_the_default() -> None:
-    clock = Clock()
+    clock = FakeClock()
     config = BatchingConfig(
         max_batch_size=1,
         dynamic=True,
@@ -155,13 +121,11 @@ async def test_request_timeout_override_only_shortens_the_default() -> None:
     short = ask(scheduler, 1.0, timeout_s=0.002)
     long = ask(scheduler, 2.0, timeout_s=1.0)  # asks for more than the default: gets 10 ms
     await settle()
-    clock.now = 3 * MS
-    scheduler.poke()
+    clock.advance_to(3 * MS)
     with pytest.raises(QueueTimeout):
         await short
     assert not long.done()
-    clock.now = 10 * MS
-    scheduler.poke()
+    clock.advance_to(10 * MS)
     with pytest.raises(QueueTimeout):
         await long
     engine.gate.set()
@@ -170,15 +134,14 @@ async def test_request_timeout_override_only_shortens_the_default() -> None:
 
 
 async def test_request_timeout_is_ignored_without_override() -> None:
-    clock = Clock()
+    clock = FakeClock()
     scheduler, engine = await make(BatchingConfig(max_batch_size=1, dynamic=True), clock)
     engine.gate = asyncio.Event()
     blocker = ask(scheduler, 0.0)
     await settle()
     patient = ask(scheduler, 1.0, timeout_s=0.001)
     await settle()
-    clock.now = 50 * MS
-    scheduler.poke()
+    clock.advance_to(50 * MS)
     engine.gate.set()
     assert (await patient).outputs["y"][0, 0] == 2.0
     await blocker
@@ -186,7 +149,7 @@ async def test_request_timeout_is_ignored_without_override() -> None:
 
 
 async def test_queue_size_is_bounded_per_level() -> None:
-    clock = Clock()
+    clock = FakeClock()
     config = BatchingConfig(
         max_batch_size=1,
         dynamic=True,
@@ -209,7 +172,7 @@ async def test_queue_size_is_bounded_per_level() -> None:
 
 
 async def test_queued_bytes_are_bounded_and_freed() -> None:
-    clock = Clock()
+    clock = FakeClock()
     config = BatchingConfig(max_batch_size=1, dynamic=True, max_queue_bytes=100)
     scheduler, engine = await make(config, clock)
     engine.gate = asyncio.Event()
@@ -230,7 +193,7 @@ async def test_queued_bytes_are_bounded_and_freed() -> None:
 
 
 async def test_lower_priority_does_not_fill_a_batch_while_higher_priority_waits() -> None:
-    clock = Clock()
+    clock = FakeClock()
     config = BatchingConfig(max_batch_size=8, dynamic=True, priority_levels=2)
     scheduler, engine = await make(config, clock)
     engine.gate = asyncio.Event()
@@ -248,7 +211,7 @@ async def test_lower_priority_does_not_fill_a_batch_while_higher_priority_waits(
 
 
 async def test_batches_never_mix_priority_levels() -> None:
-    clock = Clock()
+    clock = FakeClock()
     config = BatchingConfig(max_batch_size=8, dynamic=True, priority_levels=2)
     scheduler, engine = await make(config, clock)
     engine.gate = asyncio.Event()
@@ -275,7 +238,7 @@ async def two_instances(
         default_priority=2,
         reserved_instances=reserved,
     )
-    scheduler = ModelScheduler("prio", [general, spare], config, clock=Clock())
+    scheduler = ModelScheduler("prio", [general, spare], config, clock=FakeClock())
     await scheduler.start()
     return scheduler, general, spare
 

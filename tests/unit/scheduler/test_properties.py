@@ -24,6 +24,7 @@ from ferry.scheduler import (
     Padding,
     QueuePolicy,
 )
+from ferry.scheduler.clock import FakeClock
 from ferry.scheduler.request import InferenceRequest
 from ferry.scheduler.runner import ProfileRunner
 
@@ -31,53 +32,91 @@ request_plan = st.tuples(
     st.integers(min_value=1, max_value=6),  # rows
     st.sampled_from([1, 2, 3]),  # width (non-batch shape)
     st.integers(min_value=0, max_value=3),  # event-loop turns before the next arrival
-    st.sampled_from(["keep", "keep", "keep", "cancel", "expire", "poison"]),
+    st.sampled_from(["keep", "keep", "keep", "cancel", "cancel", "expire", "poison"]),
+    st.integers(min_value=0, max_value=6),  # a cancel: arrivals later (6: once all arrived)
+    st.sampled_from([False, False, True]),  # let the batches running now finish
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    plans=st.lists(request_plan, min_size=1, max_size=40),
+    plans=st.lists(request_plan, min_size=3, max_size=40),
     max_batch=st.integers(min_value=6, max_value=16),
     instances=st.integers(min_value=1, max_value=3),
     now=st.booleans(),
+    turns=st.lists(st.integers(min_value=0, max_value=6), min_size=1, max_size=8),
 )
 def test_every_request_gets_exactly_its_own_rows(
-    plans: list[tuple[int, int, int, str]], max_batch: int, instances: int, now: bool
+    plans: list[tuple[int, int, int, str, int, bool]],
+    max_batch: int,
+    instances: int,
+    now: bool,
+    turns: list[int],
 ) -> None:
-    """`now`: instances may run batches on the loop, so an idle model answers in the caller's
+    """Batches are held at the engine's gate and released at random points, and a cancelled
+    caller leaves at a random later point: while queued, while its batch forms or while its
+    batch runs. Whatever happens to its batch-mates, every other request is answered.
+    `now`: instances may run batches on the loop, so an idle model answers in the caller's
     task (ModelScheduler's direct path); the invariants hold either way."""
-    asyncio.run(_scenario(plans, max_batch, instances, now))
+    asyncio.run(_scenario(plans, max_batch, instances, now, turns))
 
 
 async def _scenario(
-    plans: list[tuple[int, int, int, str]], max_batch: int, instances: int, direct: bool
+    plans: list[tuple[int, int, int, str, int, bool]],
+    max_batch: int,
+    instances: int,
+    direct: bool,
+    turns: list[int],
 ) -> None:
     engine = FakeEngine(now=direct)
+    engine.gate = asyncio.Event()
     # Rows whose value is negative poison any batch they are in.
     engine.fail = lambda x: bool((x < 0).any())
-    now = [0]
+    clock = FakeClock()
     scheduler = ModelScheduler(
         "prop",
         [engine.create_instance(f"i{i}", Device()) for i in range(instances)],
         BatchingConfig(max_batch_size=max_batch, dynamic=True),
-        clock=lambda: now[0],
+        clock=clock,
     )
     await scheduler.start()
+
+    def release() -> None:
+        assert engine.gate is not None
+        gate, engine.gate = engine.gate, asyncio.Event()
+        gate.set()
+
     tasks = []
-    for index, (rows, width, pause, fate) in enumerate(plans):
+    cancels: list[tuple[int, asyncio.Task[Any]]] = []  # (at which arrival, whom)
+    for index, (rows, width, pause, fate, later, free) in enumerate(plans):
         base = -1000.0 - index if fate == "poison" else float(index * 100)
         x = (base + np.arange(rows * width, dtype=np.float32)).reshape(rows, width)
         deadline = 0 if fate == "expire" else None
         task = asyncio.create_task(scheduler.infer({"x": x}, rows, deadline_ns=deadline))
         tasks.append((task, x, fate))
+        if fate == "cancel":
+            cancels.append((index + later if later < 6 else len(plans), task))
         for _ in range(pause):
             await asyncio.sleep(0)
-        if fate == "cancel":
-            task.cancel()
-        now[0] += 1
+        for _, due in [c for c in cancels if c[0] <= index]:
+            due.cancel()
+        cancels = [c for c in cancels if c[0] > index]
+        if free:
+            release()
+        clock.advance(1)
+    # What is left: cancels and gate releases interleaved at random turns.
+    for step, wait in enumerate(turns):
+        for _ in range(wait):
+            await asyncio.sleep(0)
+        if step < len(cancels):
+            cancels[step][1].cancel()
+        release()
+    for _, late in cancels:
+        late.cancel()
+    engine.gate.set()
+    engine.gate = None
     outcomes = await asyncio.wait_for(
-        asyncio.gather(*(t for t, _, _ in tasks), return_exceptions=True), timeout=30
+        asyncio.gather(*(t for t, _, _ in tasks), return_exceptions=True), timeout=10
     )
     await scheduler.stop()
 
@@ -180,7 +219,7 @@ async def _full_scenario(
 ) -> None:
     """Two profiles; with `reserve` (and 2+ levels) each has a second instance reserved for
     level 1, which must run nothing else. `direct`: instances offer `run_now`."""
-    clock = [0]
+    clock = FakeClock()
     reserve = reserve and levels >= 2
     config = BatchingConfig(
         max_batch_size=max_batch,
@@ -211,7 +250,7 @@ async def _full_scenario(
         instances,
         config,
         padding=padding,
-        clock=lambda: clock[0],
+        clock=clock,
     )
     await scheduler.start()
     tasks: list[asyncio.Task[Any]] = []
@@ -220,8 +259,8 @@ async def _full_scenario(
         rows, width = plan["rows"], plan["width"]
         x = (index * 1000.0 + np.arange(rows, dtype=np.float32))[:, None].repeat(width, axis=1)
         priority = plan["priority"] if plan["priority"] <= levels else 0
-        deadline = clock[0] + 3_000_000 if plan["fate"] == "deadline" else None
-        arrived.append(clock[0])
+        deadline = clock.now() + 3_000_000 if plan["fate"] == "deadline" else None
+        arrived.append(clock.now())
         tasks.append(
             asyncio.create_task(
                 scheduler.infer({"x": x}, rows, priority=priority, deadline_ns=deadline)
@@ -230,8 +269,7 @@ async def _full_scenario(
         await asyncio.sleep(0)
         if plan["fate"] == "cancel":
             tasks[-1].cancel()
-        clock[0] += plan["gap_us"] * 1_000
-        scheduler.poke()  # what the timers do in real time
+        clock.advance(plan["gap_us"] * 1_000)
         if plan["release"]:
             gate, engine.gate = engine.gate, asyncio.Event()
             gate.set()
@@ -256,9 +294,9 @@ async def _full_scenario(
         if isinstance(outcome, asyncio.CancelledError):
             assert plan["fate"] == "cancel"
         elif isinstance(outcome, QueueTimeout):
-            assert timeout_ns and clock[0] - arrived[index] >= timeout_ns
+            assert timeout_ns and clock.now() - arrived[index] >= timeout_ns
         elif isinstance(outcome, DeadlineExceeded):
-            assert plan["fate"] == "deadline" and clock[0] - arrived[index] >= 3_000_000
+            assert plan["fate"] == "deadline" and clock.now() - arrived[index] >= 3_000_000
         elif isinstance(outcome, BaseException):
             raise AssertionError(f"request {index}: unexpected {outcome!r}")
         else:

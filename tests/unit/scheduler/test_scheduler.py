@@ -9,38 +9,25 @@ import numpy as np
 import pytest
 
 from ferry.common.errors import DeadlineExceeded, EngineError, InvalidInput, QueueFull, ShuttingDown
-from ferry.engines.base import Device
 from ferry.engines.fake import FakeEngine
 from ferry.scheduler import BatchingConfig, ModelScheduler, QueuePolicy
+from ferry.scheduler.clock import FakeClock
 from ferry.scheduler.request import InferenceResult
+from tests.unit.scheduler.conftest import ask, rows, settle, started
 
 pytestmark = pytest.mark.asyncio
 
 
-def rows(n: int, value: float, width: int = 2) -> dict[str, np.ndarray]:
-    return {"x": np.full((n, width), value, dtype=np.float32)}
-
-
 async def make(
-    config: BatchingConfig, instances: int = 1, clock: object = None
+    config: BatchingConfig, instances: int = 1, clock: FakeClock | None = None
 ) -> tuple[ModelScheduler, FakeEngine]:
-    engine = FakeEngine()
-    made = [engine.create_instance(f"i{i}", Device()) for i in range(instances)]
-    kwargs = {"clock": clock} if clock is not None else {}
-    scheduler = ModelScheduler("fake", made, config, **kwargs)  # type: ignore[arg-type]
-    await scheduler.start()
-    return scheduler, engine
+    return await started(config, instances=instances, clock=clock)
 
 
 def submit(
     scheduler: ModelScheduler, n: int, value: float, **kw: object
 ) -> asyncio.Task[InferenceResult]:
-    return asyncio.create_task(scheduler.infer(rows(n, value), n, **kw))  # type: ignore[arg-type]
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
+    return ask(scheduler, value, n, **kw)
 
 
 BATCHED = BatchingConfig(max_batch_size=8, dynamic=True)
@@ -112,18 +99,18 @@ async def test_preferred_batch_size_leaves_before_the_delay() -> None:
     await scheduler.stop()
 
 
-async def test_delay_window_starts_at_the_oldest_arrival() -> None:
-    now = [0]
+async def test_delay_window_starts_at_the_oldest_arrival(clock: FakeClock) -> None:
     config = BatchingConfig(max_batch_size=16, dynamic=True, max_queue_delay_s=0.001)
-    scheduler, engine = await make(config, clock=lambda: now[0])
+    scheduler, engine = await make(config, clock=clock)
     first = submit(scheduler, 1, 1.0)
     await settle()
-    now[0] = 600_000  # 0.6 ms: not yet
+    clock.advance_to(600_000)  # 0.6 ms: not yet
     second = submit(scheduler, 1, 2.0)
     await settle()
+    clock.advance_to(999_999)
+    await settle()
     assert engine.batch_log == []
-    now[0] = 1_000_000  # 1 ms after the first arrival: leave with both
-    scheduler.poke()
+    clock.advance_to(1_000_000)  # 1 ms after the first arrival: leave with both
     await asyncio.wait_for(asyncio.gather(first, second), timeout=5)
     assert engine.batch_log == [2]
     await scheduler.stop()
@@ -175,6 +162,27 @@ async def test_cancelled_request_leaves_the_queue_and_others_are_unaffected() ->
     await scheduler.stop()
 
 
+async def test_a_member_cancelled_while_its_batch_runs_leaves_its_batch_mates_answered() -> None:
+    scheduler, engine = await make(BATCHED)
+    engine.gate = asyncio.Event()
+    blocker = submit(scheduler, 1, 0.0)
+    await settle()  # the first batch runs, held at the gate
+    first, middle, last = (submit(scheduler, 1, v) for v in (1.0, 2.0, 3.0))
+    await settle()
+    engine.gate.set()
+    engine.gate = asyncio.Event()  # the second batch (all three) will be held mid-run
+    await blocker
+    await settle(20)
+    assert engine.batch_log == [1] and engine.running == 1  # the three are in the gate
+    middle.cancel()  # its caller leaves while the batch computes
+    await settle()
+    engine.gate.set()
+    answers = await asyncio.wait_for(asyncio.gather(first, last), timeout=5)
+    assert [a.outputs["y"][0, 0] for a in answers] == [2.0, 6.0]
+    assert middle.cancelled() and engine.batch_log == [1, 3]
+    await scheduler.stop()
+
+
 async def test_cancel_after_error_does_not_raise_invalid_state() -> None:
     scheduler, engine = await make(BATCHED)
     engine.fail = lambda x: True
@@ -187,16 +195,15 @@ async def test_cancel_after_error_does_not_raise_invalid_state() -> None:
     await scheduler.stop()
 
 
-async def test_deadline_passed_while_queued_is_never_computed() -> None:
-    now = [0]
-    scheduler, engine = await make(BATCHED, clock=lambda: now[0])
+async def test_deadline_passed_while_queued_is_never_computed(clock: FakeClock) -> None:
+    scheduler, engine = await make(BATCHED, clock=clock)
     engine.gate = asyncio.Event()
     blocker = submit(scheduler, 1, 0.0)
     await settle()
     late = submit(scheduler, 1, 5.0, deadline_ns=1_000)
     on_time = submit(scheduler, 1, 6.0, deadline_ns=10**12)
     await settle()
-    now[0] = 2_000
+    clock.advance_to(2_000)
     engine.gate.set()
     await blocker
     with pytest.raises(DeadlineExceeded):
@@ -234,8 +241,7 @@ async def test_request_above_max_batch_size_is_refused_when_splitting_is_off() -
 
 
 async def test_deadline_already_passed_on_arrival_is_refused_at_once() -> None:
-    now = [5_000]
-    scheduler, engine = await make(BATCHED, clock=lambda: now[0])
+    scheduler, engine = await make(BATCHED, clock=FakeClock(5_000))
     with pytest.raises(DeadlineExceeded, match="had passed when it arrived"):
         await submit(scheduler, 1, 0.0, deadline_ns=5_000)
     assert scheduler.num_enqueued() == 0 and engine.batch_log == []

@@ -10,52 +10,32 @@ import numpy as np
 import pytest
 
 from ferry.common.errors import EngineError
-from ferry.engines.base import Device
 from ferry.engines.fake import FakeEngine
 from ferry.scheduler import BatchingConfig, ModelScheduler
+from ferry.scheduler.clock import FakeClock
 from ferry.scheduler.request import InferenceResult
-
-MS = 1_000_000
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0
-
-    def __call__(self) -> int:
-        return self.now
+from tests.unit.scheduler.conftest import MS, settle, started
+from tests.unit.scheduler.conftest import ask as send
 
 
 async def make(
-    config: BatchingConfig, clock: Clock, instances: int = 1
+    config: BatchingConfig, clock: FakeClock, instances: int = 1
 ) -> tuple[ModelScheduler, FakeEngine]:
-    engine = FakeEngine(now=True)
-    scheduler = ModelScheduler(
-        "now",
-        [engine.create_instance(f"i{i}", Device()) for i in range(instances)],
-        config,
-        clock=clock,
+    """Instances that offer run_now; the pumps parked with them."""
+    return await started(
+        config, instances=instances, clock=clock, engine=FakeEngine(now=True), name="now"
     )
-    await scheduler.start()
-    await settle()  # the pumps park with their instances
-    return scheduler, engine
 
 
 def ask(
     scheduler: ModelScheduler, value: float, rows: int = 1, **kw: object
 ) -> asyncio.Task[InferenceResult]:
-    x = np.full((rows, 2), value, dtype=np.float32)
-    return asyncio.create_task(scheduler.infer({"x": x}, rows, **kw))  # type: ignore[arg-type]
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
+    return send(scheduler, value, rows, **kw)
 
 
 @pytest.mark.asyncio
 async def test_an_idle_model_without_batching_delay_answers_in_the_callers_task() -> None:
-    scheduler, engine = await make(BatchingConfig(max_batch_size=8, dynamic=True), Clock())
+    scheduler, engine = await make(BatchingConfig(max_batch_size=8, dynamic=True), FakeClock())
     try:
         task = ask(scheduler, 3.0)
         result = await task
@@ -70,15 +50,14 @@ async def test_an_idle_model_without_batching_delay_answers_in_the_callers_task(
 
 @pytest.mark.asyncio
 async def test_a_request_that_would_wait_for_company_still_queues_and_batches() -> None:
-    clock = Clock()
+    clock = FakeClock()
     config = BatchingConfig(max_batch_size=8, dynamic=True, max_queue_delay_s=0.001)
     scheduler, engine = await make(config, clock)
     try:
         first, second = ask(scheduler, 1.0), ask(scheduler, 2.0)
         await settle()
         assert not first.done() and not second.done()  # waiting for the delay window
-        clock.now += 2 * MS
-        scheduler.poke()
+        clock.advance(2 * MS)
         await asyncio.gather(first, second)
         assert engine.batch_log == [2]  # they shared one batch
         assert None not in engine.now_tasks and first not in engine.now_tasks
@@ -90,7 +69,7 @@ async def test_a_request_that_would_wait_for_company_still_queues_and_batches() 
 async def test_a_request_never_skips_requests_already_waiting() -> None:
     """A full batch would leave at once on its own, but a higher-priority request is waiting
     for its delay window: the full batch waits its turn instead of running first."""
-    clock = Clock()
+    clock = FakeClock()
     config = BatchingConfig(
         max_batch_size=2,
         dynamic=True,
@@ -105,8 +84,7 @@ async def test_a_request_never_skips_requests_already_waiting() -> None:
         low_full = ask(scheduler, 2.0, rows=2, priority=2)
         await settle()
         assert not low_full.done()  # it did not jump ahead of the waiting high-priority one
-        clock.now += 2 * MS
-        scheduler.poke()
+        clock.advance(2 * MS)
         await asyncio.gather(high, low_full)
         assert [row[0] for row in engine.value_log] == [1.0, 2.0]  # high ran first
     finally:
@@ -118,7 +96,7 @@ async def test_an_instance_reserved_for_high_priority_does_not_answer_lower_leve
     config = BatchingConfig(
         max_batch_size=8, dynamic=True, priority_levels=2, default_priority=2, reserved_instances=1
     )
-    scheduler, engine = await make(config, Clock(), instances=2)
+    scheduler, engine = await make(config, FakeClock(), instances=2)
     try:
         general, reserved = engine.instances
         engine.gate = asyncio.Event()  # holds batches too big to run on the loop
@@ -139,7 +117,7 @@ async def test_an_instance_reserved_for_high_priority_does_not_answer_lower_leve
 
 @pytest.mark.asyncio
 async def test_a_batch_that_fails_on_the_direct_path_fails_only_its_own_request() -> None:
-    scheduler, engine = await make(BatchingConfig(max_batch_size=8, dynamic=True), Clock())
+    scheduler, engine = await make(BatchingConfig(max_batch_size=8, dynamic=True), FakeClock())
     engine.fail = lambda x: bool((x < 0).any())  # negative rows poison their batch
     try:
         poisoned = ask(scheduler, -1.0)
