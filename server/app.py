@@ -14,6 +14,7 @@ import os
 import signal
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -22,11 +23,14 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from opentelemetry.sdk.trace import TracerProvider
 
+from ferry.engines.cuda.devices import Discovery
+from ferry.engines.cuda.devices import discover as find_gpus
+from ferry.engines.loading import Registry, default_registry
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 from ferry.proto._pool import POOL
 from ferry.server.config import ServerConfig
-from ferry.server.repository import Backends, ModelRepository, RepositoryOptions
+from ferry.server.repository import ModelRepository, RepositoryOptions
 from ferry.server.servicer import InferenceServicer, ReadinessState, Telemetry
 from ferry.telemetry.access_log import AccessLog
 from ferry.telemetry.gpu import GpuCollector
@@ -53,11 +57,12 @@ class FerryServer:
         self,
         config: ServerConfig,
         tracer_provider: TracerProvider | None = None,
-        backends: Backends | None = None,
+        loaders: Registry | None = None,
+        discover: Callable[[], Discovery] | None = None,
     ) -> None:
         """`tracer_provider` replaces the one the config describes (tests record spans);
-        `backends` replaces the real GPU side (tests without GPU use doubles of CUDA and
-        TensorRT)."""
+        `loaders` and `discover` replace the backends and the host's GPUs (tests without a
+        GPU use doubles of CUDA and TensorRT)."""
         self.config = config
         tracing = None
         if tracer_provider is not None:
@@ -80,7 +85,8 @@ class FerryServer:
                 config.default_max_batch_size,
                 config.max_queue_bytes,
                 observers,
-                backends or Backends(),
+                loaders or default_registry(),
+                discover or find_gpus,
             ),
         )
         self.metrics_port: int | None = None

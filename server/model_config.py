@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -20,17 +20,13 @@ from ferry.common.datatypes import DataType, from_config_type
 from ferry.common.errors import ModelLoadError
 from ferry.engines.base import Profile, TensorSpec
 from ferry.engines.cuda.devices import Discovery
+from ferry.engines.loading import Artifact, Loader, PlannedInstance
 from ferry.proto import model_config_pb2 as mc
 from ferry.scheduler.config import BatchingConfig
+from ferry.scheduler.runner import reserved_positions
 from ferry.scheduler.shapes import Padding
 from ferry.server import scheduling_config as scheduling
 from ferry.server.codec import Signature
-from ferry.server.scheduling_config import PlannedInstance
-
-ONNXRUNTIME = "onnxruntime"
-TENSORRT = "tensorrt"
-_PLATFORMS = {"onnxruntime_onnx": ONNXRUNTIME, "tensorrt_plan": TENSORRT}
-_DEFAULT_FILENAMES = {ONNXRUNTIME: "model.onnx", TENSORRT: "model.plan"}
 
 # Triton config fields that exist but that Ferry does not implement. A field set to anything but
 # its default is refused with its path, so a model never silently runs differently than written.
@@ -127,54 +123,32 @@ def _refuse_unsupported(message: Message, where: str, path: str) -> None:
             _refuse_unsupported(value, where, here)
 
 
-def backend_of(config: mc.ModelConfig, version_dir_files: Sequence[str], where: str) -> str:
-    """Which backend serves the model: from platform/backend, else from the file it ships."""
-    if config.platform and config.platform not in _PLATFORMS:
-        raise ModelLoadError(f"{where}: platform '{config.platform}' is not supported")
-    if config.backend and config.backend not in _DEFAULT_FILENAMES:
-        raise ModelLoadError(f"{where}: backend '{config.backend}' is not supported")
-    chosen = {_PLATFORMS.get(config.platform, ""), config.backend} - {""}
-    if len(chosen) > 1:
-        raise ModelLoadError(
-            f"{where}: platform '{config.platform}' and backend '{config.backend}' disagree"
-        )
-    if chosen:
-        return chosen.pop()
-    for backend, filename in _DEFAULT_FILENAMES.items():
-        if (config.default_model_filename or filename) in version_dir_files:
-            return backend
-    raise ModelLoadError(f"{where}: no platform or backend given and no model.onnx found")
-
-
 def complete(
     config: mc.ModelConfig,
     name: str,
-    engine_inputs: Sequence[TensorSpec],
-    engine_outputs: Sequence[TensorSpec],
+    artifact: Artifact,
+    loader: Loader,
     *,
-    backend: str,
     had_file: bool,
     default_max_batch_size: int,
     default_max_queue_bytes: int = 0,
     gpus: Discovery | None = None,
-    engine_profiles: Callable[[bool], Sequence[Profile]] | None = None,
     where: str,
 ) -> ModelSettings:
     """Fill what the config leaves out from the model file, and check the two agree.
 
-    engine_profiles: the artifact's own optimization profiles (a TensorRT plan), given whether
-    the model is batched; then the config may not declare `ferry.profile.*` as well.
+    A TensorRT plan carries its own optimization profiles (`artifact.own_profiles`); then the
+    config may not declare `ferry.profile.*` as well.
     """
     config = _copy(config)
     if config.name and config.name != name:
         raise ModelLoadError(f"{where}: name '{config.name}' differs from the folder name '{name}'")
     config.name = name
     if not config.platform and not config.backend:
-        config.backend = backend
-    if config.platform == "" and backend == ONNXRUNTIME:
-        config.platform = "onnxruntime_onnx"
-    if config.platform == "" and backend == TENSORRT:
-        config.platform = "tensorrt_plan"
+        config.backend = loader.backend
+    if not config.platform:
+        config.platform = loader.platform
+    engine_inputs, engine_outputs = artifact.inputs, artifact.outputs
     if config.max_batch_size < 0:
         raise ModelLoadError(f"{where}: max_batch_size must be >= 0, got {config.max_batch_size}")
     if (
@@ -206,6 +180,7 @@ def complete(
     batching = scheduling.batching(config, parameters, default_max_queue_bytes, where)
     by_name = {s.name: s for s in inputs}
     profiles = scheduling.profiles(parameters, by_name, where)
+    engine_profiles = artifact.own_profiles
     if engine_profiles is not None:
         if profiles:
             raise ModelLoadError(
@@ -222,12 +197,12 @@ def complete(
     return ModelSettings(
         name=name,
         config=config,
-        backend=backend,
+        backend=loader.backend,
         signature=Signature(
             by_name,
             {s.name: s for s in outputs},
             mbs,
-            utf8_bytes=backend == ONNXRUNTIME,
+            utf8_bytes=loader.utf8_bytes,
             split_oversized=batching.split_oversized,
         ),
         batching=batching,
@@ -235,10 +210,10 @@ def complete(
         padding=scheduling.padding(
             parameters, by_name, {s.name: s for s in outputs}, mbs > 0, where
         ),
-        instances=_check_reserved(
+        instances=_reserve(
             tuple(
                 scheduling.instance_plan(
-                    config, profiles, where, gpus, gpu_only=engine_profiles is not None
+                    config, profiles, where, gpus, gpu_only=artifact.gpu_only
                 )
             ),
             batching.reserved_instances,
@@ -248,10 +223,12 @@ def complete(
     )
 
 
-def _check_reserved(
+def _reserve(
     instances: tuple[PlannedInstance, ...], reserved: int, where: str
 ) -> tuple[PlannedInstance, ...]:
-    """Every profile must keep an instance for the levels that reserved instances refuse."""
+    """Mark the instances the scheduler will reserve for the highest priority level (its own
+    rule, so the backend gives resources to the same ones). Every profile must keep an instance
+    for the levels that reserved instances refuse."""
     if reserved:
         per_profile = Counter(i.profile.index for i in instances)
         for index, count in sorted(per_profile.items()):
@@ -261,7 +238,8 @@ def _check_reserved(
                     f"{index} has {count} instance(s): at least one must serve every priority "
                     "level (add instances with instance_group count)"
                 )
-    return instances
+    kept = reserved_positions([i.profile.index for i in instances], reserved)
+    return tuple(replace(i, reserved=n in kept) for n, i in enumerate(instances))
 
 
 def _copy(config: mc.ModelConfig) -> mc.ModelConfig:
@@ -326,11 +304,6 @@ def _match(
             )
         specs.append(TensorSpec(tensor.name, dt, dims))
     return specs
-
-
-def model_filename(config: mc.ModelConfig, backend: str) -> str:
-    """The artifact's file name inside a version folder."""
-    return config.default_model_filename or _DEFAULT_FILENAMES[backend]
 
 
 def read(path: Path) -> mc.ModelConfig | None:

@@ -11,35 +11,28 @@ it) and never stops the others from loading.
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from ferry.common.cpus import usable_cpus
 from ferry.common.errors import FerryError, ModelLoadError, ModelNotFound, ModelNotReady
-from ferry.engines.base import Engine
-from ferry.engines.cuda import toolkit
 from ferry.engines.cuda.devices import Discovery, discover
-from ferry.engines.cuda.toolkit import CudaToolkit
-from ferry.engines.onnxruntime import (
-    RESERVED_INLINE_BUDGET_NS,
-    OnnxRuntimeEngine,
-    options_from_parameters,
+from ferry.engines.loading import (
+    Artifact,
+    Loaded,
+    PlannedInstance,
+    Registry,
+    VersionFiles,
+    default_registry,
 )
-from ferry.engines.tensorrt.engine import TensorRTEngine, TensorRTOptions
-from ferry.engines.tensorrt.runtime import import_tensorrt
 from ferry.proto import model_config_pb2 as mc
 from ferry.scheduler.observer import BatchObserver
-from ferry.scheduler.runner import reserved_positions
 from ferry.scheduler.scheduler import ModelScheduler
 from ferry.server import model_config, scheduling_config
-from ferry.server.model_config import TENSORRT, ModelSettings
+from ferry.server.model_config import ModelSettings
 
 log = logging.getLogger("ferry.repository")
 
@@ -49,15 +42,19 @@ UNAVAILABLE = "UNAVAILABLE"
 
 @dataclass
 class ServedVersion:
-    """One loaded model version: its settings, engine and scheduler."""
+    """One loaded model version: its settings, what its backend loaded, and its scheduler."""
 
     name: str
     version: str
     settings: ModelSettings
-    engine: Engine
+    loaded: Loaded
     scheduler: ModelScheduler
-    sha256: str = ""  # of the model artifact: every response names it (provenance)
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def sha256(self) -> str:
+        """Of the model artifact: every response names it (provenance)."""
+        return self.loaded.sha256
 
 
 @dataclass
@@ -77,25 +74,18 @@ class ModelEntry:
 
 
 @dataclass(frozen=True)
-class Backends:
-    """Where the GPU side comes from: the host's GPUs, TensorRT, CUDA. The real ones by
-    default; tests on machines without GPU or TensorRT hand in doubles (tests/doubles/)."""
-
-    discover: Callable[[], Discovery] = discover
-    tensorrt: Callable[[], Any] = import_tensorrt
-    cuda: Callable[[], CudaToolkit] = toolkit.real
-
-
-@dataclass(frozen=True)
 class RepositoryOptions:
     """default_max_batch_size: max_batch_size given to a model without config.pbtxt whose
     tensors all have a free first dimension (Triton's --backend-config default is 4).
-    max_queue_bytes: each model's bound on queued input bytes unless its config sets one."""
+    max_queue_bytes: each model's bound on queued input bytes unless its config sets one.
+    loaders: the backends, by platform (engines/loading.py). discover: finds the host's GPUs.
+    Tests on machines without a GPU or TensorRT hand in doubles of both (tests/doubles/)."""
 
     default_max_batch_size: int = 4
     max_queue_bytes: int = 0
     observers: tuple[BatchObserver, ...] = ()  # told about every batch (tracing, metrics)
-    backends: Backends = Backends()
+    loaders: Registry = field(default_factory=default_registry)
+    discover: Callable[[], Discovery] = discover
 
 
 class ModelRepository:
@@ -108,7 +98,7 @@ class ModelRepository:
     async def _gpus(self) -> Discovery:
         """The host's GPUs, looked for once, when the first model asks for KIND_GPU."""
         if self._discovery is None:
-            self._discovery = await asyncio.to_thread(self._options.backends.discover)
+            self._discovery = await asyncio.to_thread(self._options.discover)
         return self._discovery
 
     def entries(self) -> list[ModelEntry]:
@@ -186,7 +176,7 @@ class ModelRepository:
                 loaded[version] = await self._load_version(folder, version, config, had_file, where)
         except BaseException:
             for served in loaded.values():
-                served.engine.close()
+                await served.loaded.close()
             raise
         return loaded
 
@@ -214,196 +204,62 @@ class ModelRepository:
     async def _load_version(
         self, folder: Path, version: str, config: mc.ModelConfig, had_file: bool, where: str
     ) -> ServedVersion:
-        version_dir = folder / version
-        files = sorted(os.listdir(version_dir))
-        backend = model_config.backend_of(config, files, where)
-        path = version_dir / model_config.model_filename(config, backend)
+        """Hand the version folder to its backend's loader; complete the config when the loader
+        has opened the artifact (`plan`); put the instances under one scheduler."""
+        files = sorted(os.listdir(folder / version))
+        loader = self._options.loaders.choose(
+            config.platform, config.backend, config.default_model_filename, files, where
+        )
+        path = folder / version / (config.default_model_filename or loader.filename)
         if not path.is_file():
             raise ModelLoadError(f"{path}: model file not found")
-        if backend == TENSORRT:
-            return await self._load_plan(folder, version, path, config, had_file, where)
         parameters = {k: v.string_value for k, v in config.parameters.items()}
-        count = scheduling_config.instance_total(config)
-        reserved = scheduling_config.count(parameters, "reserved_instances", 0, where)
-        chosen_threads = "intra_op_thread_count" in parameters
-        if not chosen_threads:
-            # N instances share the usable cores (the process's affinity, not the host's)
-            # instead of each spawning a thread per core. With a reservation, reserved
-            # instances take one thread each (below) and the others share the cores but one:
-            # that core is left to the event loop, gRPC and the reserved instances. The idle
-            # class alone did not keep them waiting less: on a 2-core VM, high-priority p99
-            # loaded / alone was ~3.0 with two background threads, 1.97 with one.
-            general = max(1, count - reserved)
-            cores = usable_cpus() - (1 if reserved else 0)
-            parameters["intra_op_thread_count"] = str(max(1, cores // general))
-        options = replace(
-            options_from_parameters(parameters),
+        source = VersionFiles(
+            model=folder.name,
+            version=version,
+            path=path,
+            where=where,
+            parameters=parameters,
+            instance_count=scheduling_config.instance_total(config),
+            reserved=scheduling_config.count(parameters, "reserved_instances", 0, where),
             in_flight=max(1, scheduling_config.count(parameters, "in_flight", 2, where)),
-        )
-        digest = await asyncio.to_thread(_sha256, path)
-        engine = await asyncio.to_thread(OnnxRuntimeEngine, path, options)
-        gpu_engine: Engine | None = None
-        instances: list[Any] = []
-        try:
-            settings = model_config.complete(
-                config,
-                folder.name,
-                engine.inputs,
-                engine.outputs,
-                backend=backend,
-                had_file=had_file,
-                default_max_batch_size=self._options.default_max_batch_size,
-                default_max_queue_bytes=self._options.max_queue_bytes,
-                gpus=await self._gpus() if _wants_gpu(config) else None,
-                where=where,
-            )
-            graphs = config.optimization.cuda.graphs
-            if graphs and any(p.device.kind != "gpu" for p in settings.instances):
-                raise ModelLoadError(
-                    f"{where}: optimization.cuda.graphs needs GPU instances (KIND_GPU); "
-                    "this model has CPU instances"
-                )
-            # A reserved CPU instance runs small high-priority batches: on one thread it never
-            # waits for a straggler among threads the busy instances crowd out; at the event
-            # loop's OS priority, and on the loop itself when a batch is cheap enough, it is not
-            # crowded out by the unreserved instances, whose threads run in the idle class.
-            kept = reserved_positions([p.profile.index for p in settings.instances], reserved)
-            for i, planned in enumerate(settings.instances):
-                name = f"{folder.name}_{version}_{i}"
-                maker: Engine = engine
-                extra: dict[str, Any] = {}
-                if planned.device.kind == "cpu" and i in kept:
-                    extra = {"nice": 0, "inline_budget_ns": RESERVED_INLINE_BUDGET_NS}
-                    if not chosen_threads:
-                        extra["threads"] = 1
-                elif planned.device.kind == "cpu" and kept:
-                    extra = {"idle_class": True}
-                if planned.device.kind == "gpu":
-                    if gpu_engine is None:
-                        from ferry.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
-
-                        gpu_engine = await asyncio.to_thread(
-                            OnnxRuntimeCudaEngine,
-                            path,
-                            replace(options, cuda_graphs=graphs),
-                            settings.batching.max_batch_size,
-                        )
-                    maker = gpu_engine
-                instances.append(
-                    await asyncio.to_thread(
-                        functools.partial(
-                            maker.create_instance, name, planned.device, planned.profile, **extra
-                        )
-                    )
-                )
-        except BaseException:
-            for made in instances:
-                await made.close()
-            engine.close()
-            if gpu_engine is not None:
-                gpu_engine.close()
-            raise
-        return self._served(folder.name, version, settings, engine, instances, digest)
-
-    async def _load_plan(
-        self,
-        folder: Path,
-        version: str,
-        path: Path,
-        config: mc.ModelConfig,
-        had_file: bool,
-        where: str,
-    ) -> ServedVersion:
-        """A TensorRT plan: GPUs first (TensorRT must never start without one), then the plan,
-        deserialized on the first GPU, then its instances, each on its profile and GPU."""
-        gpus = await self._gpus()
-        ordinals = sorted(d.ordinal for d in gpus.devices if d.ordinal >= 0)
-        if not ordinals:
-            raise ModelLoadError(
-                f"{path}: a TensorRT plan needs a GPU, and this process has none usable: "
-                f"{gpus.reason or 'MIG instances need --workers gpu'}"
-            )
-        parameters = {k: v.string_value for k, v in config.parameters.items()}
-        options = TensorRTOptions(
             cuda_graphs=config.optimization.cuda.graphs,
-            in_flight=max(1, scheduling_config.count(parameters, "in_flight", 2, where)),
         )
-        backends = self._options.backends
-        digest = await asyncio.to_thread(_sha256, path)
-        engine = await asyncio.to_thread(
-            TensorRTEngine,
-            path,
-            ordinals,
-            options,
-            trt=await asyncio.to_thread(backends.tensorrt),
-            cuda=backends.cuda(),
-        )
-        instances: list[Any] = []
-        try:
-            implied = 0
-            if engine.batch_major:
-                implied = max((p.max_rows for p in engine.profiles_for(True)), default=0)
+        completed: list[ModelSettings] = []
+
+        async def plan(artifact: Artifact) -> tuple[Sequence[PlannedInstance], int]:
             settings = model_config.complete(
                 config,
                 folder.name,
-                engine.inputs,
-                engine.outputs,
-                backend=TENSORRT,
+                artifact,
+                loader,
                 had_file=had_file,
-                default_max_batch_size=implied,
+                default_max_batch_size=(
+                    artifact.implied_max_batch_size or self._options.default_max_batch_size
+                ),
                 default_max_queue_bytes=self._options.max_queue_bytes,
-                gpus=gpus,
-                engine_profiles=engine.profiles_for,
+                gpus=await self._gpus() if artifact.gpu_only or _wants_gpu(config) else None,
                 where=where,
             )
-            for i, planned in enumerate(settings.instances):
-                instances.append(
-                    await asyncio.to_thread(
-                        engine.create_instance,
-                        f"{folder.name}_{version}_{i}",
-                        planned.device,
-                        planned.profile,
-                    )
-                )
-        except BaseException:
-            for made in instances:
-                await made.close()
-            engine.close()
-            raise
-        return self._served(folder.name, version, settings, engine, instances, digest)
+            completed.append(settings)
+            return settings.instances, settings.batching.max_batch_size
 
-    def _served(
-        self,
-        name: str,
-        version: str,
-        settings: ModelSettings,
-        engine: Engine,
-        instances: list[Any],
-        digest: str,
-    ) -> ServedVersion:
-        """A loaded version: its instances under one scheduler."""
+        loaded = await loader.load(source, plan, self._gpus)
+        settings = completed[-1]
         scheduler = ModelScheduler(
-            f"{name}:{version}",
-            instances,
+            f"{folder.name}:{version}",
+            loaded.instances,
             settings.batching,
             padding=settings.padding,
             observers=self._options.observers,
         )
-        return ServedVersion(name, version, settings, engine, scheduler, digest)
+        return ServedVersion(folder.name, version, settings, loaded, scheduler)
 
     async def stop(self) -> None:
         for served in self.served():
-            await served.scheduler.stop()
-            served.engine.close()
-
-
-def _sha256(path: Path) -> str:
-    """Hex sha256 of a model artifact, read in 1 MiB pieces."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+            await served.scheduler.stop()  # closes the instances
+            for engine in served.loaded.engines:
+                engine.close()
 
 
 def _wants_gpu(config: mc.ModelConfig) -> bool:

@@ -28,11 +28,11 @@ An unknown `ferry.` key is a load error naming it; any other parameter belongs t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from ferry.common.errors import ModelLoadError
 from ferry.engines.base import UNBOUNDED, Device, Profile, ShapeRange, TensorSpec
 from ferry.engines.cuda.devices import Discovery
+from ferry.engines.loading import PlannedInstance
 from ferry.proto import model_config_pb2 as mc
 from ferry.scheduler.config import BatchingConfig, QueuePolicy, TimeoutAction
 from ferry.scheduler.shapes import CutOutput, PaddedInput, Padding
@@ -261,12 +261,6 @@ def instance_total(config: mc.ModelConfig) -> int:
     declared = sum(1 for key in config.parameters if key.startswith(PREFIX + "profile."))
     groups = config.instance_group or [mc.ModelInstanceGroup()]
     return sum(max(g.count, 1) * (len(g.profile) or max(declared, 1)) for g in groups)
-
-
-@dataclass(frozen=True)
-class PlannedInstance:
-    profile: Profile
-    device: Device
 
 
 def instance_plan(

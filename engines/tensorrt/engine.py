@@ -13,26 +13,15 @@ element types the protocol lacks, outputs whose shape depends on the data.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ferry.common.errors import ModelLoadError
 from ferry.engines.base import Device, Profile, ShapeRange, TensorSpec
 from ferry.engines.cuda.toolkit import CudaToolkit
+from ferry.engines.tensorrt.instance import TensorRTInstance
+from ferry.engines.tensorrt.options import TensorRTOptions
 from ferry.engines.tensorrt.runtime import ErrorLog, datatype, import_tensorrt, member_name
-
-
-@dataclass(frozen=True)
-class TensorRTOptions:
-    """cuda_graphs: capture each batch shape's execution once and replay it (config
-    `optimization { cuda { graphs: true } }`); max_graphs bounds how many shapes get one.
-    in_flight: batches one instance holds at once (gathering the next overlaps computing this).
-    """
-
-    cuda_graphs: bool = False
-    max_graphs: int = 64
-    in_flight: int = 2
 
 
 class TensorRTEngine:
@@ -40,7 +29,7 @@ class TensorRTEngine:
         self,
         path: Path,
         devices: Sequence[int],
-        options: TensorRTOptions = TensorRTOptions(),
+        options: TensorRTOptions | None = None,
         *,
         trt: Any = None,
         cuda: CudaToolkit | None = None,
@@ -55,7 +44,7 @@ class TensorRTEngine:
         self._trt = trt if trt is not None else import_tensorrt()
         self._cuda = cuda
         self.path = path
-        self.options = options
+        self.options = options or TensorRTOptions()
         self.errors = ErrorLog.of(self._trt)
         self._plan = path.read_bytes()
         self._runtimes: dict[int, Any] = {}
@@ -139,14 +128,15 @@ class TensorRTEngine:
             found.append(Profile(index, ranges, max_rows))
         return tuple(found)
 
-    def create_instance(self, name: str, device: Device, profile: Profile) -> Any:
-        from ferry.engines.tensorrt.instance import TensorRTInstance
-
+    def create_instance(self, name: str, device: Device, profile: Profile) -> TensorRTInstance:
         if device.kind != "gpu":
             raise ModelLoadError(f"instance {name}: a TensorRT plan runs only on a GPU")
         return TensorRTInstance(
             name,
-            self,
+            self._inputs,
+            self._outputs,
+            self.options,
+            self.errors,
             self.engine_on(device.index),
             self._cuda,
             device,

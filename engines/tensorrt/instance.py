@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 from ferry.common.errors import EngineError, ModelLoadError
 from ferry.engines.base import Device, ExecutionResult, Feed, Profile, TensorSpec
 from ferry.engines.cuda.pipeline import Launched, Slot, StreamPipeline
 from ferry.engines.cuda.toolkit import CudaToolkit
 from ferry.engines.staging import gather_into
-
-if TYPE_CHECKING:
-    from ferry.engines.tensorrt.engine import TensorRTEngine
+from ferry.engines.tensorrt.options import TensorRTOptions
+from ferry.engines.tensorrt.runtime import ErrorLog
 
 Shapes = tuple[tuple[int, ...], ...]
 
@@ -35,7 +35,10 @@ class TensorRTInstance:
     def __init__(
         self,
         name: str,
-        owner: TensorRTEngine,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        options: TensorRTOptions,
+        errors: ErrorLog,
         engine: Any,
         cuda: CudaToolkit,
         device: Device,
@@ -44,12 +47,11 @@ class TensorRTInstance:
         self._name = name
         self._profile = profile
         self.device = device
-        self._errors = owner.errors
+        self._errors = errors
         self._cuda = cuda
-        self._inputs: tuple[TensorSpec, ...] = tuple(owner.inputs)
-        self._outputs: tuple[TensorSpec, ...] = tuple(owner.outputs)
+        self._inputs: tuple[TensorSpec, ...] = tuple(inputs)
+        self._outputs: tuple[TensorSpec, ...] = tuple(outputs)
         self._batched = profile.max_rows > 0
-        options = owner.options
         self.in_flight = max(1, options.in_flight)
         self._graphs_on = options.cuda_graphs
         self._max_graphs = options.max_graphs

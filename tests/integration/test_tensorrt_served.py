@@ -17,9 +17,11 @@ import tritonclient.grpc.aio as tca
 from tritonclient.utils import InferenceServerException
 
 from ferry.engines.cuda.devices import Discovery, GpuDevice
+from ferry.engines.loading import Registry
+from ferry.engines.onnxruntime import OnnxRuntimeLoader
+from ferry.engines.tensorrt.loader import TensorRTLoader
 from ferry.server.app import FerryServer
 from ferry.server.config import ServerConfig
-from ferry.server.repository import Backends
 from tests.doubles import cuda_host, tensorrt_api
 from tests.doubles.tensorrt_api import write_plan
 from tests.models import _save, add_constant
@@ -39,6 +41,13 @@ AFFINE_TENSORS = [
     {"name": "y", "mode": "OUTPUT", "dtype": "FLOAT", "shape": [-1, -1]},
     {"name": "total", "mode": "OUTPUT", "dtype": "FLOAT", "shape": [-1, 1]},
 ]
+
+
+def doubled() -> Registry:
+    """The real backends, TensorRT's on doubles of TensorRT and CUDA (CI has neither)."""
+    return Registry(
+        [OnnxRuntimeLoader(), TensorRTLoader(tensorrt_api.module, cuda_host.toolkit)]
+    )
 
 
 def one_gpu() -> Discovery:
@@ -97,8 +106,7 @@ def build(root: Path) -> Path:
 @pytest_asyncio.fixture
 async def client(tmp_path: Path) -> AsyncIterator[tca.InferenceServerClient]:
     config = ServerConfig(build(tmp_path), grpc_port=0, metrics_port=-1, strict_readiness=False)
-    backends = Backends(discover=one_gpu, tensorrt=tensorrt_api.module, cuda=cuda_host.toolkit)
-    server = FerryServer(config, backends=backends)
+    server = FerryServer(config, loaders=doubled(), discover=one_gpu)
     await server.start()
     client = tca.InferenceServerClient(f"127.0.0.1:{server.tcp_port}")
     try:
@@ -179,12 +187,9 @@ async def test_plans_that_cannot_load_are_reported_and_the_rest_serve(
 @pytest.mark.asyncio
 async def test_without_a_gpu_a_plan_is_refused_with_the_reason(tmp_path: Path) -> None:
     config = ServerConfig(build(tmp_path), grpc_port=0, metrics_port=-1, strict_readiness=False)
-    backends = Backends(
-        discover=lambda: Discovery(reason="NVML library not found"),
-        tensorrt=tensorrt_api.module,
-        cuda=cuda_host.toolkit,
+    server = FerryServer(
+        config, loaders=doubled(), discover=lambda: Discovery(reason="NVML library not found")
     )
-    server = FerryServer(config, backends=backends)
     await server.start()
     try:
         entry = server.repository.entry("ctr")

@@ -7,7 +7,9 @@ import pytest
 from ferry.common.datatypes import DATATYPES
 from ferry.common.errors import ModelLoadError
 from ferry.engines.base import TensorSpec
-from ferry.server.model_config import ONNXRUNTIME, complete, parse
+from ferry.engines.loading import Artifact
+from ferry.engines.onnxruntime import OnnxRuntimeLoader
+from ferry.server.model_config import complete, parse
 
 FP32 = DATATYPES["FP32"]
 X = TensorSpec("x", FP32, (-1, 4))
@@ -18,9 +20,8 @@ def settle(text: str, *, had_file: bool = True):  # type: ignore[no-untyped-def]
     return complete(
         parse(text, "m/config.pbtxt"),
         "m",
-        [X],
-        [Y],
-        backend=ONNXRUNTIME,
+        Artifact([X], [Y]),
+        OnnxRuntimeLoader(),
         had_file=had_file,
         default_max_batch_size=4,
         where="m/config.pbtxt",

@@ -9,8 +9,10 @@ from ferry.common.datatypes import DATATYPES
 from ferry.common.errors import ModelLoadError
 from ferry.engines.base import TensorSpec
 from ferry.engines.cuda.devices import Discovery, GpuDevice
+from ferry.engines.loading import Artifact
+from ferry.engines.onnxruntime import OnnxRuntimeLoader
 from ferry.scheduler import TimeoutAction
-from ferry.server.model_config import ONNXRUNTIME, ModelSettings, complete, parse
+from ferry.server.model_config import ModelSettings, complete, parse
 from ferry.server.scheduling_config import instance_plan
 
 HISTORY = TensorSpec("history", DATATYPES["INT64"], (-1, -1, -1))  # batch, then 2 free dims
@@ -23,9 +25,8 @@ def settle(text: str) -> ModelSettings:
     return complete(
         parse("max_batch_size: 8\n" + text, "m/config.pbtxt"),
         "m",
-        [HISTORY, USER],
-        [SCORE, SEQ],
-        backend=ONNXRUNTIME,
+        Artifact([HISTORY, USER], [SCORE, SEQ]),
+        OnnxRuntimeLoader(),
         had_file=True,
         default_max_batch_size=4,
         default_max_queue_bytes=1000,
