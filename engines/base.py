@@ -140,9 +140,7 @@ class Feed:
 
 
 class Instance(Protocol):
-    """One execution context. At most `in_flight` runs overlap: an instance that does not say
-    otherwise (an attribute `in_flight: int`) gets its next batch only after the previous one
-    finished; a GPU instance with several staging slots takes that many."""
+    """One execution context: everything the scheduler asks of a backend's instance."""
 
     @property
     def name(self) -> str: ...
@@ -150,6 +148,28 @@ class Instance(Protocol):
     @property
     def profile(self) -> Profile:
         """The optimization profile this instance serves for its whole life."""
+        ...
+
+    @property
+    def device(self) -> Device: ...
+
+    @property
+    def in_flight(self) -> int:
+        """How many batches it may hold at once: 1 gets the next batch only once the previous
+        one finished; a GPU instance with several staging slots takes that many."""
+        ...
+
+    @property
+    def inline(self) -> bool:
+        """Whether `run_now` may ever run a batch; the scheduler skips it for instances that
+        never do (GPU instances)."""
+        ...
+
+    def run_now(self, feed: Feed) -> ExecutionResult | None:
+        """Run the batch synchronously on the caller's thread (the event loop) when that is
+        cheaper than handing it off; None when it must go through `run`. The CPU backend does
+        so for tiny batches (engines/onnxruntime.py): the scheduler then skips a task and its
+        wake-ups."""
         ...
 
     async def run(self, feed: Feed) -> ExecutionResult:
@@ -162,10 +182,15 @@ class Instance(Protocol):
 
     async def close(self) -> None: ...
 
-    # Optional, looked up with getattr: `run_now(feed) -> ExecutionResult | None` runs the batch
-    # synchronously on the caller's thread (the event loop) when that is cheaper than handing it
-    # off, and returns None when the batch must go through `run`. The CPU backend offers it for
-    # tiny batches (engines/onnxruntime.py); the scheduler then skips a task and its wake-ups.
+
+class OffLoop:
+    """For instances that never run a batch on the event loop (their work waits on a device):
+    `run_now` always declines."""
+
+    inline = False
+
+    def run_now(self, feed: Feed) -> ExecutionResult | None:
+        return None
 
 
 class Engine(Protocol):

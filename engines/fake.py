@@ -24,6 +24,7 @@ from ferry.engines.base import (
     TensorSpec,
     Timings,
 )
+from ferry.engines.loading import Artifact, GpuLookup, Loaded, Planner, VersionFiles, sha256_of
 from ferry.engines.staging import gather
 
 FP32 = DATATYPES["FP32"]
@@ -48,6 +49,13 @@ class FakeInstance:
     @property
     def profile(self) -> Profile:
         return self._profile
+
+    device = Device()
+    in_flight = 1
+
+    @property
+    def inline(self) -> bool:
+        return self._engine.now
 
     def run_now(self, feed: Feed) -> ExecutionResult | None:
         """Offered only by an engine made with `now=True`, for batches of at most `NOW_ROWS`
@@ -127,3 +135,29 @@ class FakeEngine:
 
     def close(self) -> None:
         return None
+
+
+class FakeLoader:
+    """Serves a version folder holding `model.fake` (any bytes) on one FakeEngine, as a backend
+    would: for tests of the repository and of the loader registry without a model file."""
+
+    platform = "ferry_fake"
+    backend = "fake"
+    filename = "model.fake"
+    utf8_bytes = False
+
+    def __init__(self, engine: FakeEngine | None = None) -> None:
+        self.engine = engine or FakeEngine()
+
+    async def load(self, files: VersionFiles, plan: Planner, gpus: GpuLookup) -> Loaded:
+        loaded = Loaded([self.engine], [], sha256_of(files.path))
+        try:
+            planned, _ = await plan(Artifact(self.engine.inputs, self.engine.outputs))
+        except BaseException:
+            await loaded.close()
+            raise
+        loaded.instances += [
+            self.engine.create_instance(f"{files.model}_{files.version}_{i}", p.device, p.profile)
+            for i, p in enumerate(planned)
+        ]
+        return loaded

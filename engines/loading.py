@@ -168,10 +168,3 @@ def sha256_of(path: Path) -> str:
             digest.update(block)
     return digest.hexdigest()
 
-
-def default_registry() -> Registry:
-    """The backends Ferry ships: ONNX Runtime (CPU and CUDA) and TensorRT."""
-    from ferry.engines.onnxruntime import OnnxRuntimeLoader
-    from ferry.engines.tensorrt.loader import TensorRTLoader
-
-    return Registry([OnnxRuntimeLoader(), TensorRTLoader()])

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from ferry.common.errors import ModelLoadError
-from ferry.engines.base import Device, ExecutionResult, Feed, Profile, TensorSpec
+from ferry.engines.base import Device, ExecutionResult, Feed, OffLoop, Profile, TensorSpec
 from ferry.engines.cuda.pipeline import Launched, Slot, StreamPipeline
 from ferry.engines.onnxruntime import OnnxRuntimeOptions, OnnxSignature, _spec
 from ferry.engines.staging import gather_into
@@ -200,7 +200,7 @@ class _Binding:
         self.binding.bind_output(name, "cpu")
 
 
-class OnnxRuntimeCudaInstance:
+class OnnxRuntimeCudaInstance(OffLoop):
     """One stream, one session on it, and `in_flight` slots of staging buffers.
 
     sizes: the batch sizes offered CUDA graphs (graph_sizes()); () = no graphs. After capture

@@ -5,14 +5,15 @@
                                                         └──── instance back to the pool ◄┘
 
 The pump takes a free instance, then the next batch, and starts a task to run it; it never
-awaits engine work itself. An instance that offers `run_now` (batches small enough to run on the
-event loop: the CPU backend's tiny batches) is run by the pump directly, without a task. And
+awaits engine work itself. An instance whose `run_now` takes the batch (batches small enough to
+run on the event loop: the CPU backend's tiny batches) is run by the pump directly, without a
+task. And
 while a pump waits for work holding an idle instance, a request that would leave alone at once
 is answered by `serve_now` in the caller's own task, with no queue in between.
 Instances reserved for the highest priority level (`reserved_instances`) have a pool and a pump
 of their own that take batches of that level only. An instance that can hold several batches at
-once (its `in_flight` attribute, e.g. a GPU instance with two staging slots) is in its pool that
-many times.
+once (its `in_flight`, e.g. a GPU instance with two staging slots) is in its pool that many
+times.
 Every request's future is completed exactly once on every path: result, engine error,
 deadline, cancellation or shutdown (see ../shared/docs/style.md).
 """
@@ -74,10 +75,10 @@ class ProfileRunner:
         self.busy_ns: dict[str, int] = {i.name: 0 for i in instances}
         self._running: dict[str, int] = {i.name: 0 for i in instances}  # batches in flight
         self._busy_since: dict[str, int] = {i.name: 0 for i in instances}
-        self._devices = {i.name: str(getattr(i, "device", "cpu")) for i in instances}
-        # Each instance's optional `run_now` (engines/base.py), looked up once, not per batch.
+        self._devices = {i.name: str(i.device) for i in instances}
+        # Each instance's `run_now`, looked up once, not per batch; None where it never runs.
         self._run_nows: dict[str, Callable[[Feed], ExecutionResult | None] | None] = {
-            i.name: getattr(i, "run_now", None) for i in instances
+            i.name: i.run_now if i.inline else None for i in instances
         }
         self.batcher = batcher
         self._instances = list(instances)
@@ -103,10 +104,10 @@ class ProfileRunner:
         return self.batcher.profile
 
     def start(self) -> None:
-        depth = max((_in_flight(i) for i in self._instances), default=1)
+        depth = max((max(1, i.in_flight) for i in self._instances), default=1)
         for round_ in range(depth):  # interleaved: every instance gets a batch before a second
             for instance in self._instances:
-                if round_ < _in_flight(instance):
+                if round_ < max(1, instance.in_flight):
                     self._home[instance.name].put_nowait(instance)
         pools: list[tuple[asyncio.Queue[Instance], int | None, str]] = [(self._idle, None, "")]
         if self.reserved:
@@ -371,7 +372,3 @@ def reserved_positions(profiles: Sequence[int], reserved: int) -> set[int]:
         by_profile.setdefault(profile, []).append(position)
     return {p for members in by_profile.values() for p in members[len(members) - reserved :]}
 
-
-def _in_flight(instance: Instance) -> int:
-    """How many batches the instance may hold at once (1 unless it says more)."""
-    return max(1, int(getattr(instance, "in_flight", 1)))

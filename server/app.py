@@ -23,9 +23,10 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from opentelemetry.sdk.trace import TracerProvider
 
+from ferry.engines.backends import default_registry
 from ferry.engines.cuda.devices import Discovery
 from ferry.engines.cuda.devices import discover as find_gpus
-from ferry.engines.loading import Registry, default_registry
+from ferry.engines.loading import Registry
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 from ferry.proto._pool import POOL

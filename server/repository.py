@@ -19,15 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ferry.common.errors import FerryError, ModelLoadError, ModelNotFound, ModelNotReady
+from ferry.engines.backends import default_registry
 from ferry.engines.cuda.devices import Discovery, discover
-from ferry.engines.loading import (
-    Artifact,
-    Loaded,
-    PlannedInstance,
-    Registry,
-    VersionFiles,
-    default_registry,
-)
+from ferry.engines.loading import Artifact, Loaded, PlannedInstance, Registry, VersionFiles
 from ferry.proto import model_config_pb2 as mc
 from ferry.scheduler.observer import BatchObserver
 from ferry.scheduler.scheduler import ModelScheduler

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ferry.common.errors import EngineError, ModelLoadError
-from ferry.engines.base import Device, ExecutionResult, Feed, Profile, TensorSpec
+from ferry.engines.base import Device, ExecutionResult, Feed, OffLoop, Profile, TensorSpec
 from ferry.engines.cuda.pipeline import Launched, Slot, StreamPipeline
 from ferry.engines.cuda.toolkit import CudaToolkit
 from ferry.engines.staging import gather_into
@@ -31,7 +31,7 @@ from ferry.engines.tensorrt.runtime import ErrorLog
 Shapes = tuple[tuple[int, ...], ...]
 
 
-class TensorRTInstance:
+class TensorRTInstance(OffLoop):
     def __init__(
         self,
         name: str,

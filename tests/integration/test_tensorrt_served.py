@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from ferry.engines.cuda.devices import Discovery, GpuDevice
 from ferry.engines.loading import Registry
-from ferry.engines.onnxruntime import OnnxRuntimeLoader
+from ferry.engines.onnxruntime_loader import OnnxRuntimeLoader
 from ferry.engines.tensorrt.loader import TensorRTLoader
 from ferry.server.app import FerryServer
 from ferry.server.config import ServerConfig

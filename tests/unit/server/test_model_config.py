@@ -8,7 +8,7 @@ from ferry.common.datatypes import DATATYPES
 from ferry.common.errors import ModelLoadError
 from ferry.engines.base import TensorSpec
 from ferry.engines.loading import Artifact
-from ferry.engines.onnxruntime import OnnxRuntimeLoader
+from ferry.engines.onnxruntime_loader import OnnxRuntimeLoader
 from ferry.server.model_config import complete, parse
 
 FP32 = DATATYPES["FP32"]

@@ -10,7 +10,7 @@ from ferry.common.errors import ModelLoadError
 from ferry.engines.base import TensorSpec
 from ferry.engines.cuda.devices import Discovery, GpuDevice
 from ferry.engines.loading import Artifact
-from ferry.engines.onnxruntime import OnnxRuntimeLoader
+from ferry.engines.onnxruntime_loader import OnnxRuntimeLoader
 from ferry.scheduler import TimeoutAction
 from ferry.server.model_config import ModelSettings, complete, parse
 from ferry.server.scheduling_config import instance_plan
