@@ -31,8 +31,9 @@ from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 from ferry.proto._pool import POOL
 from ferry.server.config import ServerConfig
+from ferry.server.observer import RequestObserver
 from ferry.server.repository import ModelRepository, RepositoryOptions
-from ferry.server.servicer import InferenceServicer, ReadinessState, Telemetry
+from ferry.server.servicer import InferenceServicer, ReadinessState
 from ferry.telemetry.access_log import AccessLog
 from ferry.telemetry.gpu import GpuCollector
 from ferry.telemetry.metrics import Metrics
@@ -78,7 +79,7 @@ class FerryServer:
         access_log = (
             AccessLog(config.access_log, config.access_log_sample) if config.access_log else None
         )
-        self.telemetry = Telemetry(tracing, metrics, access_log)
+        self.telemetry = RequestObserver(tracing, metrics, access_log)
         observers = tuple(o for o in (tracing, metrics) if o is not None)
         self.repository = ModelRepository(
             config.model_repository,

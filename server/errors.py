@@ -2,7 +2,9 @@
 
 Lookup walks the exception's MRO, so a subclass inherits its parent's code unless it has its
 own row. Anything outside the FerryError family is a bug: the caller gets INTERNAL with a generic
-message and the traceback goes to the log, never to the client.
+message, and the front end that answers it logs the traceback once (`log_if_unexpected`), never
+sending it to the client. `to_status` itself is pure: telemetry may ask it again for the same
+error without logging twice.
 """
 
 from __future__ import annotations
@@ -48,5 +50,10 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
                 return code, str(exc)
     if isinstance(exc, asyncio.TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
-    log.error("internal error while serving a request", exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error (see the server log)"
+
+
+def log_if_unexpected(exc: BaseException) -> None:
+    """Log the traceback of an error outside Ferry's family (a bug), once, where it is answered."""
+    if not isinstance(exc, FerryError | asyncio.TimeoutError):
+        log.error("internal error while serving a request", exc_info=exc)

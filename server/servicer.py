@@ -10,29 +10,26 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 
+import ferry
 from ferry.common.errors import FerryError, ModelNotFound, Unsupported
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 from ferry.scheduler.request import InferenceResult
 from ferry.scheduler.stats import Duration, ModelStats
 from ferry.server.codec import decode, encode
-from ferry.server.errors import to_status
+from ferry.server.errors import log_if_unexpected, to_status
+from ferry.server.observer import RequestObserver
 from ferry.server.repository import READY, ModelRepository, ServedVersion
-from ferry.telemetry.access_log import AccessLog
-from ferry.telemetry.metrics import Metrics
-from ferry.telemetry.tracing import Tracing
 
 log = logging.getLogger("ferry.server")
 
 SERVER_NAME = "ferry"
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = ferry.__version__  # from the installed package's metadata
 EXTENSIONS = ("model_configuration", "statistics", "binary_tensor_data", "parameters")
 
 Req = TypeVar("Req")
@@ -50,6 +47,7 @@ def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:
+            log_if_unexpected(exc)
             code, message = to_status(exc)
             await context.abort(code, message)
             raise AssertionError("unreachable: abort raises") from exc
@@ -84,25 +82,16 @@ class ReadinessState:
         return True
 
 
-@dataclass
-class Telemetry:
-    """The optional observers of every request: absent parts cost one `is None` test."""
-
-    tracing: Tracing | None = None
-    metrics: Metrics | None = None
-    access_log: AccessLog | None = None
-
-
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self,
         repository: ModelRepository,
         readiness: ReadinessState,
-        telemetry: Telemetry | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
         self._repository = repository
         self._readiness = readiness
-        self._telemetry = telemetry or Telemetry()
+        self._observer = observer or RequestObserver()
 
     # ---- health and metadata ----------------------------------------------------------------
 
@@ -204,6 +193,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                log_if_unexpected(exc)
                 _, message = to_status(exc)
                 answers.put_nowait(
                     pb.ModelStreamInferResponse(
@@ -244,22 +234,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         metadata: Any = None,
         method: str = "ModelInfer",
     ) -> pb.ModelInferResponse:
-        start = time.monotonic_ns()
-        tracing = self._telemetry.tracing
-        span = (
-            None
-            if tracing is None
-            else tracing.start_request(
-                method, metadata, request.model_name, request.model_version, request.id
-            )
+        observer = self._observer
+        record = observer.begin(
+            method,
+            metadata,
+            request.model_name,
+            request.model_version,
+            request.id,
+            _rows(request) if observer.access_log is not None else 0,
         )
         result: InferenceResult | None = None
-        served: ServedVersion | None = None
         try:
-            served = self._repository.get(request.model_name, request.model_version)
+            served = record.served = self._repository.get(
+                request.model_name, request.model_version
+            )
             sig = served.settings.signature
             decoded = decode(request, sig)
-            deadline_ns = None if time_remaining_s is None else start + int(time_remaining_s * 1e9)
+            deadline_ns = (
+                None
+                if time_remaining_s is None
+                else record.start_ns + int(time_remaining_s * 1e9)
+            )
             result = await served.scheduler.infer(
                 decoded.inputs,
                 decoded.rows,
@@ -268,7 +263,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 deadline_ns=deadline_ns,
                 request_id=request.id,
                 nbytes=decoded.nbytes,
-                trace=None if span is None else span.get_span_context(),
+                trace=None if record.span is None else record.span.get_span_context(),
             )
             response = encode(
                 result.outputs,
@@ -282,61 +277,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response.parameters["model_version"].string_param = served.version
             response.parameters["model_sha256"].string_param = served.sha256
         except BaseException as exc:
-            self._finish(request, served, start, None, exc, span)
+            observer.end(record, None, exc, _code(exc))
             raise
-        self._finish(request, served, start, result, None, span)
+        observer.end(record, result, None, "OK")
         return response
-
-    def _finish(
-        self,
-        request: pb.ModelInferRequest,
-        served: ServedVersion | None,
-        start_ns: int,
-        result: InferenceResult | None,
-        error: BaseException | None,
-        span: Any,
-    ) -> None:
-        """Statistics, metrics, trace and access log for one finished request, in one place."""
-        total = time.monotonic_ns() - start_ns
-        telemetry = self._telemetry
-        code = "OK"
-        if error is not None:
-            code = (
-                "CANCELLED"
-                if isinstance(error, asyncio.CancelledError)
-                else to_status(error)[0].name
-            )
-        if served is not None:
-            stats = served.scheduler.stats
-            if error is None:
-                stats.record_success(total)
-            else:
-                stats.record_failure(total)
-            if telemetry.metrics is not None:
-                telemetry.metrics.request_done(served.name, served.version, total, result, error)
-        if span is not None and telemetry.tracing is not None:
-            enqueued = None if result is None else result.started_ns - result.queue_ns
-            telemetry.tracing.end_request(span, result, enqueued, error, code)
-        log = telemetry.access_log
-        if log is not None and log.wanted():
-            log.write(
-                {
-                    "id": request.id,
-                    "model": request.model_name,
-                    "version": served.version if served else request.model_version,
-                    "sha256": served.sha256 if served else "",
-                    "status": code,
-                    "rows": int(request.inputs[0].shape[0])
-                    if request.inputs and request.inputs[0].shape
-                    else 0,
-                    "batch": -1 if result is None else result.batch_id,
-                    "queue_us": 0 if result is None else result.queue_ns // 1000,
-                    "compute_us": 0
-                    if result is None
-                    else (result.finished_ns - result.started_ns) // 1000,
-                    "total_us": total // 1000,
-                }
-            )
 
     # ---- statistics and repository ----------------------------------------------------------
 
@@ -390,6 +334,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryUnregister = _unimplemented("CudaSharedMemoryUnregister")
     TraceSetting = _unimplemented("TraceSetting")
     LogSettings = _unimplemented("LogSettings")
+
+
+def _rows(request: pb.ModelInferRequest) -> int:
+    """The rows a request says it sends (its first input's first dim), for the access log."""
+    return int(request.inputs[0].shape[0]) if request.inputs and request.inputs[0].shape else 0
+
+
+def _code(error: BaseException) -> str:
+    """The status name a failed request got; CANCELLED when its caller went away."""
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED"
+    return str(to_status(error)[0].name)
 
 
 def _duration(d: Duration) -> pb.StatisticDuration:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 from pathlib import Path
 
 import grpc
@@ -54,6 +55,7 @@ def test_server_health_and_metadata(server: RunningServer) -> None:
     assert not client.is_model_ready("no_such_model")
     meta = client.get_server_metadata()
     assert meta.name == "ferry"
+    assert meta.version == importlib.metadata.version("ferry")  # the installed package's
     model = client.get_model_metadata("dlrm")
     assert [(i.name, i.datatype, list(i.shape)) for i in model.inputs] == [
         ("dense", "FP32", [-1, 13]),
