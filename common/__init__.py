@@ -3,7 +3,7 @@
 It imports nothing else of Ferry's, so `server`, `scheduler` and `engines` may all depend on it.
 """
 
-from ferry.common.datatypes import DATATYPES, DataType, datatype, from_config_type, from_numpy
+from ferry.common.datatypes import DATATYPES, DataType, from_config_type
 from ferry.common.errors import (
     CudaError,
     DeadlineExceeded,
@@ -15,7 +15,6 @@ from ferry.common.errors import (
     ModelNotReady,
     QueueFull,
     QueueTimeout,
-    RequestCancelled,
     ShuttingDown,
     Unavailable,
     Unsupported,
@@ -34,11 +33,8 @@ __all__ = [
     "ModelNotReady",
     "QueueFull",
     "QueueTimeout",
-    "RequestCancelled",
     "ShuttingDown",
     "Unavailable",
     "Unsupported",
-    "datatype",
     "from_config_type",
-    "from_numpy",
 ]

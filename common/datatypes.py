@@ -52,19 +52,6 @@ DATATYPES: dict[str, DataType] = {
 }
 
 _BY_CONFIG = {d.config_name: d for d in DATATYPES.values()}
-_BY_NUMPY = {d.numpy: d for d in DATATYPES.values() if d.name != "BF16"}
-
-
-def datatype(name: str) -> DataType:
-    """The datatype for a protocol name; KeyError for anything else."""
-    return DATATYPES[name]
-
-
 def from_config_type(config_name: str) -> DataType:
     """The datatype for a model config enum name such as TYPE_FP32; KeyError otherwise."""
     return _BY_CONFIG[config_name]
-
-
-def from_numpy(dtype: np.dtype) -> DataType:
-    """The datatype that stores as `dtype` (never BF16, which shares uint16); KeyError otherwise."""
-    return _BY_NUMPY[np.dtype(dtype)]

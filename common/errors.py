@@ -10,7 +10,6 @@
     │   ├── ModelNotReady       the model exists but is not serving
     │   └── ShuttingDown        the server is draining
     ├── DeadlineExceeded        the caller's deadline passed before the answer was ready
-    ├── RequestCancelled        the caller went away
     ├── EngineError             the backend failed while running a batch
     │   └── CudaError           a CUDA call failed; the message names the call and the error
     └── ModelLoadError          a model could not be loaded (reported, never raised to a caller)
@@ -61,10 +60,6 @@ class ShuttingDown(Unavailable):
 
 class DeadlineExceeded(FerryError):
     """The caller's deadline passed before the request could be computed."""
-
-
-class RequestCancelled(FerryError):
-    """The caller cancelled the request."""
 
 
 class EngineError(FerryError):

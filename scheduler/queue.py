@@ -64,7 +64,6 @@ class RequestQueue:
         """Move a waiting request behind the in-time requests of its level (action DELAY)."""
         slot = self._where.get(request)
         if slot is not None and slot % 2 == 0:
-            request.delayed = True
             self._append(request, slot + 1)
 
     def remove(self, request: InferenceRequest) -> None:

@@ -51,7 +51,6 @@ class InferenceRequest:
     enqueued_ns: int = 0
     id: str = ""
     chunk_index: int = -1
-    delayed: bool = False  # its queue timeout passed under action DELAY
     trace: object = None  # the caller's span context, opaque here (batch observers link it)
 
     def expired(self, now_ns: int) -> bool:

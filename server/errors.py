@@ -21,7 +21,6 @@ from ferry.common.errors import (
     InvalidInput,
     ModelLoadError,
     ModelNotFound,
-    RequestCancelled,
     Unavailable,
     Unsupported,
 )
@@ -34,7 +33,6 @@ STATUS: dict[type[FerryError], grpc.StatusCode] = {
     Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    RequestCancelled: grpc.StatusCode.CANCELLED,
     EngineError: grpc.StatusCode.INTERNAL,
     ModelLoadError: grpc.StatusCode.INTERNAL,
     FerryError: grpc.StatusCode.INTERNAL,

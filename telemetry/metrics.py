@@ -23,8 +23,8 @@ list, is atomic under the GIL). The current state (queues, instances) is read at
 
 from __future__ import annotations
 
+import asyncio
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -38,7 +38,6 @@ from ferry.common.errors import (
     FerryError,
     QueueFull,
     QueueTimeout,
-    RequestCancelled,
     ShuttingDown,
 )
 from ferry.scheduler.observer import BatchRecord
@@ -122,13 +121,13 @@ def failure_reason(error: BaseException) -> str:
     """Triton's failure reasons: REJECTED (refused by a queue), CANCELED, BACKEND, OTHER."""
     if isinstance(error, QueueFull | QueueTimeout | ShuttingDown):
         return "REJECTED"
-    if isinstance(error, RequestCancelled | DeadlineExceeded):
+    if isinstance(error, DeadlineExceeded | asyncio.CancelledError):
         return "CANCELED"
     if isinstance(error, EngineError):
         return "BACKEND"
     if isinstance(error, FerryError):
         return "OTHER"
-    return "CANCELED" if type(error).__name__ == "CancelledError" else "OTHER"
+    return "OTHER"
 
 
 StateReader = Callable[[], Iterable[tuple[str, str, dict[int, int], dict[str, int], float]]]
@@ -139,7 +138,6 @@ class Metrics(Collector):
     def __init__(self, state: StateReader | None = None) -> None:
         self.registry = CollectorRegistry()
         self._state = state
-        self._started = time.monotonic()
         labels = ("model", "version")
         self.latency = HistogramFamily(
             "ferry_request_latency_seconds",

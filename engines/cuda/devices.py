@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ferry.common.errors import CudaError
@@ -44,7 +44,6 @@ class Discovery:
     devices: tuple[GpuDevice, ...] = ()
     cuda_devices: int = 0
     reason: str = ""
-    problems: tuple[str, ...] = field(default_factory=tuple)
 
 
 def discover(environ: Mapping[str, str] | None = None, nvml: Any = None) -> Discovery:
