@@ -5,12 +5,8 @@ Ferry's `echo` model against it."""
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import grpc
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc

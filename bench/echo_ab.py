@@ -7,7 +7,7 @@ per source tree (e.g. a `git worktree` of the previous commit and the working tr
 one 1-row request in flight in short slices, rotating over the servers and reversing the order
 every other pass, so that drift and position hit every server alike.
 
-    python bench/echo_ab.py TREE [TREE ...] [--rounds 3] [--seconds 6] [--preload]
+    python -m bench.echo_ab TREE [TREE ...] [--rounds 3] [--seconds 6] [--preload]
 
 --preload first drives each server with 64-row loads on `echo` and `dlrm` (4 s each), as
 bench/serving_core.py does before it measures echo latency. Prints p50/p99 and the p50 ratio to
@@ -28,14 +28,11 @@ import grpc
 import numpy as np
 import uvloop
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.harness import record, start, stop, timed_calls  # noqa: E402
-from ferry.loadtest.run import percentiles, run_closed_loop  # noqa: E402
-from ferry.proto import grpc_service_pb2 as pb  # noqa: E402
-from ferry.proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
-from ferry.server.example_repo import write_example_repo  # noqa: E402
+from bench.harness import ROOT, record, start, stop, timed_calls
+from ferry.loadtest.run import percentiles, run_closed_loop
+from ferry.proto import grpc_service_pb2 as pb
+from ferry.proto import grpc_service_pb2_grpc as pb_grpc
+from ferry.server.example_repo import write_example_repo
 
 
 async def probe_all(addresses: dict[str, str], seconds: float, slices: int) -> dict[str, Any]:
@@ -78,7 +75,7 @@ def main() -> int:
     addresses: dict[str, str] = {}
     try:
         bare, addresses["bare"] = start(
-            [sys.executable, "bench/bare_echo_server.py"], work / "bare.log"
+            [sys.executable, "-m", "bench.bare_echo_server"], work / "bare.log"
         )
         processes.append(bare)
         for i, tree in enumerate(args.trees):

@@ -1,7 +1,7 @@
 """Does the host itself scale to several GPUs? ONNX Runtime CUDA called directly (numpy feeds,
 host copies included) in one process per GPU, all at once, against one process on one GPU.
 
-    PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_direct_scaling.py --repo DIR [--gpus 0,1]
+    PYTHONPATH=/tmp/site:$PWD python3 -m bench.gpu_direct_scaling --repo DIR [--gpus 0,1]
         [--rows 16384] [--seconds 8] [--per-gpu 1]
 
 Prints rows/s alone and together, and the scaling; the baseline for what Ferry's several-GPU
@@ -11,7 +11,6 @@ runs (bench/gpu_serving.py) can reach on the same host.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import sys
@@ -19,6 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.harness import record
 
 
 def worker(path: str, device: str, rows: int, seconds: float, start_at: float, out: object) -> None:
@@ -68,7 +69,7 @@ def main() -> int:
     parser.add_argument("--per-gpu", type=int, default=1, help="processes per GPU")
     parser.add_argument("--rows", type=int, default=16384)
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help="folder for the JSON record (bench/results)")
     args = parser.parse_args()
     path = str(args.repo / args.model / "1" / "model.onnx")
     gpus = args.gpus.split(",")
@@ -78,18 +79,13 @@ def main() -> int:
     print(f"{args.model}, {args.rows} rows per call, {args.per_gpu} process(es) per GPU")
     print(f"one GPU: {alone:,.0f} rows/s; GPUs {args.gpus} together: {joint:,.0f} rows/s "
           f"({joint / alone:.2f}x); per process {[round(x) for x in many]}")  # fmt: skip
-    if args.out:
-        args.out.write_text(
-            json.dumps(
-                {
-                    "command": " ".join(sys.argv),
-                    "one_gpu": one,
-                    "together": many,
-                    "scaling": joint / alone,
-                },
-                indent=2,
-            )
-        )
+    path = record(
+        "gpu_direct_scaling",
+        vars(args),
+        {"one_gpu": one, "together": many, "scaling": joint / alone},
+        args.out,
+    )
+    print(f"full results: {path}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """What one ONNX Runtime CUDA call costs, by the way it is called (GPU machine, one process):
 where does the per-batch time of Ferry's ONNX Runtime CUDA instance go?
 
-    PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_ort_call_cost.py [--model dlrm] [--rows 1024]
+    PYTHONPATH=/tmp/site:$PWD python3 -m bench.gpu_ort_call_cost [--model dlrm] [--rows 1024]
 
 run(numpy)            session.run with host arrays: ONNX Runtime copies in and out itself
 iobinding, own stream  run_with_iobinding on device buffers, session on ORT's own stream;
@@ -15,7 +15,6 @@ iobinding, user stream run_with_iobinding on device buffers, session bound to ou
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from bench.harness import record
 from ferry.server.example_repo import write_example_repo
 
 CUDA = "CUDAExecutionProvider"
@@ -46,7 +44,7 @@ def main() -> int:
     parser.add_argument("--repo", type=Path)
     parser.add_argument("--rows", default="1024,4096")
     parser.add_argument("--calls", type=int, default=500)
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help="folder for the JSON record (bench/results)")
     args = parser.parse_args()
     import onnxruntime as ort
 
@@ -134,8 +132,7 @@ def main() -> int:
     print(f"{'variant':<50}" + "".join(f" {r:>10}" for r in results))
     for name in names:
         print(f"{name:<50}" + "".join(f" {results[r][name]:>10.0f}" for r in results))
-    if args.out:
-        args.out.write_text(json.dumps({"command": " ".join(sys.argv), "us": results}, indent=2))
+    print(f"full results: {record('gpu_ort_call_cost', vars(args), {'us': results}, args.out)}")
     stream.close()
     return 0
 

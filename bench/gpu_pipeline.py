@@ -2,7 +2,7 @@
 instances fed pre-formed batches, against ONNX Runtime CUDA called directly at the same batch
 sizes, in one process, no gRPC.
 
-    PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_pipeline.py [--model dlrm|dlrm_large]
+    PYTHONPATH=/tmp/site:$PWD python3 -m bench.gpu_pipeline [--model dlrm|dlrm_large]
         [--seconds 3] [--rounds 1] [--out FILE]
 
 direct       session.run with numpy feeds on the CUDA provider: host copies included, one call
@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,8 +30,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from bench.harness import record
 from ferry.engines.base import UNBOUNDED, Device, Feed
 from ferry.engines.onnxruntime import OnnxRuntimeOptions
 from ferry.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
@@ -112,7 +108,7 @@ def main() -> int:
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help="which of " + ", ".join(VARIANTS)
     )
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help="folder for the JSON record (bench/results)")
     args = parser.parse_args()
     import onnxruntime as ort
 
@@ -158,24 +154,8 @@ def main() -> int:
     for rows, timings in sorted(graphs.items()):
         kept = [n for n, (replay, plain) in timings.items() if replay <= 0.8 * plain]
         print(f"graphs at batch {rows}: kept sizes {kept}; replay/plain µs {timings}")
-    if args.out:
-        args.out.write_text(
-            json.dumps(
-                {
-                    "benchmark": "gpu_pipeline",
-                    "command": " ".join(["python3", *sys.argv]),
-                    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                    "machine": f"{platform.node()} {platform.machine()}, Python "
-                    f"{platform.python_version()}",
-                    "model": args.model,
-                    "summary": summary,
-                    "graph_timings_us": graphs,
-                    "rounds": rounds,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    results = {"summary": summary, "graph_timings_us": graphs, "rounds": rounds}
+    print(f"full results: {record('gpu_pipeline', vars(args), results, args.out)}")
     return 0
 
 

@@ -2,7 +2,7 @@
 enqueue thread's launch (gather, copies, binding, the run), the wait for the stream, the copy
 out, and the rest (hand-offs between the event loop and the two threads), in µs per batch.
 
-    PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_pipeline_stages.py [--rows 1024] [--switch-us 0]
+    PYTHONPATH=/tmp/site:$PWD python3 -m bench.gpu_pipeline_stages [--rows 1024] [--switch-us 0]
 
 --switch-us sets sys.setswitchinterval (the GIL hand-off interval; Python's default is 5000 µs).
 """
@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from bench.harness import record
 from ferry.engines.base import UNBOUNDED, Device, Feed
 from ferry.engines.onnxruntime import OnnxRuntimeOptions
 from ferry.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
@@ -72,6 +71,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=400)
     parser.add_argument("--switch-us", type=float, default=0)
+    parser.add_argument("--out", type=Path, help="folder for the JSON record (bench/results)")
     args = parser.parse_args()
     if args.switch_us:
         sys.setswitchinterval(args.switch_us / 1e6)
@@ -79,9 +79,12 @@ def main() -> int:
     write_example_repo(root)
     path = root / "dlrm" / "1" / "model.onnx"
     print(f"dlrm, {args.rows} rows, switch interval {sys.getswitchinterval() * 1e6:.0f} µs")
+    by_depth = {}
     for depth in (1, 2):
-        found = asyncio.run(stages(path, args.rows, depth, args.runs))
+        found = by_depth[depth] = asyncio.run(stages(path, args.rows, depth, args.runs))
         print(f"depth {depth}: " + ", ".join(f"{k} {v:.0f}" for k, v in found.items()))
+    results = {"us_by_depth": by_depth}
+    print(f"full results: {record('gpu_pipeline_stages', vars(args), results, args.out)}")
     return 0
 
 

@@ -2,7 +2,7 @@
 over gRPC by 1, 2, 4, 8 worker processes per GPU, loaded by a multi-process client on the same
 host, against ONNX Runtime CUDA called directly on the same model in the same run.
 
-    PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_serving.py --repo DIR [--workers 1,2,4,8]
+    PYTHONPATH=/tmp/site:$PWD python3 -m bench.gpu_serving --repo DIR [--workers 1,2,4,8]
         [--gpus 0] [--two-gpus] [--seconds 10] [--out FILE]
 
 ceiling     session.run with numpy feeds (host copies included) at 16,384 and 1,024 rows
@@ -18,10 +18,8 @@ Prints one table; --out writes everything as JSON.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import signal
 import socket
@@ -34,8 +32,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.harness import ROOT, record
 
 
 def free_port() -> int:
@@ -195,7 +192,7 @@ def main() -> int:
         action="store_true",
         help="the several-GPU run gets the load times the GPU count (the same load per GPU)",
     )
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help="folder for the JSON record (bench/results)")
     args = parser.parse_args()
     from ferry.server.example_repo import write_example_repo
 
@@ -253,24 +250,13 @@ def main() -> int:
         scaling = entry["rows_per_s"] / best["rows_per_s"]
         n = len(args.two_gpus.split(","))
         print(f"{n} GPUs / one GPU at {best['workers_per_gpu']} workers per GPU: {scaling:.2f}x")
-    if args.out:
-        args.out.write_text(
-            json.dumps(
-                {
-                    "benchmark": "gpu_serving",
-                    "command": " ".join(["python3", *sys.argv]),
-                    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                    "machine": f"{platform.node()} {platform.machine()}, "
-                    f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
-                    "model": "dlrm_large (26 tables of 100,000 x 64, MLP 2048-1024-1)",
-                    "ceiling_rows_per_s": ceilings,
-                    "runs": runs,
-                    "two_gpu_scaling": scaling,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    results = {
+        "model": "dlrm_large (26 tables of 100,000 x 64, MLP 2048-1024-1)",
+        "ceiling_rows_per_s": ceilings,
+        "runs": runs,
+        "two_gpu_scaling": scaling,
+    }
+    print(f"full results: {record('gpu_serving', vars(args), results, args.out)}")
     return 0
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
 
 
 def start(
@@ -74,8 +75,12 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def record(name: str, settings: dict[str, Any], results: dict[str, Any]) -> Path:
-    """Write results with command, machine and date under bench/results/; returns the path."""
+def record(
+    name: str, settings: dict[str, Any], results: dict[str, Any], out: Path | None = None
+) -> Path:
+    """Write results with command, machine and date as `<name>-<date>.json` under `out`
+    (default bench/results/; the GPU machine's runs write where its files come back from);
+    returns the path."""
     date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     document = {
         "benchmark": name,
@@ -86,7 +91,7 @@ def record(name: str, settings: dict[str, Any], results: dict[str, Any]) -> Path
         "settings": settings,
         **results,
     }
-    out = ROOT / "bench" / "results"
+    out = out or RESULTS
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}-{date[:16].replace(':', '-')}.json"
     if path.exists():  # two runs in one minute: keep both

@@ -1,6 +1,6 @@
 """Can loadtest/run.py describe the server, not itself? (issue 5's target)
 
-    python bench/loadtest_capacity.py [--rounds 3] [--seconds 5]
+    python -m bench.loadtest_capacity [--rounds 3] [--seconds 5]
 
 Saturates Ferry's `echo` (1-row requests, closed loop, concurrency 64) from one client process
 and from two, measuring requests/s and the CPU of the client processes and of the server. The
@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import ROOT, ferry, process_cpu_s, record, stop
 from ferry.loadtest.processes import Plan, run

@@ -14,7 +14,7 @@
 (3) Oversized: one 10,000-row `dlrm` request (max_batch_size 1024) checked against ONNX Runtime,
     its latency against ONNX Runtime running the same rows as 10 batches of 1,000 directly.
 
-    python bench/scheduling.py [--rounds 3] [--seconds 6] [--parts priority,reserved,...]
+    python -m bench.scheduling [--rounds 3] [--seconds 6] [--parts priority,reserved,...]
                                [--server-cpus 0-1 --client-cpus 2-7]
 
 With --server-cpus and --client-cpus (a machine with more cores than the server should get) the
@@ -44,8 +44,6 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import uvloop
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import ROOT, ferry, parse_cpus, python, record, stop
 from ferry.loadtest.run import percentiles, run_closed_loop

@@ -13,7 +13,7 @@
     echo server (bench/bare_echo_server.py), the floor for Python gRPC here; the two are probed
     in alternating short slices so that the machine's drift hits both alike.
 
-    python bench/serving_core.py [--rounds 3] [--seconds 8] [--concurrency 64 256]
+    python -m bench.serving_core [--rounds 3] [--seconds 8] [--concurrency 64 256]
                                  [--models dlrm dlrm_small]
                                  [--server-cpus 0,1 --client-cpus 2-7]
 
@@ -40,14 +40,10 @@ from typing import Any
 import grpc
 import numpy as np
 import onnxruntime as ort
+import uvloop
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import uvloop  # noqa: E402
-
-from bench.harness import ferry as start_ferry  # noqa: E402
-from bench.harness import (  # noqa: E402
+from bench.harness import (
+    ROOT,
     parse_cpus,
     process_cpu_s,
     python,
@@ -55,10 +51,11 @@ from bench.harness import (  # noqa: E402
     start,
     timed_calls,
 )
-from ferry.loadtest.run import LoadResult, percentiles, run_closed_loop  # noqa: E402
-from ferry.proto import grpc_service_pb2 as pb  # noqa: E402
-from ferry.proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
-from ferry.server.example_repo import DlrmShape, dlrm_model, write_example_repo  # noqa: E402
+from bench.harness import ferry as start_ferry
+from ferry.loadtest.run import LoadResult, percentiles, run_closed_loop
+from ferry.proto import grpc_service_pb2 as pb
+from ferry.proto import grpc_service_pb2_grpc as pb_grpc
+from ferry.server.example_repo import DlrmShape, dlrm_model, write_example_repo
 
 
 def own_cpu_s() -> float:
@@ -249,7 +246,7 @@ def main() -> int:
     add_small_dlrm(repo)
     ferry, ferry_addr = start_ferry(repo, work / "ferry.log", cpus=server_cpus)
     rounds: list[dict[str, Any]] = []
-    bare, bare_addr = start([*python(server_cpus), "bench/bare_echo_server.py"], work / "bare.log")
+    bare, bare_addr = start([*python(server_cpus), "-m", "bench.bare_echo_server"], work / "bare.log")
     cores = len(server_cpus) if server_cpus else os.cpu_count() or 1
     try:
         for _ in range(args.rounds):

@@ -1,6 +1,6 @@
 """The serving comparisons on `dlrm`, each against the example config measured in the same run.
 
-    python bench/suite.py [--rounds 3] [--seconds 4] [--concurrency 64] [--rows 64]
+    python -m bench.suite [--rounds 3] [--seconds 4] [--concurrency 64] [--rows 64]
 
 Variants (one Ferry process each, all serving the same model file):
     baseline        the example config: dynamic batching, max_queue_delay 200 µs, 1 instance
@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import ROOT, ferry, record, stop
 from ferry.loadtest.processes import Plan, run

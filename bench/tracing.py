@@ -1,7 +1,7 @@
 """What tracing costs (issue 4): requests/s and p99 with tracing off, at ratio 0.01 and at 1.0,
 against the same server without any tracing code (git tag `pre-telemetry`, run from a worktree).
 
-    python bench/tracing.py [--rounds 3] [--seconds 4] [--baseline-ref pre-telemetry]
+    python -m bench.tracing [--rounds 3] [--seconds 4] [--baseline-ref pre-telemetry]
 
 Variants (one server each, `dlrm`, 64-row requests, closed loop at concurrency 64):
     no tracing code   the commit before tracing, metrics and the access log existed
@@ -37,8 +37,6 @@ import grpc
 import numpy as np
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import ROOT, process_cpu_s, record, start, stop
 from ferry.engines.base import Timings

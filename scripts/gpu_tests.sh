@@ -3,7 +3,9 @@
 #   scripts/gpu_tests.sh pack   on a machine with an index: the pure-Python test dependencies
 #                               that the GPU machine lacks go to .gputest/wheels (ignored by git; apart from .gpu/, which ../shared/tools/gpu-pack.sh rebuilds)
 #   scripts/gpu_tests.sh run    on the GPU machine, from the project root with .gpu/ present:
-#                               installs them under /tmp/site and runs `pytest -m gpu tests/gpu`
+#                               installs them under /tmp/site and runs `pytest -m gpu tests/gpu`,
+#                               keeping the output as gpu-tests-<date>.txt in $GPU_TESTS_OUT
+#                               (default bench/results)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -22,7 +24,12 @@ case "${1:-}" in
     # `opentelemetry` folder that the runtime wheels put there (namespace packages merge only
     # across separate path entries).
     python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site-test .gputest/wheels/*.whl
-    PYTHONPATH=/tmp/site:/tmp/site-test:$root python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider -rA "${@:2}"
+    out=${GPU_TESTS_OUT:-bench/results}
+    mkdir -p "$out"
+    record="$out/gpu-tests-$(date -u +%Y-%m-%dT%H-%M).txt"
+    echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(hostname), $(date -u)" > "$record"
+    PYTHONPATH=/tmp/site:/tmp/site-test:$root python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider -rA "${@:2}" \
+      | tee -a "$record"
     ;;
   *)
     echo "usage: $0 pack|run" >&2
