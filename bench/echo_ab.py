@@ -1,7 +1,7 @@
 """Echo latency of Ferry built from several source trees, against the bare grpc.aio floor.
 
 Target (b) of the serving core (Ferry's echo p50 <= 1.5x the bare server's) moves by a few
-percent per change, less than the drift between two runs on a noisy 2-core machine. This script
+percent per change, less than the drift between two runs on a noisy machine. This script
 compares versions in one run instead: the bare server (bench/bare_echo_server.py) and one Ferry
 per source tree (e.g. a `git worktree` of the previous commit and the working tree), probed with
 one 1-row request in flight in short slices, rotating over the servers and reversing the order

@@ -1,4 +1,4 @@
-"""GPU pipeline benchmark (issue 6, part 1), on the GPU machine: Ferry's ONNX Runtime CUDA
+"""GPU pipeline benchmark, on the GPU machine: Ferry's ONNX Runtime CUDA
 instances fed pre-formed batches, against ONNX Runtime CUDA called directly at the same batch
 sizes, in one process, no gRPC.
 

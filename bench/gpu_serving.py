@@ -1,4 +1,4 @@
-"""End-to-end GPU benchmark (issue 6, parts 2 and 3), on the GPU machine: `dlrm_large` served
+"""End-to-end GPU benchmark, on the GPU machine: `dlrm_large` served
 over gRPC by 1, 2, 4, 8 worker processes per GPU, loaded by a multi-process client on the same
 host, against ONNX Runtime CUDA called directly on the same model in the same run.
 

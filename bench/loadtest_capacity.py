@@ -1,4 +1,4 @@
-"""Can loadtest/run.py describe the server, not itself? (issue 5's target)
+"""Can loadtest/run.py describe the server, not itself?
 
     python -m bench.loadtest_capacity [--rounds 3] [--seconds 5]
 

@@ -1,4 +1,4 @@
-"""Scheduler benchmarks (issue 3), every number against a baseline measured in the same run.
+"""Scheduler benchmarks, every number against a baseline measured in the same run.
 
 (1) Priority isolation: p50/p99 of high-priority single-row requests to `dlrm_ranked` (the dlrm
     model with two priority levels and max_batch_size 256) while a separate load-generator

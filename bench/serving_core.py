@@ -1,4 +1,4 @@
-"""Serving-core benchmark (issue 2), every number against a baseline measured in the same run.
+"""Serving-core benchmark, every number against a baseline measured in the same run.
 
 (a) dlrm throughput: ONNX Runtime called directly at its best batch size (rows/s) against rows/s
     served by Ferry under many concurrent 64-row requests (loadtest closed loop, same machine, at
@@ -7,7 +7,7 @@
     Ferry's costs (64-row requests to its `echo`), and with those of the bare grpc.aio server
     alone, client on these cores or (server CPU only) elsewhere. Measured for the example `dlrm`
     (the DLRM paper's reference sizes, ~2.4M multiply-adds per row) and for `dlrm_small`, the
-    seven times lighter example of sessions 1-5, where the per-request cost of Python gRPC
+    seven times lighter model, where the per-request cost of Python gRPC
     weighs seven times as much.
 (b) echo latency: p50/p99 of single small requests to Ferry's `echo` against a bare grpc.aio
     echo server (bench/bare_echo_server.py), the floor for Python gRPC here; the two are probed
@@ -146,8 +146,8 @@ def _direct_rates(model: Path, seconds: float, threads: int) -> dict[str, float]
 
 
 SMALL_DLRM = DlrmShape(26, 1000, 16, (13, 64, 16), (512, 256, 1), interaction="concat")
-"""The example `dlrm` of sessions 1-5: 0.35M multiply-adds per row, a seventh of the reference
-DLRM's. Measured beside it so that the served/direct ratio of both model sizes stays visible."""
+"""A light DLRM: a seventh of the reference DLRM's multiply-adds per row. Measured beside it
+so that the served/direct ratio of both model sizes stays visible."""
 
 
 def add_small_dlrm(repo: Path) -> None:
@@ -229,7 +229,7 @@ def main() -> int:
         "--models",
         nargs="+",
         default=["dlrm", "dlrm_small"],
-        help="models for (a): the example dlrm and/or the small one of sessions 1-5",
+        help="models for (a): the example dlrm and/or the light dlrm_small",
     )
     parser.add_argument("--server-cpus", help="CPUs the servers and direct ONNX Runtime use")
     parser.add_argument("--client-cpus", help="CPUs the load generator and probes use")
@@ -246,7 +246,8 @@ def main() -> int:
     add_small_dlrm(repo)
     ferry, ferry_addr = start_ferry(repo, work / "ferry.log", cpus=server_cpus)
     rounds: list[dict[str, Any]] = []
-    bare, bare_addr = start([*python(server_cpus), "-m", "bench.bare_echo_server"], work / "bare.log")
+    bare_command = [*python(server_cpus), "-m", "bench.bare_echo_server"]
+    bare, bare_addr = start(bare_command, work / "bare.log")
     cores = len(server_cpus) if server_cpus else os.cpu_count() or 1
     try:
         for _ in range(args.rounds):

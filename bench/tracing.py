@@ -1,4 +1,4 @@
-"""What tracing costs (issue 4): requests/s and p99 with tracing off, at ratio 0.01 and at 1.0,
+"""What tracing costs: requests/s and p99 with tracing off, at ratio 0.01 and at 1.0,
 against the same server without any tracing code (git tag `pre-telemetry`, run from a worktree).
 
     python -m bench.tracing [--rounds 3] [--seconds 4] [--baseline-ref pre-telemetry]

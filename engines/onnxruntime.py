@@ -3,17 +3,17 @@
 Each instance owns its own `InferenceSession` and one worker thread. ONNX Runtime releases the
 GIL while it computes, so the event loop stays free, and N instances run N batches at once.
 
-Handing a batch to the worker thread and back costs a request 100-170 µs on these machines, far
-more than a tiny model takes to run (the `echo` model: 4 µs warm, ~40 µs of CPU with the cold
-caches a busy server leaves). So an instance measures its batches and runs one on the event
-loop itself (`run_now`) when batches of that many rows have finished within `INLINE_BUDGET_NS`;
-one that overruns sends the row count back to the thread. The loop is then held no longer than
+Handing a batch to the worker thread and back costs a request far more than a tiny model takes
+to run (the `echo` model), even with the cold caches a busy server leaves. So an instance
+measures its batches and runs one on the event loop itself (`run_now`) when batches of that many
+rows have finished within `INLINE_BUDGET_NS`; one that overruns sends the row count back to the
+thread. The loop is then held no longer than
 a thread hand-off would have cost the request.
 
 What a batch costs is judged by CPU time, on the loop as on the thread: the clock also counts
 the moments the OS gave the core to someone else. Even the thread's CPU time is inflated
-when the loop is busy (the thread takes the GIL back from it after every ONNX Runtime call: 47
-µs of CPU for an `echo` batch that takes 5 µs alone, seen on a 2-core VM under load). So a
+when the loop is busy (the thread takes the GIL back from it after every ONNX Runtime call, so
+an `echo` batch costs the thread many times what it costs alone). So a
 batch that came close (`PROBE_NS`) is, every `PROBE_EVERY` such batches, tried once on the loop
 itself, where its cost is measured as it would be paid.
 """
@@ -186,9 +186,9 @@ class OnnxRuntimeEngine(OnnxSignature):
 
 INLINE_BUDGET_NS = 100_000
 """A batch that costs the loop this much CPU or less runs on the event loop: below what a
-thread hand-off costs a request (an `echo` batch on the thread took ~170 µs longer, A/B on a
-2-core VM). 50 µs was too close to what a tiny ONNX Runtime call costs with cold caches (`echo`:
-~40 µs on a loop that also serves gRPC): about one request in five bounced to the thread."""
+thread hand-off costs a request. Half of it was too close to what a tiny ONNX Runtime call costs
+with cold caches on a loop that also serves gRPC: many tiny batches bounced to the thread
+(bench/echo_ab.py compares such settings)."""
 
 PROBE_NS = 2 * INLINE_BUDGET_NS
 """A batch whose thread CPU time was under this may be cheap enough for the loop: try it there."""
@@ -199,10 +199,9 @@ PROBE_EVERY = 32
 RESERVED_INLINE_BUDGET_NS = 1_500_000
 """The inline budget of an instance reserved for the highest priority. Its batches are few and
 small, and their latency is the point: on the loop they skip two thread hand-offs, each of which
-can wait for a CPU while the unreserved instances compute (p99 of a 1-row dlrm probe under
-saturating low-priority load, server on 2 cores of its own: 6.7-6.9 ms on the thread, 3.2-3.5 ms
-inline with the unreserved instances in the idle class; docs/benchmarks.md). Everything else on
-the loop waits for at most one such batch."""
+can wait for a CPU while the unreserved instances compute (bench/scheduling.py's priority part
+measures the high-priority p99 under a saturating low-priority load). Everything else on the
+loop waits for at most one such batch."""
 
 
 class OnnxRuntimeInstance:

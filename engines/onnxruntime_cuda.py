@@ -321,7 +321,7 @@ class OnnxRuntimeCudaInstance(OffLoop):
 
     def _timed(self, binding: _Binding, options: Any, runs: int = 7) -> float:
         """Seconds of one run to completion, the fastest of `runs`: the least disturbed by
-        whatever else the host does (the median of five swayed by 30% on the H200)."""
+        whatever else the host does (a median of a few runs swayed too much)."""
         took = []
         for _ in range(runs):
             start = time.perf_counter()

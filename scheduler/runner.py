@@ -147,9 +147,9 @@ class ProfileRunner:
         """Answer `request` here and now, in the caller's task, when nothing could change its
         batch: the queue is empty, the request would leave alone at once anyway (no batching
         delay, or it fills a batch), and an instance its level may use is idle and offers to
-        run it on the loop (`run_now`). Skips the queue, the pump and the batch task: together
-        with a 100 µs inline budget about 7% of a tiny request's latency (~50 µs on a 2-core VM,
-        docs/benchmarks.md). True: its future is done.
+        run it on the loop (`run_now`). Skips the queue, the pump and the batch task, a sizable
+        share of a tiny request's latency (bench/serving_core.py's echo probe). True: its
+        future is done.
         """
         if len(self.batcher) or not self.batcher.leaves_at_once(request):
             return False

@@ -186,14 +186,14 @@ class FerryServer:
 
 
 def _freeze_startup_objects() -> None:
-    """Move everything alive after start-up (modules, models, sessions: ~50,000 objects) out of
-    the garbage collector's reach.
+    """Move everything alive after start-up (modules, models, sessions: tens of thousands of
+    objects) out of the garbage collector's reach.
 
-    They live as long as the server, yet every full collection walked them all: 11-15 ms with the
-    event loop stopped, about once a second under load (dlrm, 2-core VM), which set the p99 of
-    every request caught behind one. Frozen, a full collection walks only what requests
-    allocate (under 1 ms). The price: a frozen object that later ends up in a reference cycle is
-    never reclaimed; start-up objects live as long as the server anyway."""
+    They live as long as the server, yet every full collection walked them all with the event
+    loop stopped, often enough under load to set the p99 of every request caught behind one.
+    Frozen, a full collection walks only what requests allocate. The price: a frozen object that
+    later ends up in a reference cycle is never reclaimed; start-up objects live as long as the
+    server anyway."""
     gc.collect()
     gc.freeze()
 

@@ -88,8 +88,8 @@ def decode(request: pb.ModelInferRequest, sig: Signature) -> DecodedRequest:
     """Validated arrays for `request`; InvalidInput naming the tensor for anything wrong.
 
     Every request passes here, so the common case (raw contents, no parameters, every output)
-    takes the fewest steps: on a 2-core VM this function ran with cold caches at ~5x its
-    in-process cost."""
+    takes the fewest steps: in a busy server it runs with cold caches, at several times what a
+    loop of calls in one process suggests (bench/serving_core.py measures the whole path)."""
     parameters = request.parameters
     if parameters:
         for param in _UNSUPPORTED_PARAMETERS:

@@ -137,14 +137,12 @@ class DlrmShape:
 # The example: the DLRM paper's architecture at the sizes of the reference implementation's
 # Criteo Terabyte (MLPerf) configuration: embedding width 128, bottom MLP 13-512-256-128,
 # pairwise dot interaction (351 products, no self-products), top MLP 479-1024-1024-512-256-1.
-# The tables are small (1000 rows each) so the file stays at 23 MB. About 2.4M multiply-adds
-# per row. Sessions 1-5 served a model a seventh of that (tables of width 16, a 432-512-256-1
-# MLP over the concatenated vectors), on which the per-request cost of Python gRPC dominated
-# every throughput figure; recommendation models in production are this size or larger.
+# The tables are small (1000 rows each) so the file stays small; the compute per row is the
+# reference's. A model much lighter than this measures Python gRPC's per-request cost rather
+# than serving; recommendation models in production are this size or larger.
 DLRM = DlrmShape(DLRM_TABLES, 1000, 128, (13, 512, 256, 128), (1024, 1024, 512, 256, 1))
 # The heavier GPU example: 26 tables of 100,000 x 64 and a 2048-1024-1 top MLP over the
-# concatenated vectors (172M weights, 0.69 GB), the model issue 6's direct ceilings were
-# measured on.
+# concatenated vectors (172M weights), which bench/gpu_serving.py measures GPUs with.
 DLRM_LARGE = DlrmShape(
     DLRM_TABLES, 100_000, 64, (13, 256, 64), (2048, 1024, 1), interaction="concat"
 )
@@ -291,7 +289,7 @@ LARGE_BUILDERS = {"dlrm_large": dlrm_large_model}
 def write_example_repo(root: Path, large: bool = False) -> list[Path]:
     """Write every example model (config.pbtxt and 1/model.onnx); returns the files written.
 
-    `large` adds `dlrm_large` (0.69 GB, for GPUs; it takes a few seconds to generate)."""
+    `large` adds `dlrm_large` (most of a gigabyte, for GPUs; it takes a few seconds to generate)."""
     written = []
     builders = {**BUILDERS, **(LARGE_BUILDERS if large else {})}
     for name, build in builders.items():

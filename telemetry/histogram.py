@@ -1,10 +1,10 @@
 """Prometheus histograms that the event loop updates without locks.
 
 Why not prometheus-client's `Histogram`: every `observe` there takes a lock per value, walks the
-bucket bounds in a Python loop, and `labels()` takes another lock. That is a few microseconds hot,
-but on a request path that runs with cold caches after every trip through gRPC it cost about
-20 µs of the `echo` handler's ~145 µs on the 2-core VM (in-server timing, metrics on against
-metrics off, docs/benchmarks.md). Here an observation is one `bisect` in C and two additions.
+bucket bounds in a Python loop, and `labels()` takes another lock. That is cheap in a hot loop,
+but on a request path that runs with cold caches after every trip through gRPC it was a visible
+share of the `echo` handler's time (bench/serving_core.py). Here an observation is one `bisect`
+in C and two additions.
 
 Only the event loop writes. The scrape thread copies the bucket counts (a list copy is atomic
 under the GIL) and derives the total from that copy, so the buckets, `_count` and `+Inf` of one
