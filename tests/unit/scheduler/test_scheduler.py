@@ -113,6 +113,7 @@ async def test_delay_window_starts_at_the_oldest_arrival(clock: FakeClock) -> No
     clock.advance_to(1_000_000)  # 1 ms after the first arrival: leave with both
     await asyncio.wait_for(asyncio.gather(first, second), timeout=5)
     assert engine.batch_log == [2]
+    assert clock.pending == 0  # the window's timer went with its batch
     await scheduler.stop()
 
 
