@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from ferry.common.errors import InvalidInput
-from ferry.engines.base import Device, Profile, ShapeRange
+from ferry.engines.base import Profile, ShapeRange
 from ferry.engines.fake import FakeEngine
 from ferry.scheduler import BatchingConfig, CutOutput, ModelScheduler, PaddedInput, Padding
 from ferry.scheduler.request import InferenceResult
+from tests.unit.scheduler.conftest import settle, started
 
 pytestmark = pytest.mark.asyncio
 
@@ -25,25 +26,15 @@ CONFIG = BatchingConfig(max_batch_size=16, dynamic=True)
 async def make(
     profiles: list[Profile], padding: Padding | None = None, per_profile: int = 1
 ) -> tuple[ModelScheduler, FakeEngine]:
-    engine = FakeEngine()
-    instances = [
-        engine.create_instance(f"p{p.index}i{i}", Device(), p)
-        for p in profiles
-        for i in range(per_profile)
-    ]
-    scheduler = ModelScheduler("prof", instances, CONFIG, padding=padding)
-    await scheduler.start()
-    return scheduler, engine
+    return await started(
+        CONFIG, instances=per_profile, profiles=profiles, padding=padding, name="prof"
+    )
 
 
 def ask(scheduler: ModelScheduler, length: int, value: float) -> asyncio.Task[InferenceResult]:
     x = value + np.arange(length, dtype=np.float32)[None, :]
     return asyncio.create_task(scheduler.infer({"x": x}, 1))
 
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 async def test_each_request_runs_on_the_smallest_profile_it_fits() -> None:

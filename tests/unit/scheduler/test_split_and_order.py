@@ -9,30 +9,22 @@ import numpy as np
 import pytest
 
 from ferry.common.errors import EngineError
-from ferry.engines.base import Device
 from ferry.engines.fake import FakeEngine
 from ferry.scheduler import BatchingConfig, ModelScheduler
 from ferry.scheduler.request import InferenceResult
+from tests.unit.scheduler.conftest import settle, started
 
 pytestmark = pytest.mark.asyncio
 
 
 async def make(config: BatchingConfig, instances: int = 1) -> tuple[ModelScheduler, FakeEngine]:
-    engine = FakeEngine()
-    made = [engine.create_instance(f"i{i}", Device()) for i in range(instances)]
-    scheduler = ModelScheduler("split", made, config)
-    await scheduler.start()
-    return scheduler, engine
+    return await started(config, instances=instances, name="split")
 
 
 def ask(scheduler: ModelScheduler, rows: int, start: float) -> asyncio.Task[InferenceResult]:
     x = (start + np.arange(rows, dtype=np.float32))[:, None].repeat(2, axis=1)
     return asyncio.create_task(scheduler.infer({"x": x}, rows))
 
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 async def test_an_oversized_request_is_split_and_joined_in_order() -> None:
