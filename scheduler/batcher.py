@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import weakref
 
 from ferry.common.errors import DeadlineExceeded, QueueFull, QueueTimeout, ShuttingDown
 from ferry.engines.base import Profile
@@ -47,7 +48,9 @@ class Batcher:
         self._delay_ns = int(config.max_queue_delay_s * 1e9)
         self._largest_preferred = max(config.preferred_batch_sizes, default=0)
         self.max_rows = profile.batch_rows(config.max_batch_size)
-        self._limits: list[tuple[int, int, InferenceRequest]] = []  # (when, seq, request)
+        # (when, seq, request): weak, so that a request answered long before its deadline is
+        # freed at once, with its inputs and outputs, instead of when the deadline passes.
+        self._limits: list[tuple[int, int, weakref.ref[InferenceRequest]]] = []
         self._seq = itertools.count()
         self._timer: Timer | None = None
         self._timer_at = 0
@@ -78,7 +81,9 @@ class Batcher:
         self._queue.push(request)
         for when in (request.deadline_ns, request.queue_deadline_ns):
             if when is not None:
-                heapq.heappush(self._limits, (when, next(self._seq), request))
+                heapq.heappush(self._limits, (when, next(self._seq), weakref.ref(request)))
+                if len(self._limits) > 4 * len(self._queue) + 64:
+                    self._compact()
                 self._arm()
         self._wakeup.set()
 
@@ -174,8 +179,8 @@ class Batcher:
         """Apply every deadline and queue timeout that has passed by `now`."""
         limits = self._limits
         while limits and limits[0][0] <= now:
-            _, _, request = heapq.heappop(limits)
-            if request not in self._queue:
+            request = heapq.heappop(limits)[2]()
+            if request is None or request not in self._queue:
                 continue
             if request.expired(now):
                 self._queue.remove(request)
@@ -191,6 +196,14 @@ class Batcher:
                     set_exception_if_pending(
                         request.future, QueueTimeout("Request timeout expired")
                     )
+
+    def _compact(self) -> None:
+        """Drop the limits of requests that left the queue. Amortized O(1) per request: it runs
+        when the heap holds four entries per waiting request, and leaves at most two."""
+        self._limits = [
+            entry for entry in self._limits if (r := entry[2]()) is not None and r in self._queue
+        ]
+        heapq.heapify(self._limits)
 
     def _arm(self) -> None:
         """Make the timer fire at the earliest pending limit."""

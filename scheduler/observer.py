@@ -33,7 +33,7 @@ class BatchRecord:
     finished_ns: int
     timings: Timings
     error: BaseException | None = None
-
+    isolation: str = ""  # "batch": failed, its culprits looked for; "culprit": one found
     @property
     def name_and_version(self) -> tuple[str, str]:
         """`model` split at its last ':' (a model's name may hold one, its version does not)."""

@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -130,18 +131,25 @@ class ProfileRunner:
                 raise
             finally:
                 del self._parked[levels]
-            start_ns = self._now()
-            live = self._admit(batch, start_ns)
-            if live is None:  # every request left while it waited
-                idle.put_nowait(instance)
-                continue
-            feed = live.feed()
-            if self._run_now(instance, live, feed, start_ns):
-                idle.put_nowait(instance)
-                continue
-            task = asyncio.create_task(self._execute(instance, live, feed, start_ns))
-            self._tasks.add(task)
-            task.add_done_callback(self._on_batch_done)
+            self._dispatch(instance, batch, idle)
+            del batch  # the pump waits for the next one: it must not hold this one's inputs
+
+    def _dispatch(self, instance: Instance, batch: Batch, idle: asyncio.Queue[Instance]) -> None:
+        """Run a batch the pump took: on the loop when the instance offers to, else in a task."""
+        start_ns = self._now()
+        live = self._admit(batch, start_ns)
+        if live is None:  # every request left while it waited
+            idle.put_nowait(instance)
+            return
+        feed = live.feed()
+        ran = self._run_now(instance, live, feed, start_ns)
+        if ran is True:
+            idle.put_nowait(instance)
+            return
+        failed = ran if isinstance(ran, Exception) else None
+        task = asyncio.create_task(self._execute(instance, live, feed, start_ns, failed))
+        self._tasks.add(task)
+        task.add_done_callback(self._on_batch_done)
 
     def serve_now(self, request: InferenceRequest) -> bool:
         """Answer `request` here and now, in the caller's task, when nothing could change its
@@ -198,10 +206,14 @@ class ProfileRunner:
             return batch
         return Batch(live, batch.padded, batch.padding)
 
-    def _run_now(self, instance: Instance, batch: Batch, feed: Feed, start_ns: int) -> bool:
+    def _run_now(
+        self, instance: Instance, batch: Batch, feed: Feed, start_ns: int
+    ) -> bool | Exception:
         """Run the batch here, on the event loop, if the instance offers to (`run_now`: batches
         too small to be worth a thread hand-off). No task and no wake-ups: the pump finishes the
-        batch and goes on. False: it must go through `run` in a task of its own.
+        batch and goes on. True: done. False: it must go through `run` in a task of its own.
+        An exception: it failed with several requests aboard, and a task must find which of
+        them made it fail (`_isolate`).
 
         The run is synchronous, so nothing else ran on the instance meanwhile: its busy time
         is counted from `start_ns` once it is known that the batch ran."""
@@ -211,6 +223,8 @@ class ProfileRunner:
         try:
             result = run_now(feed)
         except Exception as exc:
+            if len(batch.requests) > 1:
+                return exc
             self._begin(instance, start_ns)
             self._settle(instance, batch, start_ns, None, exc)
             return True
@@ -220,24 +234,91 @@ class ProfileRunner:
         self._settle(instance, batch, start_ns, result, None)
         return True
 
-    async def _execute(self, instance: Instance, batch: Batch, feed: Feed, start_ns: int) -> None:
+    async def _execute(
+        self,
+        instance: Instance,
+        batch: Batch,
+        feed: Feed,
+        start_ns: int,
+        failed: Exception | None = None,
+    ) -> None:
+        """Run a batch in a task of its own (`failed`: it already failed on the loop)."""
         self._begin(instance, start_ns)
         try:
             try:
+                if failed is not None:
+                    raise failed
                 result = await instance.run(feed)
             except asyncio.CancelledError:
                 self._end(instance, self._now())
-                for request in batch.requests:
-                    set_exception_if_pending(
-                        request.future, ShuttingDown("the server is shutting down")
-                    )
+                _shut_down(batch.requests)
                 raise
             except Exception as exc:
-                self._settle(instance, batch, start_ns, None, exc)
+                if len(batch.requests) > 1:
+                    try:
+                        await self._isolate(instance, batch, start_ns, exc)
+                    except asyncio.CancelledError:
+                        _shut_down(batch.requests)
+                        raise
+                else:
+                    self._settle(instance, batch, start_ns, None, exc)
                 return
             self._settle(instance, batch, start_ns, result, None)
         finally:
             self._home[instance.name].put_nowait(instance)
+
+    async def _isolate(
+        self, instance: Instance, batch: Batch, start_ns: int, error: Exception
+    ) -> None:
+        """A batch of several requests failed: one bad request must not fail its batch-mates.
+
+        The batch is run again in halves, and a half that fails in halves again, until each
+        failing part is a single request: that culprit gets the backend's error, which names
+        only its own data; every other request gets its answer. The search stops after
+        `ISOLATION_BUDGET` (times the failed batch's own run, at least `ISOLATION_MIN_NS`);
+        requests still unseparated then share an error that names no request's data.
+        Requests whose callers left meanwhile are not run again."""
+        finished = self._now()
+        self._end(instance, finished)
+        self._observe(
+            instance,
+            batch,
+            next(self._batch_ids),
+            start_ns,
+            finished,
+            None,
+            EngineError(f"model {self.name}: a batch failed; looking for the request(s) at fault"),
+            isolation="batch",
+        )
+        self._stats.isolated_batches += 1
+        give_up_at = finished + max(ISOLATION_MIN_NS, ISOLATION_BUDGET * (finished - start_ns))
+        parts = deque(_halves(batch))
+        while parts:
+            part = _pending(parts.popleft())
+            if part is None:
+                continue
+            part_start = self._now()
+            self._begin(instance, part_start)
+            try:
+                result = await instance.run(part.feed())
+            except asyncio.CancelledError:
+                self._end(instance, self._now())
+                raise
+            except Exception as exc:
+                if len(part.requests) == 1:
+                    self._stats.culprits += 1
+                    self._settle(instance, part, part_start, None, exc, isolation="culprit")
+                elif self._now() < give_up_at:
+                    self._end(instance, self._now())
+                    parts.extend(_halves(part))
+                else:
+                    unseparated = EngineError(
+                        f"model {self.name} failed to run a batch, and the request(s) at fault "
+                        "could not be told apart within the time allowed"
+                    )
+                    self._settle(instance, part, part_start, None, unseparated)
+                continue
+            self._settle(instance, part, part_start, result, None)
 
     def _begin(self, instance: Instance, start_ns: int) -> None:
         """Busy time is time with at least one batch in flight, however many overlap."""
@@ -259,6 +340,7 @@ class ProfileRunner:
         start_ns: int,
         result: ExecutionResult | None,
         error: Exception | None,
+        isolation: str = "",
     ) -> None:
         """Finish a batch that ran (`result`) or failed (`error`): busy time, every request's
         answer or error, statistics, observers. Completes every pending future on every path."""
@@ -281,7 +363,7 @@ class ProfileRunner:
                 )
             for request in batch.requests:
                 set_exception_if_pending(request.future, error)
-            self._observe(instance, batch, batch_id, start_ns, finished, None, error)
+            self._observe(instance, batch, batch_id, start_ns, finished, None, error, isolation)
             return
         rows = batch.rows
         self._stats.record_execution(
@@ -315,6 +397,7 @@ class ProfileRunner:
         finished_ns: int,
         timings: Timings | None,
         error: BaseException | None,
+        isolation: str = "",
     ) -> None:
         if not self._observers:
             return
@@ -329,6 +412,7 @@ class ProfileRunner:
             finished_ns,
             timings or Timings(),
             error,
+            isolation,
         )
         for observer in self._observers:
             try:
@@ -361,6 +445,38 @@ class ProfileRunner:
         await asyncio.gather(*tasks, return_exceptions=True)
         for instance in self._instances:
             await instance.close()
+
+
+ISOLATION_BUDGET = 20
+"""How long the search for a failed batch's culprits may take, in runs of the failed batch."""
+
+ISOLATION_MIN_NS = 50_000_000
+"""The search's time allowed whatever the failed batch took: a tiny batch's run time would allow
+too few re-runs to separate a few culprits from a full batch."""
+
+
+def _halves(batch: Batch) -> list[Batch]:
+    """The batch's requests in two halves, in order (padding kept: the shapes still fit)."""
+    requests = batch.requests
+    middle = len(requests) // 2
+    return [
+        Batch(list(part), batch.padded, batch.padding)
+        for part in (requests[:middle], requests[middle:])
+        if part
+    ]
+
+
+def _pending(batch: Batch) -> Batch | None:
+    """The batch without requests already answered (callers that left); None if none is left."""
+    live = [r for r in batch.requests if not r.future.done()]
+    if not live:
+        return None
+    return batch if len(live) == len(batch.requests) else Batch(live, batch.padded, batch.padding)
+
+
+def _shut_down(requests: Iterable[InferenceRequest]) -> None:
+    for request in requests:
+        set_exception_if_pending(request.future, ShuttingDown("the server is shutting down"))
 
 
 def reserved_positions(profiles: Sequence[int], reserved: int) -> set[int]:

@@ -40,6 +40,8 @@ class ModelStats:
     execution_count: int = 0
     last_inference_ms: int = 0
     batch_stats: dict[int, BatchSizeStats] = field(default_factory=dict)
+    isolated_batches: int = 0  # failed batches of several requests, re-run to find culprits
+    culprits: int = 0  # requests that failed when run on their own
 
     def record_execution(
         self, rows: int, requests: int, timings: Timings, wall_ms: int, parts: int | None = None

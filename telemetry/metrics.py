@@ -86,6 +86,12 @@ _COUNTERS = (  # (Triton's name, the _ModelMetrics field, help)
         "output_us",
         "Cumulative compute output duration, microseconds",
     ),
+    (
+        "ferry_isolated_batches_total",
+        "isolated_batches",
+        "Failed batches of several requests, run again in parts to find the request(s) at fault",
+    ),
+    ("ferry_isolated_culprits_total", "culprits", "Requests that failed when run on their own"),
 )
 _FAILURES = ("nv_inference_request_failure", "Failed inference requests (label reason)")
 
@@ -97,10 +103,12 @@ class _ModelMetrics:
     __slots__ = (
         "batch_rows",
         "compute",
+        "culprits",
         "executions",
         "failures",
         "infer_us",
         "input_us",
+        "isolated_batches",
         "latency",
         "output_us",
         "queue",
@@ -112,6 +120,7 @@ class _ModelMetrics:
 
     def __init__(self, histograms: tuple[Histogram, Histogram, Histogram, Histogram]) -> None:
         self.success = self.rows = self.executions = 0
+        self.isolated_batches = self.culprits = 0
         self.request_us = self.queue_us = self.input_us = self.infer_us = self.output_us = 0.0
         self.failures: dict[str, int] = {}
         self.latency, self.queue, self.compute, self.batch_rows = histograms
@@ -195,11 +204,15 @@ class Metrics(Collector):
         return found
 
     def batch_done(self, record: BatchRecord) -> None:
-        if record.error is not None:
-            return
         m = self._by_record.get(record.model)
         if m is None:
             m = self._by_record[record.model] = self._model(record.name_and_version)
+        if record.error is not None:
+            if record.isolation == "batch":
+                m.isolated_batches += 1
+            elif record.isolation == "culprit":
+                m.culprits += 1
+            return
         rows = record.rows
         m.rows += rows
         m.executions += 1

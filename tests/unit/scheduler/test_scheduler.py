@@ -4,6 +4,8 @@ request can end (result, engine error, bad output, cancellation, deadline, shutd
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import numpy as np
 import pytest
@@ -117,21 +119,51 @@ async def test_delay_window_starts_at_the_oldest_arrival(clock: FakeClock) -> No
     await scheduler.stop()
 
 
-async def test_engine_error_reaches_every_member_and_only_them() -> None:
+async def test_a_failed_batch_fails_only_the_requests_that_fail_on_their_own() -> None:
     scheduler, engine = await make(BATCHED)
     engine.gate = asyncio.Event()
     engine.fail = lambda x: bool((x == 7.0).any())
     blocker = submit(scheduler, 1, 0.0)
     await settle()
-    doomed = [submit(scheduler, 1, 7.0), submit(scheduler, 1, 1.0)]
+    values = [1.0, 7.0, 2.0, 3.0, 7.0, 4.0]
+    waiting = [submit(scheduler, 1, v) for v in values]
     await settle()
     engine.gate.set()
+    engine.gate = None
     await blocker
-    for task in doomed:
-        with pytest.raises(EngineError):
-            await task
-    engine.fail = None
-    assert (await submit(scheduler, 1, 3.0)).outputs["y"][0, 0] == 6.0
+    outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+    for value, outcome in zip(values, outcomes, strict=True):
+        if value == 7.0:
+            assert isinstance(outcome, EngineError)
+        else:
+            assert not isinstance(outcome, BaseException)
+            assert outcome.outputs["y"][0, 0] == 2 * value
+    assert engine.batch_log[:2] == [1, 6] or engine.batch_log[1] == 6  # one failed batch of six
+    assert scheduler.stats.isolated_batches == 1 and scheduler.stats.culprits == 2
+    await scheduler.stop()
+
+
+async def test_a_culprit_gets_only_its_own_error_and_mates_never_see_its_data() -> None:
+    """The backend's message names the culprit's data: only the culprit may see it."""
+    scheduler, engine = await make(BATCHED)
+    engine.gate = asyncio.Event()
+
+    def fail(x: np.ndarray) -> bool:
+        if (x == 666.0).any():
+            raise EngineError(f"index {x.max():.0f} out of bounds")
+        return False
+
+    engine.fail = fail
+    blocker = submit(scheduler, 1, 0.0)
+    await settle()
+    mates = [submit(scheduler, 1, v) for v in (1.0, 666.0, 2.0)]
+    await settle()
+    engine.gate.set()
+    engine.gate = None
+    await blocker
+    outcomes = await asyncio.gather(*mates, return_exceptions=True)
+    assert isinstance(outcomes[1], EngineError) and "666" in str(outcomes[1])
+    assert [o.outputs["y"][0, 0] for i, o in enumerate(outcomes) if i != 1] == [2.0, 4.0]
     await scheduler.stop()
 
 
@@ -274,4 +306,32 @@ async def test_instances_run_batches_concurrently() -> None:
     assert engine.running == 3
     engine.gate.set()
     await asyncio.gather(*tasks)
+    await scheduler.stop()
+
+
+async def test_an_answered_request_holds_no_memory_until_its_deadline(clock: FakeClock) -> None:
+    """Its inputs (and, through its future, its outputs) are freed when it is answered, not
+    when its deadline or queue timeout would have passed; the bookkeeping stays bounded."""
+    config = BatchingConfig(
+        max_batch_size=8,
+        dynamic=True,
+        max_queue_delay_s=0.001,
+        default_policy=QueuePolicy(default_timeout_s=60.0),
+    )
+    scheduler, engine = await make(config, clock=clock)
+    x = np.ones((2, 2), np.float32)
+    alive = weakref.ref(x)
+    task = asyncio.create_task(scheduler.infer({"x": x}, 2, deadline_ns=60 * 10**9))
+    del x
+    await settle()
+    clock.advance(1_000_000)  # the delay window: the batch leaves
+    result = await asyncio.wait_for(task, timeout=5)
+    out = weakref.ref(result.outputs["y"])
+    del result, task
+    gc.collect()
+    assert alive() is None and out() is None
+    for _ in range(1000):  # answered requests leave no growing trail (full: no delay window)
+        await asyncio.wait_for(scheduler.infer(rows(8, 1.0), 8, deadline_ns=60 * 10**9), 5)
+    runner = next(iter(scheduler._runners.values()))
+    assert len(runner.batcher._limits) <= 64 + 4
     await scheduler.stop()
