@@ -152,6 +152,26 @@ SCHEDULING = {
 }
 
 
+def lookup(rows: int = 100, width: int = 4) -> onnx.ModelProto:
+    """y = table[ids]; ids INT64 [batch, 1]. An id outside 0..rows-1 makes ONNX Runtime fail the
+    whole batch with a message that names the id: a poisoned request."""
+    table = np.arange(rows * width, dtype=np.float32).reshape(rows, width)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Squeeze", ["ids", "axis"], ["flat"]),
+            helper.make_node("Gather", ["table", "flat"], ["y"], axis=0),
+        ],
+        "lookup",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", width])],
+        [
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=_opset())
+
+
 def build_test_repo(root: Path) -> Path:
     """The example models plus the test-only ones below."""
     write_example_repo(root)
@@ -187,6 +207,14 @@ def build_test_repo(root: Path) -> Path:
     # Fails to load (unknown field); must not stop the others.
     _save(add_constant(0.0), root / "broken" / "1" / "model.onnx")
     (root / "broken" / "config.pbtxt").write_text('name: "broken"\nmax_batch_size: 8\nbogus: 1\n')
+
+    # A lookup that fails on an out-of-range id, batching for long enough that good and poisoned
+    # requests share batches.
+    _save(lookup(), root / "lookup" / "1" / "model.onnx")
+    (root / "lookup" / "config.pbtxt").write_text(
+        'name: "lookup"\nmax_batch_size: 64\n'
+        "dynamic_batching { max_queue_delay_microseconds: 20000 }\n"
+    )
 
     # Tiny queue, one instance, for back-pressure tests.
     _save(add_constant(0.0), root / "tinyqueue" / "1" / "model.onnx")

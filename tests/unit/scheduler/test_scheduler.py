@@ -318,7 +318,7 @@ async def test_an_answered_request_holds_no_memory_until_its_deadline(clock: Fak
         max_queue_delay_s=0.001,
         default_policy=QueuePolicy(default_timeout_s=60.0),
     )
-    scheduler, engine = await make(config, clock=clock)
+    scheduler, _ = await make(config, clock=clock)
     x = np.ones((2, 2), np.float32)
     alive = weakref.ref(x)
     task = asyncio.create_task(scheduler.infer({"x": x}, 2, deadline_ns=60 * 10**9))
