@@ -18,6 +18,7 @@ from ferry.common.errors import (
     ShuttingDown,
     Unavailable,
     Unsupported,
+    shown,
 )
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "Unavailable",
     "Unsupported",
     "from_config_type",
+    "shown",
 ]

@@ -72,3 +72,15 @@ class CudaError(EngineError):
 
 class ModelLoadError(FerryError):
     """A model could not be loaded; the message names the file and the problem."""
+
+
+SHOWN_CHARS = 64
+"""How much of a caller's own string (a model name, a tensor name) an error message repeats."""
+
+
+def shown(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how long it was: errors travel in gRPC trailers,
+    which clients refuse beyond a few kilobytes, and a caller's string may be any length."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"

@@ -28,10 +28,10 @@ from ferry.engines.cuda.devices import Discovery
 from ferry.engines.cuda.devices import discover as find_gpus
 from ferry.engines.loading import Registry
 from ferry.proto import grpc_service_pb2 as pb
-from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 from ferry.proto._pool import POOL
 from ferry.server.config import ServerConfig
 from ferry.server.observer import RequestObserver
+from ferry.server.registration import add_inference_service
 from ferry.server.repository import ModelRepository, RepositoryOptions
 from ferry.server.servicer import InferenceServicer, ReadinessState
 from ferry.telemetry.access_log import AccessLog
@@ -107,7 +107,7 @@ class FerryServer:
             ("grpc.so_reuseport", 1 if self.config.reuse_port else 0),
         ]
         server = grpc.aio.server(options=options)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+        add_inference_service(
             InferenceServicer(self.repository, self.readiness, self.telemetry), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

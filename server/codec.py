@@ -17,7 +17,7 @@ from functools import cached_property
 import numpy as np
 
 from ferry.common.datatypes import DataType
-from ferry.common.errors import InvalidInput, Unsupported
+from ferry.common.errors import InvalidInput, Unsupported, shown
 from ferry.engines.base import TensorSpec
 from ferry.proto import grpc_service_pb2 as pb
 
@@ -108,9 +108,11 @@ def decode(request: pb.ModelInferRequest, sig: Signature) -> DecodedRequest:
         spec = sig.inputs.get(tensor.name)
         if spec is None:
             known = ", ".join(sig.inputs) or "none"
-            raise InvalidInput(f"unknown input '{tensor.name}' (the model's inputs: {known})")
+            raise InvalidInput(
+                f"unknown input '{shown(tensor.name)}' (the model's inputs: {known})"
+            )
         if tensor.name in inputs:
-            raise InvalidInput(f"input '{tensor.name}' is given more than once")
+            raise InvalidInput(f"input '{shown(tensor.name)}' is given more than once")
         shape = _check_shape(tensor, spec, sig)
         if raw:
             if tensor.HasField("contents"):
@@ -150,12 +152,12 @@ def _integer_parameter(request: pb.ModelInferRequest, name: str) -> int:
     kind = param.WhichOneof("parameter_choice")
     if kind not in ("int64_param", "uint64_param"):
         raise InvalidInput(
-            f"request parameter '{name}' must be an integer (int64_param or uint64_param), "
+            f"request parameter '{shown(name)}' must be an integer (int64_param or uint64_param), "
             f"got {kind or 'no value'}"
         )
     value = int(getattr(param, kind))
     if value < 0:
-        raise InvalidInput(f"request parameter '{name}' must be >= 0, got {value}")
+        raise InvalidInput(f"request parameter '{shown(name)}' must be >= 0, got {value}")
     return value
 
 
@@ -166,7 +168,7 @@ def _check_shape(
     name = tensor.name
     if tensor.datatype != spec.datatype.name:
         raise InvalidInput(
-            f"input '{name}': datatype {tensor.datatype or '(empty)'} does not match the "
+            f"input '{name}': datatype {shown(tensor.datatype) or '(empty)'} does not match the "
             f"model's {spec.datatype.name}"
         )
     shape = tuple(tensor.shape)
@@ -284,11 +286,13 @@ def _requested_outputs(request: pb.ModelInferRequest, sig: Signature) -> tuple[s
     for output in request.outputs:
         if output.name not in sig.outputs:
             known = ", ".join(sig.outputs)
-            raise InvalidInput(f"unknown output '{output.name}' (the model's outputs: {known})")
+            raise InvalidInput(
+                f"unknown output '{shown(output.name)}' (the model's outputs: {known})"
+            )
         if output.name in names:
-            raise InvalidInput(f"output '{output.name}' is requested more than once")
+            raise InvalidInput(f"output '{shown(output.name)}' is requested more than once")
         if "classification" in output.parameters:
-            raise Unsupported(f"output '{output.name}': classification is not supported")
+            raise Unsupported(f"output '{shown(output.name)}': classification is not supported")
         names.append(output.name)
     return tuple(names)
 

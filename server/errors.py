@@ -23,6 +23,7 @@ from ferry.common.errors import (
     ModelNotFound,
     Unavailable,
     Unsupported,
+    shown,
 )
 
 log = logging.getLogger("ferry.server")
@@ -39,13 +40,18 @@ STATUS: dict[type[FerryError], grpc.StatusCode] = {
 }
 
 
+MAX_MESSAGE_CHARS = 1024
+"""The longest message a status carries: it travels in a trailer, and clients refuse metadata
+beyond a few kilobytes (a refused trailer turns the real status into RESOURCE_EXHAUSTED)."""
+
+
 def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a caller sees for `exc`."""
     if isinstance(exc, FerryError):
         for cls in type(exc).__mro__:
             code = STATUS.get(cls)
             if code is not None:
-                return code, str(exc)
+                return code, shown(str(exc), MAX_MESSAGE_CHARS)
     if isinstance(exc, asyncio.TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
     return grpc.StatusCode.INTERNAL, "internal error (see the server log)"

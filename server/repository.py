@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ferry.common.errors import FerryError, ModelLoadError, ModelNotFound, ModelNotReady
+from ferry.common.errors import FerryError, ModelLoadError, ModelNotFound, ModelNotReady, shown
 from ferry.engines.backends import default_registry
 from ferry.engines.cuda.devices import Discovery, discover
 from ferry.engines.loading import Artifact, Loaded, PlannedInstance, Registry, VersionFiles
@@ -104,7 +104,7 @@ class ModelRepository:
     def entry(self, name: str) -> ModelEntry:
         entry = self._models.get(name)
         if entry is None:
-            raise ModelNotFound(f"unknown model '{name}'")
+            raise ModelNotFound(f"unknown model '{shown(name)}'")
         return entry
 
     def get(self, name: str, version: str = "") -> ServedVersion:
@@ -119,7 +119,9 @@ class ModelRepository:
         served = entry.versions.get(version)
         if served is None:
             have = ", ".join(sorted(entry.versions, key=int))
-            raise ModelNotFound(f"model '{name}' has no version '{version}' (served: {have})")
+            raise ModelNotFound(
+                f"model '{name}' has no version '{shown(version)}' (served: {have})"
+            )
         return served
 
     async def load(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 import ferry
-from ferry.common.errors import FerryError, ModelNotFound, Unsupported
+from ferry.common.errors import FerryError, ModelNotFound, Unsupported, shown
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 from ferry.scheduler.request import InferenceResult
@@ -24,6 +24,7 @@ from ferry.scheduler.stats import Duration, ModelStats
 from ferry.server.codec import decode, encode
 from ferry.server.errors import log_if_unexpected, to_status
 from ferry.server.observer import RequestObserver
+from ferry.server.registration import Undecodable
 from ferry.server.repository import READY, ModelRepository, ServedVersion
 
 log = logging.getLogger("ferry.server")
@@ -43,6 +44,8 @@ def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     @functools.wraps(method)
     async def handler(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         try:
+            if isinstance(request, Undecodable):
+                raise request.refuse()
             return await method(self, request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
@@ -195,15 +198,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             except Exception as exc:
                 log_if_unexpected(exc)
                 _, message = to_status(exc)
-                answers.put_nowait(
-                    pb.ModelStreamInferResponse(
-                        error_message=message,
-                        infer_response=pb.ModelInferResponse(
-                            model_name=request.model_name,
-                            model_version=request.model_version,
-                            id=request.id,
-                        ),
+                echo = (
+                    pb.ModelInferResponse()
+                    if isinstance(request, Undecodable)
+                    else pb.ModelInferResponse(
+                        model_name=request.model_name,
+                        model_version=request.model_version,
+                        id=request.id,
                     )
+                )
+                answers.put_nowait(
+                    pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
                 )
 
         async def read() -> None:
@@ -234,6 +239,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         metadata: Any = None,
         method: str = "ModelInfer",
     ) -> pb.ModelInferResponse:
+        if isinstance(request, Undecodable):
+            raise request.refuse()
         observer = self._observer
         record = observer.begin(
             method,
@@ -305,7 +312,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryIndexResponse:
         if request.repository_name:
             raise ModelNotFound(
-                f"unknown repository '{request.repository_name}' (Ferry serves one, unnamed)"
+                f"unknown repository '{shown(request.repository_name)}' (Ferry serves one, unnamed)"
             )
         models: list[pb.RepositoryIndexResponse.ModelIndex] = []
         for entry in self._repository.entries():

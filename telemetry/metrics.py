@@ -24,11 +24,9 @@ list, is atomic under the GIL). The current state (queues, instances) is read at
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -42,6 +40,7 @@ from ferry.common.errors import (
 )
 from ferry.scheduler.observer import BatchRecord
 from ferry.scheduler.request import InferenceResult
+from ferry.telemetry.endpoint import MetricsEndpoint
 from ferry.telemetry.histogram import Histogram, HistogramFamily
 
 LATENCY_BUCKETS = (
@@ -167,8 +166,7 @@ class Metrics(Collector):
         self._by_model: dict[tuple[str, str], _ModelMetrics] = {}
         self._by_record: dict[str, _ModelMetrics] = {}  # by BatchRecord.model, "name:version"
         self.registry.register(self)
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._endpoint: MetricsEndpoint | None = None
 
     # ---- updates, on the event loop -------------------------------------------------------
 
@@ -277,11 +275,10 @@ class Metrics(Collector):
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics from a daemon thread; returns the bound port (port 0 picks one)."""
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(self._server.server_port)
+        self._endpoint = MetricsEndpoint(self.registry, host, port)
+        return self._endpoint.port
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._endpoint is not None:
+            self._endpoint.stop()
+            self._endpoint = None

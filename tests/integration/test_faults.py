@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+import urllib.error
 import urllib.request
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as tca
 from tritonclient.utils import InferenceServerException
 
+from ferry.proto import grpc_service_pb2 as pb
+from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import RunningServer
 
 
@@ -62,3 +66,44 @@ def _counter(metrics: str, name: str) -> float:
     found = re.search(name + r'\{model="lookup",version="1"\} (\S+)', metrics)
     assert found, name
     return float(found.group(1))
+
+
+def test_bytes_that_are_no_request_get_invalid_argument(server: RunningServer) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as info:
+            infer(b"\xff\xff\xff\xff not protobuf", timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid ModelInferRequest" in str(info.value.details())
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        good = pb.ModelInferRequest(model_name="no_such_model", id="after").SerializeToString()
+        answers = list(stream(iter([b"\x0a\xff", good]), timeout=10))
+        replies = [pb.ModelStreamInferResponse.FromString(a) for a in answers]
+        assert "not a valid ModelInferRequest" in replies[0].error_message
+        assert replies[1].infer_response.id == "after"  # the stream went on
+        assert "unknown model" in replies[1].error_message
+
+
+def test_a_huge_name_is_cut_in_the_error_and_the_status_arrives(server: RunningServer) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(pb.ModelInferRequest(model_name="m" * 10_000), timeout=10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND  # not RESOURCE_EXHAUSTED
+    details = str(info.value.details())
+    assert len(details) < 300 and "(10000 characters)" in details
+
+
+@pytest.mark.parametrize(("path", "status"), [("/metrics", 200), ("/", 200), ("/healthz", 404)])
+def test_the_metrics_port_answers_only_where_the_metrics_are(
+    server: RunningServer, path: str, status: int
+) -> None:
+    base = server.metrics_url.rsplit("/metrics", 1)[0]
+    try:
+        with urllib.request.urlopen(base + path, timeout=10) as response:
+            code, body = response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        code, body = exc.code, ""
+    assert code == status
+    if status == 200:
+        assert "nv_inference_request_success" in body

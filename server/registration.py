@@ -1,0 +1,71 @@
+"""Registering the GRPCInferenceService with a grpc.aio server, with decoding Ferry controls.
+
+The generated registration hands every request to protobuf before a handler runs, so bytes that
+do not decode reach the client as UNKNOWN "Unexpected <class DecodeError>". Here each method's
+deserializer never raises: bytes that do not decode become an `Undecodable` record, and the
+handler answers it with INVALID_ARGUMENT like any other bad input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from ferry.common.errors import InvalidInput
+from ferry.proto import grpc_service_pb2 as pb
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A request message whose bytes protobuf could not decode."""
+
+    message: str
+    nbytes: int
+    reason: str
+
+    def refuse(self) -> InvalidInput:
+        return InvalidInput(
+            f"the request is not a valid {self.message} ({self.nbytes} bytes): {self.reason}"
+        )
+
+
+def _decoder(cls: type[Message]) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Message | Undecodable:
+        try:
+            return cls.FromString(data)
+        except (DecodeError, RuntimeError, ValueError) as exc:
+            return Undecodable(cls.__name__, len(data), str(exc)[:200] or type(exc).__name__)
+
+    return decode
+
+
+def _handler(method: Any, servicer: Any) -> grpc.RpcMethodHandler:
+    request = getattr(pb, method.input_type.name)
+    response = getattr(pb, method.output_type.name)
+    behaviour = getattr(servicer, method.name)
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    make = kinds[(method.client_streaming, method.server_streaming)]
+    return make(
+        behaviour,
+        request_deserializer=_decoder(request),
+        response_serializer=response.SerializeToString,
+    )
+
+
+def add_inference_service(servicer: Any, server: grpc.aio.Server) -> None:
+    """Serve every method of the service through `servicer`'s method of the same name."""
+    handlers = {method.name: _handler(method, servicer) for method in SERVICE.methods}
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
+    )
