@@ -66,6 +66,9 @@ _TRITON_ONLY = {
 }
 
 
+_TOP_LEVEL = {f.name for f in mc.ModelConfig.DESCRIPTOR.fields} | _TRITON_ONLY
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     """One model's completed configuration, ready to build engines and a scheduler from."""
@@ -86,18 +89,26 @@ class ModelSettings:
 
 
 def parse(text: str, where: str) -> mc.ModelConfig:
-    """Parse config.pbtxt text; unknown fields give an error naming the field and the line."""
+    """Parse config.pbtxt text. An error names the line and column and says what protobuf's text
+    parser found; a field in the wrong message (a missing '}' or ']' before it) says so."""
     config = mc.ModelConfig()
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as exc:
-        message = str(exc)
+        found = str(exc).split(" : ", 1)[-1].rstrip(".")
+        place = f"{where}:{exc.GetLine()}:{exc.GetColumn()}"
         marker = 'has no field named "'
-        if marker in message:
-            field = message.split(marker, 1)[1].split('"', 1)[0]
+        if marker in found:
+            field = found.split(marker, 1)[1].split('"', 1)[0]
+            owner = found.split('Message type "', 1)[-1].split('"', 1)[0].rsplit(".", 1)[-1]
+            if owner != "ModelConfig" and field in _TOP_LEVEL:
+                raise ModelLoadError(
+                    f"{place}: field '{field}' is not a field of {owner}: is a '}}' or ']' "
+                    f"missing before it? ({found})"
+                ) from None
             kind = "a Triton field Ferry does not support" if field in _TRITON_ONLY else "unknown"
-            raise ModelLoadError(f"{where}:{exc.GetLine()}: field '{field}' is {kind}") from None
-        raise ModelLoadError(f"{where}: cannot parse: {message}") from None
+            raise ModelLoadError(f"{place}: field '{field}' is {kind} ({found})") from None
+        raise ModelLoadError(f"{place}: cannot parse: {found}") from None
     _refuse_unsupported(config, where, "")
     return config
 
@@ -274,6 +285,10 @@ def _match(
                 dims = dims[1:]
             specs.append(TensorSpec(s.name, s.datatype, dims))
         return specs
+    names = [tensor.name for tensor in declared]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ModelLoadError(f"{where}: {kind} {twice} declared more than once")
     specs = []
     for tensor in declared:
         where_t = f"{where}: {kind} '{tensor.name}'"
@@ -308,8 +323,10 @@ def _match(
 
 def read(path: Path) -> mc.ModelConfig | None:
     """The parsed config.pbtxt at `path`, or None when the model has none."""
-    if not path.is_file():
+    if not path.exists():
         return None
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: not a file; config.pbtxt must be a text file")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -177,9 +177,7 @@ class ModelRepository:
         return loaded
 
     def _versions(self, folder: Path, config: mc.ModelConfig) -> list[str]:
-        found = sorted(
-            (int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()),
-        )
+        found = sorted(_version(p) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
         if not found:
             raise ModelLoadError(f"{folder}: no numeric version folder (e.g. {folder}/1)")
         policy = config.version_policy
@@ -256,6 +254,19 @@ class ModelRepository:
             await served.scheduler.stop()  # closes the instances
             for engine in served.loaded.engines:
                 engine.close()
+
+
+def _version(folder: Path) -> int:
+    """A version folder's number; its name must be the number as written (`1`, not `001`): two
+    spellings of one version must never both exist, and the folder a request's version names
+    must be the folder served."""
+    number = int(folder.name)
+    if number < 1 or str(number) != folder.name:
+        raise ModelLoadError(
+            f"{folder}: version folder '{folder.name}' is not a version number; versions are "
+            "positive integers written without leading zeros (e.g. 1, 2, 10)"
+        )
+    return number
 
 
 def _wants_gpu(config: mc.ModelConfig) -> bool:

@@ -89,3 +89,23 @@ async def test_a_config_that_does_not_fit_the_artifact_closes_what_was_made(
     assert closed == ["engine"]
     with pytest.raises(ModelLoadError):
         await ModelRepository(tmp_path / "absent").load()
+
+
+async def test_broken_folders_are_refused_with_the_problem_and_the_place(tmp_path: Path) -> None:
+    folder(tmp_path, "padded_version", 'backend: "fake"')
+    (tmp_path / "padded_version" / "1").rename(tmp_path / "padded_version" / "001")
+    folder(tmp_path, "zero_version", 'backend: "fake"')
+    (tmp_path / "zero_version" / "1").rename(tmp_path / "zero_version" / "0")
+    folder(tmp_path, "config_dir", None)
+    (tmp_path / "config_dir" / "config.pbtxt").mkdir()
+    folder(tmp_path, "fine", 'backend: "fake"')
+    (tmp_path / "fine" / "notes").mkdir()  # not a version: ignored
+    repository = ModelRepository(tmp_path, RepositoryOptions(loaders=Registry([FakeLoader()])))
+    await repository.load()
+    reasons = {e.name: e.reason for e in repository.entries()}
+    assert "version folder '001' is not a version number" in reasons["padded_version"]
+    assert "padded_version/001" in reasons["padded_version"]
+    assert "version folder '0' is not a version number" in reasons["zero_version"]
+    assert "config_dir/config.pbtxt: not a file" in reasons["config_dir"]
+    assert repository.entry("fine").state == READY
+    await repository.stop()

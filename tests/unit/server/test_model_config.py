@@ -31,7 +31,16 @@ def settle(text: str, *, had_file: bool = True):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("bogus: 1", "m/config.pbtxt:1: field 'bogus' is unknown"),
+        ("bogus: 1", "m/config.pbtxt:1:1: field 'bogus' is unknown"),
+        (
+            'max_batch_size: 8\noutput [ {\n  name: "y"\ndynamic_batching { }',
+            "m/config.pbtxt:4:1: field 'dynamic_batching' is not a field of ModelOutput: "
+            "is a '}' or ']' missing before it?",
+        ),
+        (
+            'max_batch_size: 8\noutput [ {\n  name: "y"\n',
+            'm/config.pbtxt:3:9: cannot parse: Expected "}"',
+        ),
         ("sequence_batching { }", "field 'sequence_batching' is a Triton field Ferry does not"),
         ("max_batch_size: 'x'", "cannot parse"),
         (
@@ -51,6 +60,16 @@ def test_parse_refuses_with_the_field_named(text: str, message: str) -> None:
     ("text", "message"),
     [
         ('name: "other"', "name 'other' differs from the folder name 'm'"),
+        (
+            'max_batch_size: 8 input [ { name: "x" data_type: TYPE_FP32 dims: [4] },'
+            ' { name: "x" data_type: TYPE_FP32 dims: [4] } ]',
+            "input ['x'] declared more than once",
+        ),
+        (
+            'max_batch_size: 8 output [ { name: "y" data_type: TYPE_FP32 dims: [4] },'
+            ' { name: "y" data_type: TYPE_FP32 dims: [4] } ]',
+            "output ['y'] declared more than once",
+        ),
         (
             'max_batch_size: 8 input { name: "x" data_type: TYPE_INT64 dims: [4] }',
             "input 'x': data_type TYPE_INT64 differs from the model's TYPE_FP32",
