@@ -29,11 +29,13 @@ from ferry.engines.cuda.devices import discover as find_gpus
 from ferry.engines.loading import Registry
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto._pool import POOL
+from ferry.server.admission import Admission
 from ferry.server.config import ServerConfig
 from ferry.server.observer import RequestObserver
 from ferry.server.registration import add_inference_service
 from ferry.server.repository import ModelRepository, RepositoryOptions
 from ferry.server.servicer import InferenceServicer, ReadinessState
+from ferry.server.stream import StreamLimits
 from ferry.telemetry.access_log import AccessLog
 from ferry.telemetry.gpu import GpuCollector
 from ferry.telemetry.metrics import Metrics
@@ -93,6 +95,7 @@ class FerryServer:
         )
         self.metrics_port: int | None = None
         self.readiness = ReadinessState(self.repository, config.strict_readiness)
+        self.admission = Admission()
         self._health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.tcp_port: int | None = None
@@ -107,9 +110,14 @@ class FerryServer:
             ("grpc.so_reuseport", 1 if self.config.reuse_port else 0),
         ]
         server = grpc.aio.server(options=options)
-        add_inference_service(
-            InferenceServicer(self.repository, self.readiness, self.telemetry), server
+        servicer = InferenceServicer(
+            self.repository,
+            self.readiness,
+            self.telemetry,
+            self.admission,
+            StreamLimits(self.config.max_stream_requests, self.config.max_stream_bytes),
         )
+        add_inference_service(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         _describe_standard_services()
         reflection.enable_server_reflection(
@@ -166,12 +174,21 @@ class FerryServer:
             await self._health.set(service, status)
 
     async def stop(self, grace_s: float | None = None) -> None:
+        """Drain, then stop (server/admission.py): health NOT_SERVING and new inference requests
+        refused with UNAVAILABLE at once; accepted ones finish, up to the drain timeout; the
+        transport stops once nothing accepted is left and calls have stopped arriving."""
         grace = self.config.drain_timeout_s if grace_s is None else grace_s
         self.readiness.draining = True
         await self._health.enter_graceful_shutdown()
+        self.admission.drain()
         if self._server is not None:
             log.info("draining: finishing in-flight requests (up to %.1f s)", grace)
-            await self._server.stop(grace)
+            if not await self.admission.settled(grace, QUIET_S):
+                log.warning(
+                    "drain timeout: %d accepted request(s) or stream(s) still open",
+                    self.admission.inside,
+                )
+            await self._server.stop(STOP_GRACE_S)
         await self.repository.stop()
         telemetry = self.telemetry
         if telemetry.metrics is not None:
@@ -183,6 +200,14 @@ class FerryServer:
         if self.config.unix_socket:
             _remove_stale_socket(Path(self.config.unix_socket))
         log.info("stopped")
+
+
+QUIET_S = 0.2
+"""A draining server stops its transport only after no call has arrived for this long: calls
+already on their way are answered UNAVAILABLE (retryable), not cut off as CANCELLED."""
+
+STOP_GRACE_S = 1.0
+"""What the transport gives answers still being written when it stops."""
 
 
 def _freeze_startup_objects() -> None:

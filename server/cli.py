@@ -57,6 +57,20 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGTERM, how long in-flight requests may take to finish (default 30)",
     )
     serve.add_argument(
+        "--max-stream-requests",
+        type=int,
+        default=256,
+        metavar="N",
+        help="requests a stream may have unanswered before the server stops reading it (256)",
+    )
+    serve.add_argument(
+        "--max-stream-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        metavar="BYTES",
+        help="their input bytes (default 64 MiB)",
+    )
+    serve.add_argument(
         "--metrics-port",
         type=int,
         default=8002,
@@ -119,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_queue_bytes=args.max_queue_bytes,
             strict_readiness=args.strict_readiness,
             drain_timeout_s=args.drain_timeout,
+            max_stream_requests=args.max_stream_requests,
+            max_stream_bytes=args.max_stream_bytes,
             metrics_port=args.metrics_port,
             tracing=TracingConfig.from_env(os.environ, args.tracing, args.trace_ratio),
             access_log=args.access_log,

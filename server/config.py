@@ -25,6 +25,10 @@ class ServerConfig:
     strict_readiness: ServerReady (and health) report ready only when every model loaded, as
         Triton does by default; off: ready once the server runs.
     drain_timeout_s: on SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    max_stream_requests, max_stream_bytes: requests (and their input bytes) one
+        ModelStreamInfer stream may have read and not yet answered; past either the server
+        stops reading the stream until answers drain, so a client that never reads its answers
+        cannot grow the server.
     metrics_port: Prometheus /metrics on this port (same host); 0 picks a free one, < 0 = off.
     tracing: where spans go and which share of requests is traced (telemetry/tracing.py).
     access_log: write one JSON line per sampled request here ("-" = stderr); None = off.
@@ -40,6 +44,8 @@ class ServerConfig:
     max_queue_bytes: int = 512 * 1024 * 1024
     strict_readiness: bool = True
     drain_timeout_s: float = 30.0
+    max_stream_requests: int = 256
+    max_stream_bytes: int = 64 * 1024 * 1024
     metrics_port: int = 8002
     tracing: TracingConfig = field(default_factory=TracingConfig)
     access_log: str | None = None
@@ -63,5 +69,10 @@ class ServerConfig:
             raise ValueError(f"metrics_port must be <= 65535, got {self.metrics_port}")
         if not 0.0 < self.access_log_sample <= 1.0:
             raise ValueError(f"access_log_sample must be in (0, 1], got {self.access_log_sample}")
+        if self.max_stream_requests < 1 or self.max_stream_bytes < 1:
+            raise ValueError(
+                f"stream limits must be >= 1, got max_stream_requests={self.max_stream_requests}"
+                f", max_stream_bytes={self.max_stream_bytes}"
+            )
         if self.drain_timeout_s < 0:
             raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")

@@ -16,16 +16,18 @@ from typing import Any, TypeVar
 import grpc
 
 import ferry
-from ferry.common.errors import FerryError, ModelNotFound, Unsupported, shown
+from ferry.common.errors import FerryError, ModelNotFound, ShuttingDown, Unsupported, shown
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 from ferry.scheduler.request import InferenceResult
 from ferry.scheduler.stats import Duration, ModelStats
+from ferry.server.admission import Admission
 from ferry.server.codec import decode, encode
 from ferry.server.errors import log_if_unexpected, to_status
 from ferry.server.observer import RequestObserver
 from ferry.server.registration import Undecodable
 from ferry.server.repository import READY, ModelRepository, ServedVersion
+from ferry.server.stream import StreamLimits, StreamStopped, answer_stream
 
 log = logging.getLogger("ferry.server")
 
@@ -91,10 +93,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         repository: ModelRepository,
         readiness: ReadinessState,
         observer: RequestObserver | None = None,
+        admission: Admission | None = None,
+        stream_limits: StreamLimits | None = None,
     ) -> None:
         self._repository = repository
         self._readiness = readiness
         self._observer = observer or RequestObserver()
+        self._admission = admission or Admission()
+        self._stream_limits = stream_limits or StreamLimits()
 
     # ---- health and metadata ----------------------------------------------------------------
 
@@ -170,34 +176,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        return await self._infer(
-            request, context.time_remaining(), context.invocation_metadata(), "ModelInfer"
-        )
+        admission = self._admission
+        admission.enter()
+        try:
+            return await self._infer(
+                request, context.time_remaining(), context.invocation_metadata(), "ModelInfer"
+            )
+        finally:
+            admission.leave()
 
     async def ModelStreamInfer(
         self,
-        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        request_iterator: AsyncIterator[pb.ModelInferRequest | Undecodable],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Many requests in flight per stream; each answer is sent as soon as it is ready.
-
-        An error for one request travels as `error_message`; the stream stays open.
-        """
-        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        pending: set[asyncio.Task[None]] = set()
+        """Many requests in flight per stream, each answered when ready (server/stream.py)."""
+        admission = self._admission
+        try:
+            admission.enter()
+        except ShuttingDown as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         metadata = context.invocation_metadata()
 
-        async def answer(request: pb.ModelInferRequest) -> None:
+        async def answer(
+            request: pb.ModelInferRequest | Undecodable,
+        ) -> pb.ModelStreamInferResponse:
             try:
                 response = await self._infer(
                     request, context.time_remaining(), metadata, "ModelStreamInfer"
                 )
-                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
-            except asyncio.CancelledError:
-                raise
+                return pb.ModelStreamInferResponse(infer_response=response)
             except Exception as exc:
                 log_if_unexpected(exc)
-                _, message = to_status(exc)
                 echo = (
                     pb.ModelInferResponse()
                     if isinstance(request, Undecodable)
@@ -207,34 +217,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         id=request.id,
                     )
                 )
-                answers.put_nowait(
-                    pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
+                return pb.ModelStreamInferResponse(
+                    error_message=to_status(exc)[1], infer_response=echo
                 )
 
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    task = asyncio.create_task(answer(request))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                while pending:
-                    await asyncio.wait(set(pending))
-            finally:
-                answers.put_nowait(None)
-
-        reader = asyncio.create_task(read())
+        stopped = False
         try:
-            while (item := await answers.get()) is not None:
-                yield item
-            await reader  # surfaces a broken request stream as the RPC's error
+            async for response in answer_stream(
+                request_iterator, answer, self._stream_limits, admission.reading
+            ):
+                yield response
+        except StreamStopped:
+            stopped = True
         finally:
-            for task in (reader, *pending):
-                task.cancel()
-            await asyncio.gather(reader, *pending, return_exceptions=True)
+            admission.leave()
+        if stopped:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the server is shutting down: every request read on this stream was answered; "
+                "send the rest to another replica",
+            )
 
     async def _infer(
         self,
-        request: pb.ModelInferRequest,
+        request: pb.ModelInferRequest | Undecodable,
         time_remaining_s: float | None,
         metadata: Any = None,
         method: str = "ModelInfer",

@@ -39,10 +39,12 @@ class RunningServer:
         return self.log_path.read_text()
 
 
-def start_server(repo: Path, workdir: Path, *extra: str) -> RunningServer:
-    """Start `python -m server serve` on a free loopback port and wait until it listens."""
+def start_server(repo: Path, workdir: Path, *extra: str, workers: int = 1) -> RunningServer:
+    """Start `python -m ferry serve` on a free loopback port and wait until it listens (every
+    worker, with `workers` > 1; then there is no Unix socket, which workers cannot share)."""
     log_path = workdir / "server.log"
     socket_path = str(workdir / "ferry.sock")
+    listen = ["--unix-socket", socket_path] if workers == 1 else ["--workers", str(workers)]
     log_file = log_path.open("w")
     process = subprocess.Popen(
         [
@@ -54,8 +56,7 @@ def start_server(repo: Path, workdir: Path, *extra: str) -> RunningServer:
             str(repo),
             "--grpc-port",
             "0",
-            "--unix-socket",
-            socket_path,
+            *listen,
             "--no-strict-readiness",
             "--drain-timeout",
             "5",
@@ -74,7 +75,7 @@ def start_server(repo: Path, workdir: Path, *extra: str) -> RunningServer:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         match = re.search(r"serving on ([^,\s]+)", log_path.read_text())
-        if match:
+        if match and len(re.findall(r"serving on ", log_path.read_text())) >= workers:
             address = match.group(1)
             with grpc.insecure_channel(address) as channel:
                 grpc.channel_ready_future(channel).result(timeout=10)
