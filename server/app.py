@@ -31,6 +31,7 @@ from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto._pool import POOL
 from ferry.server.admission import Admission
 from ferry.server.config import ServerConfig
+from ferry.server.memory import MemoryBudget, default_budget_bytes
 from ferry.server.observer import RequestObserver
 from ferry.server.registration import add_inference_service
 from ferry.server.repository import ModelRepository, RepositoryOptions
@@ -96,6 +97,8 @@ class FerryServer:
         self.metrics_port: int | None = None
         self.readiness = ReadinessState(self.repository, config.strict_readiness)
         self.admission = Admission()
+        budget = config.memory_budget_bytes
+        self.budget = MemoryBudget(default_budget_bytes() if budget is None else budget)
         self._health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.tcp_port: int | None = None
@@ -116,8 +119,9 @@ class FerryServer:
             self.telemetry,
             self.admission,
             StreamLimits(self.config.max_stream_requests, self.config.max_stream_bytes),
+            self.budget,
         )
-        add_inference_service(servicer, server)
+        add_inference_service(servicer, server, self.budget)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         _describe_standard_services()
         reflection.enable_server_reflection(

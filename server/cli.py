@@ -57,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGTERM, how long in-flight requests may take to finish (default 30)",
     )
     serve.add_argument(
+        "--memory-budget",
+        type=int,
+        metavar="BYTES",
+        help="what requests in flight may cost in all before new ones are refused (default: an "
+        "eighth of the memory the process may use, at most 512 MiB; 0: none)",
+    )
+    serve.add_argument(
         "--max-stream-requests",
         type=int,
         default=256,
@@ -134,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             strict_readiness=args.strict_readiness,
             drain_timeout_s=args.drain_timeout,
             max_stream_requests=args.max_stream_requests,
+            memory_budget_bytes=args.memory_budget,
             max_stream_bytes=args.max_stream_bytes,
             metrics_port=args.metrics_port,
             tracing=TracingConfig.from_env(os.environ, args.tracing, args.trace_ratio),

@@ -62,6 +62,16 @@ class Signature:
         return {name: batch + spec.dims for name, spec in self.inputs.items()}
 
     @cached_property
+    def output_row_bytes(self) -> int:
+        """Bytes of one row of every output (a variable dim counted as 1, a string as 16 bytes):
+        what the memory budget expects a request's answer to hold per row."""
+        total = 0
+        for spec in self.outputs.values():
+            elements = math.prod(max(d, 1) for d in spec.dims)
+            total += elements * (spec.datatype.itemsize or 16)
+        return total
+
+    @cached_property
     def output_names(self) -> tuple[str, ...]:
         """Every output, in the model's order: what a request that names none gets."""
         return tuple(self.outputs)

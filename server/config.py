@@ -22,6 +22,9 @@ class ServerConfig:
     max_queue_bytes: input bytes each model's queues may hold; past it new requests are refused
         with UNAVAILABLE, so memory stays bounded under any load. 0 = no bound. A model's
         `ferry.max_queue_bytes` parameter overrides it.
+    memory_budget_bytes: what the requests the server holds may cost in all (server/memory.py);
+        past it a request is refused at once with UNAVAILABLE. None: an eighth of the memory the
+        process may use, at most 512 MiB; 0 = no budget.
     strict_readiness: ServerReady (and health) report ready only when every model loaded, as
         Triton does by default; off: ready once the server runs.
     drain_timeout_s: on SIGTERM/SIGINT, how long in-flight requests may take to finish.
@@ -42,6 +45,7 @@ class ServerConfig:
     max_message_bytes: int = 256 * 1024 * 1024
     default_max_batch_size: int = 4
     max_queue_bytes: int = 512 * 1024 * 1024
+    memory_budget_bytes: int | None = None
     strict_readiness: bool = True
     drain_timeout_s: float = 30.0
     max_stream_requests: int = 256
@@ -63,6 +67,8 @@ class ServerConfig:
             raise ValueError(
                 f"default_max_batch_size must be >= 0, got {self.default_max_batch_size}"
             )
+        if self.memory_budget_bytes is not None and self.memory_budget_bytes < 0:
+            raise ValueError(f"memory_budget_bytes must be >= 0, got {self.memory_budget_bytes}")
         if self.max_queue_bytes < 0:
             raise ValueError(f"max_queue_bytes must be >= 0, got {self.max_queue_bytes}")
         if self.metrics_port > 65535:

@@ -24,6 +24,7 @@ from ferry.scheduler.stats import Duration, ModelStats
 from ferry.server.admission import Admission
 from ferry.server.codec import decode, encode
 from ferry.server.errors import log_if_unexpected, to_status
+from ferry.server.memory import MemoryBudget
 from ferry.server.observer import RequestObserver
 from ferry.server.registration import Undecodable
 from ferry.server.repository import READY, ModelRepository, ServedVersion
@@ -95,12 +96,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         observer: RequestObserver | None = None,
         admission: Admission | None = None,
         stream_limits: StreamLimits | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self._repository = repository
         self._readiness = readiness
         self._observer = observer or RequestObserver()
         self._admission = admission or Admission()
         self._stream_limits = stream_limits or StreamLimits()
+        self._budget = budget or MemoryBudget(0)
 
     # ---- health and metadata ----------------------------------------------------------------
 
@@ -257,12 +260,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             _rows(request) if observer.access_log is not None else 0,
         )
         result: InferenceResult | None = None
+        budget = self._budget
+        held = 0
         try:
             served = record.served = self._repository.get(
                 request.model_name, request.model_version
             )
             sig = served.settings.signature
             decoded = decode(request, sig)
+            cost = MemoryBudget.cost(decoded.nbytes, decoded.rows * sig.output_row_bytes)
+            budget.hold(cost)
+            held = cost
             deadline_ns = (
                 None
                 if time_remaining_s is None
@@ -290,8 +298,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response.parameters["model_version"].string_param = served.version
             response.parameters["model_sha256"].string_param = served.sha256
         except BaseException as exc:
+            budget.release(held)
             observer.end(record, None, exc, _code(exc))
             raise
+        budget.release(held)
         observer.end(record, result, None, "OK")
         return response
 

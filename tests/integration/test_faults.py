@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -16,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, start_server, stop_server
 
 
 async def _lookup(client: tca.InferenceServerClient, ident: int) -> np.ndarray | str:
@@ -107,3 +109,29 @@ def test_the_metrics_port_answers_only_where_the_metrics_are(
     assert code == status
     if status == 200:
         assert "nv_inference_request_success" in body
+
+
+@pytest.mark.asyncio
+async def test_past_the_memory_budget_requests_are_refused_at_once(
+    model_repo: Path, tmp_path: Path
+) -> None:
+    """A budget of about six lookups: of 30 sent at once, the ones past it get UNAVAILABLE
+    quickly, the others their answers; a message bigger than the budget is not even decoded."""
+    own = start_server(model_repo, tmp_path, "--memory-budget", "200000")
+    client = tca.InferenceServerClient(own.address)
+    try:
+        started = time.monotonic()
+        answers = await asyncio.gather(*(_lookup(client, i) for i in range(30)))
+        refused = [a for a in answers if isinstance(a, str)]
+        assert all("StatusCode.UNAVAILABLE" in a and "memory budget" in a for a in refused)
+        assert 1 <= len(refused) < 30
+        assert time.monotonic() - started < 10
+        big = tca.InferInput("ids", [20_000, 1], "INT64")
+        big.set_data_from_numpy(np.zeros((20_000, 1), np.int64))
+        with pytest.raises(InferenceServerException, match="memory budget") as info:
+            await client.infer("lookup", [big])
+        assert "StatusCode.UNAVAILABLE" in str(info.value.status())
+        assert isinstance(await _lookup(client, 7), np.ndarray)  # everything was given back
+    finally:
+        await client.close()
+        stop_server(own)
