@@ -21,6 +21,16 @@ from tests.conftest import start_server, stop_server
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
 
 
+def history(ident: int) -> pb.ModelInferRequest:
+    """A request to `history_padded`, whose batches wait 300 ms for company."""
+    request = pb.ModelInferRequest(model_name="history_padded", id=str(ident))
+    request.inputs.add(name="history", datatype="INT64", shape=[1, 5])
+    request.inputs.add(name="user", datatype="FP32", shape=[1, 16])
+    request.raw_input_contents.append(np.arange(1, 6, dtype=np.int64)[None].tobytes())
+    request.raw_input_contents.append(np.zeros((1, 16), np.float32).tobytes())
+    return request
+
+
 def lookup(ident: int) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name="lookup", id=str(ident))
     request.inputs.add(name="ids", datatype="INT64", shape=[1, 1])
@@ -92,13 +102,13 @@ async def test_a_stream_open_at_sigterm_answers_what_it_read_then_ends_unavailab
 
             async def requests():  # type: ignore[no-untyped-def]
                 for i in range(3):
-                    yield lookup(i)
+                    yield history(i)
                 sent.set()
                 await asyncio.sleep(30)  # the client would send more, later
 
             call = stub.ModelStreamInfer(requests())
             await sent.wait()
-            await asyncio.sleep(0.002)  # they reach the server; the model's batch delay is 20 ms
+            await asyncio.sleep(0.1)  # read by the server, waiting out the 300 ms batch delay
             server.process.send_signal(signal.SIGTERM)
             answers = []
             with pytest.raises(grpc.aio.AioRpcError) as info:
