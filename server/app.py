@@ -74,7 +74,7 @@ class FerryServer:
             tracing = Tracing(tracer_provider)
         elif config.tracing.enabled:
             tracing = Tracing(make_provider(config.tracing), config.tracing.ratio)
-        metrics = Metrics(self._state) if config.metrics_port >= 0 else None
+        metrics = Metrics(self._state, self._process) if config.metrics_port >= 0 else None
         if metrics is not None:
             gpus = GpuCollector()
             if gpus.available:
@@ -97,6 +97,8 @@ class FerryServer:
         self.metrics_port: int | None = None
         self.readiness = ReadinessState(self.repository, config.strict_readiness)
         self.admission = Admission()
+        self._tasks_alive = 0
+        self._sampler: asyncio.Task[None] | None = None
         budget = config.memory_budget_bytes
         self.budget = MemoryBudget(default_budget_bytes() if budget is None else budget)
         self._health = health_aio.HealthServicer()
@@ -150,9 +152,36 @@ class FerryServer:
                 self.config.tracing.ratio,
             )
         self.readiness.started = True
+        self._sampler = asyncio.create_task(self._sample_tasks(), name="ferry-task-sampler")
         await self._publish_health()
         _freeze_startup_objects()
         log.info("serving on %s", ", ".join(self.addresses))
+
+    def _process(self) -> dict[str, tuple[str, float]]:
+        """The process's own gauges (read from the metrics thread: plain numbers)."""
+        return {
+            "ferry_requests_in_flight": (
+                "Inference requests and streams accepted and not yet answered",
+                self.admission.inside,
+            ),
+            "ferry_memory_budget_held_bytes": (
+                "What requests in flight hold of the memory budget (server/memory.py)",
+                self.budget.held_bytes,
+            ),
+            "ferry_memory_budget_bytes": (
+                "The memory budget; 0: none",
+                self.budget.limit_bytes,
+            ),
+            "ferry_event_loop_tasks": (
+                "Tasks alive on the event loop, sampled every second",
+                self._tasks_alive,
+            ),
+        }
+
+    async def _sample_tasks(self) -> None:
+        while True:
+            self._tasks_alive = len(asyncio.all_tasks())
+            await asyncio.sleep(1.0)
 
     def _state(self) -> list[tuple[str, str, dict[int, int], dict[str, int], float]]:
         """What the metrics endpoint reads at scrape time (from its own thread)."""
@@ -194,6 +223,9 @@ class FerryServer:
                 )
             await self._server.stop(STOP_GRACE_S)
         await self.repository.stop()
+        if self._sampler is not None:
+            self._sampler.cancel()
+            await asyncio.gather(self._sampler, return_exceptions=True)
         telemetry = self.telemetry
         if telemetry.metrics is not None:
             telemetry.metrics.stop()

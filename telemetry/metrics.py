@@ -139,13 +139,18 @@ def failure_reason(error: BaseException) -> str:
 
 
 StateReader = Callable[[], Iterable[tuple[str, str, dict[int, int], dict[str, int], float]]]
+ProcessReader = Callable[[], dict[str, tuple[str, float]]]
+"""The process's own gauges at scrape time: name -> (help, value)."""
 """Yields (model, version, queue depth per profile, busy ns per instance, seconds served)."""
 
 
 class Metrics(Collector):
-    def __init__(self, state: StateReader | None = None) -> None:
+    def __init__(
+        self, state: StateReader | None = None, process: ProcessReader | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self._state = state
+        self._process = process
         labels = ("model", "version")
         self.latency = HistogramFamily(
             "ferry_request_latency_seconds",
@@ -235,6 +240,11 @@ class Metrics(Collector):
                 labels = {"model": model, "version": version, "reason": reason}
                 failures.add_sample(name, labels, count)
         yield failures
+        if self._process is not None:
+            for name, (doc, value) in self._process().items():
+                gauge = GaugeMetricFamily(name, doc)
+                gauge.add_metric([], value)
+                yield gauge
         if self._state is None:
             return
         pending = GaugeMetricFamily(

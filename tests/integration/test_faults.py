@@ -109,6 +109,9 @@ def test_the_metrics_port_answers_only_where_the_metrics_are(
     assert code == status
     if status == 200:
         assert "nv_inference_request_success" in body
+        for gauge in ("ferry_event_loop_tasks", "ferry_memory_budget_bytes"):
+            assert gauge in body
+        assert "ferry_requests_in_flight" in body
 
 
 @pytest.mark.asyncio
