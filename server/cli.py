@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         metavar="BYTES",
         help="what requests in flight may cost in all before new ones are refused (default: an "
-        "eighth of the memory the process may use, at most 512 MiB; 0: none)",
+        "eighth of the memory the process may use, at most 256 MiB; 0: none)",
     )
     serve.add_argument(
         "--max-stream-requests",

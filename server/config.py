@@ -24,7 +24,7 @@ class ServerConfig:
         `ferry.max_queue_bytes` parameter overrides it.
     memory_budget_bytes: what the requests the server holds may cost in all (server/memory.py);
         past it a request is refused at once with UNAVAILABLE. None: an eighth of the memory the
-        process may use, at most 512 MiB; 0 = no budget.
+        process may use, at most 256 MiB; 0 = no budget.
     strict_readiness: ServerReady (and health) report ready only when every model loaded, as
         Triton does by default; off: ready once the server runs.
     drain_timeout_s: on SIGTERM/SIGINT, how long in-flight requests may take to finish.

@@ -21,7 +21,7 @@ CALL_OVERHEAD_BYTES = 32 * 1024
 """What one call costs besides its tensors: gRPC's call state and buffers, the task, coroutine
 frames, futures and protobuf objects of the request's way through the server."""
 
-DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
 
 def default_budget_bytes() -> int:
