@@ -31,6 +31,7 @@ import os
 import random
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -420,20 +421,24 @@ async def _soak(
         if status not in allowed[kind]:
             lost.append((kind, status))
 
+    raw_small = [r.SerializeToString() for r in small]
+    raw_bad = bad.SerializeToString()
+    infers = [c.unary_unary("/inference.GRPCInferenceService/ModelInfer") for c in pool]
+
     async def unary(kind: str, n: int) -> None:
-        stub = stubs[n % len(stubs)]
+        infer = infers[n % len(infers)]
         try:
             if kind == "deadline":
-                await stub.ModelInfer(small[n % 8], timeout=0.002)
+                await infer(raw_small[n % 8], timeout=0.002)
             elif kind == "bad":
-                await stub.ModelInfer(bad, timeout=30)
+                await infer(raw_bad, timeout=30)
             elif kind == "cancel":
-                call = stub.ModelInfer(small[n % 8], timeout=30)
+                call = infer(raw_small[n % 8], timeout=30)
                 await asyncio.sleep(rng.random() * 0.005)
                 call.cancel()
                 await call
             else:
-                await stub.ModelInfer(small[n % 8], timeout=30)
+                await infer(raw_small[n % 8], timeout=30)
             note(kind, "OK")
         except asyncio.CancelledError:
             note(kind, "CANCELLED")
@@ -502,13 +507,32 @@ async def _soak(
     }
 
 
+async def _calibrated_capacity(address: str, metrics_url: str) -> float:
+    """What this client and the server sustain together with 16-row requests: the closed loop's
+    rate, lowered until an open loop at that rate keeps the server's queue short (the client
+    shares the server's cores, and an open loop costs it more than a closed one)."""
+    capacity = await _closed_loop(address, 16, 32, 8.0)
+    held: list[float] = []
+
+    def sample() -> None:
+        held.append(scrape(metrics_url, "ferry_requests_in_flight"))
+
+    for _ in range(6):
+        held.clear()
+        await _open_loop(address, 16, capacity, 6.0, 8, sample)
+        if statistics.median(held) <= 64:
+            return capacity
+        capacity *= 0.8
+    return capacity
+
+
 def part_soak(repo: Path, work: Path, minutes: float) -> dict[str, Any]:
     log = work / "soak.log"
     process, address = ferry(repo, log)
     metrics_url = re.search(r"metrics on (\S+)", log.read_text())
     assert metrics_url is not None
     try:
-        capacity = asyncio.run(_closed_loop(address, 16, 32, 8.0))
+        capacity = asyncio.run(_calibrated_capacity(address, metrics_url.group(1)))
         result = asyncio.run(
             _soak(address, metrics_url.group(1), process.pid, minutes, 0.7 * capacity)
         )

@@ -27,7 +27,8 @@ case "${1:-}" in
     out=${GPU_TESTS_OUT:-bench/results}
     mkdir -p "$out"
     record="$out/gpu-tests-$(date -u +%Y-%m-%dT%H-%M).txt"
-    echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(hostname), $(date -u)" > "$record"
+    # The device machine gets the working tree, not a current .git: the commit is the caller's.
+    echo "commit ${GPU_TESTS_COMMIT:-unknown (set GPU_TESTS_COMMIT)}, $(hostname), $(date -u)" > "$record"
     PYTHONPATH=/tmp/site:/tmp/site-test:$root python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider -rA "${@:2}" \
       | tee -a "$record"
     ;;
