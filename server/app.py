@@ -37,6 +37,7 @@ from ferry.server.registration import add_inference_service
 from ferry.server.repository import ModelRepository, RepositoryOptions
 from ferry.server.servicer import InferenceServicer, ReadinessState
 from ferry.server.stream import StreamLimits
+from ferry.server.tls import server_credentials
 from ferry.telemetry.access_log import AccessLog
 from ferry.telemetry.gpu import GpuCollector
 from ferry.telemetry.metrics import Metrics
@@ -132,7 +133,11 @@ class FerryServer:
         if self.config.grpc_port >= 0:
             host = self.config.host
             address = f"[{host}]" if ":" in host else host
-            self.tcp_port = server.add_insecure_port(f"{address}:{self.config.grpc_port}")
+            where = f"{address}:{self.config.grpc_port}"
+            if self.config.tls is None:
+                self.tcp_port = server.add_insecure_port(where)
+            else:
+                self.tcp_port = server.add_secure_port(where, server_credentials(self.config.tls))
             self.addresses.append(f"{address}:{self.tcp_port}")
         if self.config.unix_socket:
             _remove_stale_socket(Path(self.config.unix_socket))

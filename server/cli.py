@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ferry.server.config import ServerConfig
+from ferry.server.tls import TlsConfig
 from ferry.telemetry.tracing import TracingConfig
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -55,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="on SIGTERM, how long in-flight requests may take to finish (default 30)",
+    )
+    serve.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TCP with TLS: chain")
+    serve.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
+    serve.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="PEM",
+        help="require client certificates signed by this CA (mutual TLS)",
     )
     serve.add_argument(
         "--memory-budget",
@@ -119,6 +128,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tls(args: argparse.Namespace) -> TlsConfig | None:
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    return TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "example-repo":
@@ -140,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_queue_bytes=args.max_queue_bytes,
             strict_readiness=args.strict_readiness,
             drain_timeout_s=args.drain_timeout,
+            tls=_tls(args),
             max_stream_requests=args.max_stream_requests,
             memory_budget_bytes=args.memory_budget,
             max_stream_bytes=args.max_stream_bytes,

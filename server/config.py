@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ferry.server.tls import TlsConfig
 from ferry.telemetry.tracing import TracingConfig
 
 
@@ -16,7 +17,10 @@ class ServerConfig:
     model_repository: folder in Triton's layout (<model>/config.pbtxt, <model>/<n>/model.onnx).
     host, grpc_port: TCP address; port 0 picks a free port (tests). grpc_port < 0 disables TCP
         (then unix_socket must be set).
-    unix_socket: also listen on this Unix socket path (sidecars); None = no socket.
+    unix_socket: also listen on this Unix socket path (sidecars); None = no socket. It stays
+        plaintext: it never leaves the host, and only processes that may open the file reach it.
+    tls: serve TCP with TLS (and mutual TLS with a client CA), certificates reloaded when their
+        files change (server/tls.py); None = plaintext.
     max_message_bytes: largest request or response message, both directions. Default 256 MiB.
     default_max_batch_size: max_batch_size for models without config.pbtxt that can batch.
     max_queue_bytes: input bytes each model's queues may hold; past it new requests are refused
@@ -42,6 +46,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     grpc_port: int = 8001
     unix_socket: str | None = None
+    tls: TlsConfig | None = None
     max_message_bytes: int = 256 * 1024 * 1024
     default_max_batch_size: int = 4
     max_queue_bytes: int = 512 * 1024 * 1024

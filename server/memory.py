@@ -40,8 +40,9 @@ class MemoryBudget:
 
     @staticmethod
     def cost(message_bytes: int, output_bytes: int) -> int:
-        """What a request costs while held: its message twice (gRPC's buffer and the decoded
-        message), its outputs twice (the batch's and the encoded answer) and the call itself."""
+        """What a request costs while held: its input bytes twice (the decoded message, then its
+        rows gathered into a batch buffer; before decoding, gRPC's received bytes), its outputs
+        twice (the batch's and the encoded answer) and the call itself."""
         return 2 * message_bytes + 2 * output_bytes + CALL_OVERHEAD_BYTES
 
     def fits(self, nbytes: int) -> bool:
