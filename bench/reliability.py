@@ -495,7 +495,9 @@ async def _soak(
     await asyncio.gather(*tasks)
     for channel in pool:
         await channel.close()
-    after = [s["rss"] for s in timeline if s["t_s"] >= 120]
+    # Drift: RSS when the server is quiet (nothing queued: no burst under way), after a
+    # two-minute warm-up, from the first such sample to the last, and at most.
+    quiet = [s["rss"] for s in timeline if s["t_s"] >= 120 and s["in_flight"] < 64]
     return {
         "rate_per_s": rate,
         "minutes": minutes,
@@ -503,7 +505,9 @@ async def _soak(
         "lost": len(lost),
         "lost_kinds": dict(Counter(f"{k}:{s}" for k, s in lost)),
         "timeline": timeline,
-        "rss_drift_after_warmup": (max(after) - min(after)) / min(after) if after else None,
+        "rss_quiet_after_warmup": quiet,
+        "rss_drift_after_warmup": (quiet[-1] - quiet[0]) / quiet[0] if quiet else None,
+        "rss_spread_after_warmup": (max(quiet) - min(quiet)) / min(quiet) if quiet else None,
     }
 
 

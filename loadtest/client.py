@@ -35,23 +35,30 @@ class Sender(Protocol):
 class UnarySender:
     """ModelInfer with pre-serialized bytes; the answer's bytes are not even parsed."""
 
-    def __init__(self, channel: grpc.aio.Channel, deadline_s: float | None) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, deadline_s: float | None, target: str = ""
+    ) -> None:
         self._call = channel.unary_unary(INFER)
         self._deadline = deadline_s
+        self.target = target  # the replica this sender's channel connects to
+        self.answered = 0
 
     async def __call__(self, request: Prepared) -> str | None:
         try:
             await self._call(request.payload, timeout=self._deadline)
         except grpc.aio.AioRpcError as exc:
             return str(exc.code().name)
+        self.answered += 1
         return None
 
 
 class StreamSender:
     """Many requests in flight on one ModelStreamInfer stream, matched to answers by id."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, target: str = "") -> None:
         self._call = channel.stream_stream(STREAM)
+        self.target = target
+        self.answered = 0
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._waiting: dict[str, asyncio.Future[str | None]] = {}
         self._ids = itertools.count()
@@ -69,6 +76,7 @@ class StreamSender:
                 future = self._waiting.pop(answer.infer_response.id, None)
                 if future is not None and not future.done():
                     future.set_result("STREAM_ERROR" if answer.error_message else None)
+                    self.answered += 0 if answer.error_message else 1
         except grpc.aio.AioRpcError as exc:
             for future in self._waiting.values():
                 if not future.done():

@@ -38,6 +38,10 @@ class Plan:
     streaming: bool = False
     processes: int = 1
 
+    def targets(self) -> list[str]:
+        """The replicas to load: `address` holds one or several, comma-separated."""
+        return [t.strip() for t in self.address.split(",") if t.strip()]
+
     def share(self, index: int) -> Plan:
         """Process `index`'s part: concurrency and rate split as evenly as possible."""
         n = self.processes
@@ -67,14 +71,21 @@ async def run_here(
     # shares one connection among a process's channels to the same address, and a server of
     # SO_REUSEPORT workers (which spreads connections, not requests) sees one per process.
     own = [("grpc.use_local_subchannel_pool", 1)]
-    channels = [grpc.aio.insecure_channel(plan.address, options=own) for _ in range(plan.channels)]
+    # Several targets (replicas): each gets `channels` channels, interleaved, so the loop's
+    # senders, taken in turn, spread requests evenly over them.
+    targets = plan.targets()
+    opened = [
+        (target, grpc.aio.insecure_channel(target, options=own))
+        for _ in range(plan.channels)
+        for target in targets
+    ]
+    channels = [channel for _, channel in opened]
     tally = Tally()
     try:
         pool = await prepare(channels[0], plan.workload)
-        streams = [StreamSender(c) for c in channels] if plan.streaming else []
-        senders: list[Sender] = list(streams) or [
-            UnarySender(c, plan.workload.deadline_s) for c in channels
-        ]
+        streams = [StreamSender(c, t) for t, c in opened] if plan.streaming else []
+        unary = [] if streams else [UnarySender(c, plan.workload.deadline_s, t) for t, c in opened]
+        senders: list[Sender] = list(streams) or list(unary)
         reporter = asyncio.create_task(_report(tally, progress)) if progress is not None else None
         cpu0 = _cpu_s()
         try:
@@ -94,6 +105,10 @@ async def run_here(
                 )
         finally:
             tally.cpu_s = _cpu_s() - cpu0
+            for stream in streams:
+                tally.by_target[stream.target] += stream.answered
+            for sender in unary:
+                tally.by_target[sender.target] += sender.answered
             if reporter is not None:
                 reporter.cancel()
             for stream in streams:

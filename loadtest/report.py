@@ -43,7 +43,16 @@ def result_of(
         client_processes=processes,
         late_sends=tally.late_sends,
         server=server or {},
+        replicas=_shares(tally),
     )
+
+
+def _shares(tally: Tally) -> dict[str, float]:
+    """Each target's share of the answers, when there are several targets."""
+    total = sum(tally.by_target.values())
+    if len(tally.by_target) < 2 or not total:
+        return {}
+    return {target: n / total for target, n in sorted(tally.by_target.items())}
 
 
 def statistics(address: str, model: str, version: str = "") -> Any:
@@ -101,6 +110,11 @@ def table(result: LoadResult) -> str:
             f"  server      {s['success']:.0f} ok, {s['fail']:.0f} failed, mean batch "
             f"{s['mean_batch_rows']:.1f} rows, queue {s['mean_queue_ms']:.3f} ms, compute "
             f"{s['mean_compute_ms']:.3f} ms (means per request)"
+        )
+    if result.replicas:
+        lines.append(
+            "  replicas    "
+            + "  ".join(f"{t} {share:.1%}" for t, share in result.replicas.items())
         )
     for warning in warnings(result):
         lines.append(f"  WARNING     {warning}")

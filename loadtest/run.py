@@ -68,7 +68,12 @@ async def run_closed_loop(
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     target = parser.add_argument_group("target")
-    target.add_argument("--address", default="127.0.0.1:8001")
+    target.add_argument(
+        "--address",
+        default="127.0.0.1:8001",
+        help="host:port, or several comma-separated (replicas: the load is spread evenly over "
+        "them and each one's share reported)",
+    )
     target.add_argument("--model", required=True)
     target.add_argument("--model-version", default="")
     load = parser.add_argument_group("load (closed loop unless --rate or --slo-ms)")
@@ -137,12 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         processes=args.processes,
     )
 
+    # The server's own view (ModelStatistics) is read from a single target only.
+    server_stats = not args.no_server_stats and len(plan.targets()) == 1
+
     def run_once(rate: float | None = None) -> LoadResult:
         step = plan if rate is None else replace(plan, rate=rate)
         before = (
-            None
-            if args.no_server_stats
-            else report.statistics(args.address, args.model, args.model_version)
+            report.statistics(args.address, args.model, args.model_version)
+            if server_stats
+            else None
         )
         tally = processes.run(step, live=args.processes > 1 or args.duration >= 30)
         view = (

@@ -31,8 +31,10 @@ class Tally:
     rows: int = 0  # rows of answered requests
     cpu_s: float = 0.0
     late_sends: int = 0  # open loop: requests sent more than 1 ms after their intended time
+    by_target: Counter[str] = field(default_factory=Counter)  # answered, per replica
 
     def merge(self, other: Tally) -> None:
+        self.by_target.update(other.by_target)
         self.latencies_s.extend(other.latencies_s)
         self.errors.update(other.errors)
         self.sent += other.sent
@@ -61,3 +63,4 @@ class LoadResult:
     client_processes: int = 1
     late_sends: int = 0
     server: dict[str, float] = field(default_factory=dict)
+    replicas: dict[str, float] = field(default_factory=dict)  # share of answers, per target

@@ -11,7 +11,7 @@ import pytest
 
 from ferry.loadtest import run as loadtest
 from ferry.loadtest.report import statistics
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, start_server, stop_server
 
 
 def run_tool(server: RunningServer, tmp_path: Path, *args: str) -> dict:  # type: ignore[type-arg]
@@ -190,3 +190,29 @@ def test_replay_priorities_and_deadlines(server: RunningServer, tmp_path: Path) 
         ]
     )
     assert code == 2  # refused before sending: float64 rows for an FP32 input
+
+
+def test_several_replicas_share_the_load_evenly(model_repo: Path, tmp_path: Path) -> None:
+    """Three replicas on loopback: the load spreads over them by request, each answers within
+    10% of a third, by the client's count and by each replica's own statistics."""
+    for i in range(3):
+        (tmp_path / f"r{i}").mkdir()
+    replicas = [start_server(model_repo, tmp_path / f"r{i}") for i in range(3)]
+    try:
+        before = [statistics(r.address, "echo").inference_stats.success.count for r in replicas]
+        out = tmp_path / "replicas.json"
+        addresses = ",".join(r.address for r in replicas)
+        args = ["--address", addresses, "--model", "echo", "--concurrency", "12"]
+        code = loadtest.main([*args, "--duration", "2", "--warmup", "0", "--json", str(out)])
+        after = [statistics(r.address, "echo").inference_stats.success.count for r in replicas]
+    finally:
+        for replica in replicas:
+            stop_server(replica)
+    assert code == 0
+    shares = json.loads(out.read_text())["replicas"]
+    assert set(shares) == {r.address for r in replicas}
+    for share in shares.values():
+        assert abs(share - 1 / 3) <= 0.1 / 3, shares
+    served = [a - b for a, b in zip(after, before, strict=True)]
+    for count in served:
+        assert abs(count / sum(served) - 1 / 3) <= 0.1 / 3, served
