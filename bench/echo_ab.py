@@ -79,7 +79,9 @@ def main() -> int:
         )
         processes.append(bare)
         for i, tree in enumerate(args.trees):
-            command = [sys.executable, "-m", "ferry", "serve", "--model-repository", str(repo)]
+            # Trees from before the `ferry` namespace start their server as `-m server`.
+            module = "ferry" if (Path(tree) / "ferry").is_dir() else "server"
+            command = [sys.executable, "-m", module, "serve", "--model-repository", str(repo)]
             process, address = start(
                 [*command, "--grpc-port", "0", "--metrics-port", "0"],
                 work / f"ferry-{i}.log",
