@@ -138,3 +138,40 @@ async def test_past_the_memory_budget_requests_are_refused_at_once(
     finally:
         await client.close()
         stop_server(own)
+
+
+@pytest.mark.asyncio
+async def test_a_stream_client_that_never_reads_is_held_back(
+    model_repo: Path, tmp_path: Path
+) -> None:
+    """With a window of 4 unanswered requests, the server stops reading a stream whose client
+    sends 256 KiB requests and reads nothing: it computes only a handful, the client's writes
+    stall, and the server answers others meanwhile."""
+    own = start_server(model_repo, tmp_path, "--max-stream-requests", "4")
+    client = tca.InferenceServerClient(own.address)
+    try:
+        request = pb.ModelInferRequest(model_name="echo")
+        request.inputs.add(name="x", datatype="FP32", shape=[1, 65536])
+        request.raw_input_contents.append(np.ones(65536, np.float32).tobytes())
+        async with grpc.aio.insecure_channel(own.address) as channel:
+            call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer()
+            written = 0
+
+            async def write() -> None:
+                nonlocal written
+                for _ in range(400):  # 100 MiB, if nothing held the client back
+                    await call.write(request)
+                    written += 1
+
+            writer = asyncio.create_task(write())
+            await asyncio.sleep(3.0)
+            stats = await client.get_inference_statistics("echo", as_json=True)
+            computed = int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0))
+            assert isinstance(await _lookup(client, 3), np.ndarray)  # others are served
+            writer.cancel()
+            call.cancel()
+        assert written < 400  # the client was held back
+        assert computed <= 64, computed  # a window's worth, plus answers the transport took
+    finally:
+        await client.close()
+        stop_server(own)
