@@ -109,15 +109,19 @@ async def closed_loop(
     duration_s: float,
     tally: Tally,
 ) -> None:
-    """`concurrency` workers, each with one request in flight, until the duration ends."""
+    """`concurrency` workers, each with one request in flight, until the duration ends.
+    Requests take the senders in turn (round-robin), so several targets (replicas) get equal
+    shares of the requests whatever each one's speed, as a per-request balancer gives them."""
     loop = asyncio.get_running_loop()
     start = loop.time() + warmup_s
     stop = start + duration_s
     turn = itertools.count()
+    senders_turn = itertools.count()
 
-    async def worker(send: Sender) -> None:
+    async def worker() -> None:
         while (now := loop.time()) < stop:
             request = pool[next(turn) % len(pool)]
+            send = senders[next(senders_turn) % len(senders)]
             t0 = time.perf_counter()
             status = await send(request)
             latency = time.perf_counter() - t0
@@ -129,7 +133,7 @@ async def closed_loop(
                 else:
                     tally.errors[status] += 1
 
-    await asyncio.gather(*(worker(senders[i % len(senders)]) for i in range(concurrency)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
 def arrival_times(rate: float, start: float, stop: float, rng: np.random.Generator) -> np.ndarray:
