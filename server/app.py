@@ -96,8 +96,8 @@ class FerryServer:
             ),
         )
         self.metrics_port: int | None = None
-        self.readiness = ReadinessState(self.repository, config.strict_readiness)
         self.admission = Admission()
+        self.readiness = ReadinessState(self.repository, config.strict_readiness, self.admission)
         self._tasks_alive = 0
         self._sampler: asyncio.Task[None] | None = None
         budget = config.memory_budget_bytes
@@ -216,9 +216,8 @@ class FerryServer:
         refused with UNAVAILABLE at once; accepted ones finish, up to the drain timeout; the
         transport stops once nothing accepted is left and calls have stopped arriving."""
         grace = self.config.drain_timeout_s if grace_s is None else grace_s
-        self.readiness.draining = True
+        self.admission.drain()  # not ready from here on (ReadinessState reads it)
         await self._health.enter_graceful_shutdown()
-        self.admission.drain()
         if self._server is not None:
             log.info("draining: finishing in-flight requests (up to %.1f s)", grace)
             if not await self.admission.settled(grace, QUIET_S):

@@ -72,11 +72,18 @@ def _unimplemented(name: str) -> Handler[Any, Any]:
 class ReadinessState:
     """Whether the server takes traffic: ready after loading, not ready while draining."""
 
-    def __init__(self, repository: ModelRepository, strict: bool) -> None:
+    def __init__(
+        self, repository: ModelRepository, strict: bool, admission: Admission | None = None
+    ) -> None:
         self._repository = repository
         self._strict = strict
+        self._admission = admission or Admission()
         self.started = False
-        self.draining = False
+
+    @property
+    def draining(self) -> bool:
+        """The server's admission refuses new requests (server/admission.py)."""
+        return self._admission.draining
 
     @property
     def ready(self) -> bool:
