@@ -47,6 +47,10 @@ log = logging.getLogger("ferry.server")
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+LIVE_SERVICE = "live"
+"""The health service name a liveness probe asks for: SERVING from start until the process
+stops, draining included. "" and the inference service answer readiness, NOT_SERVING while
+loading and draining; a liveness probe on them would kill a pod in the middle of its drain."""
 
 
 def _describe_standard_services() -> None:
@@ -147,7 +151,9 @@ class FerryServer:
         self._server = server
         if self.telemetry.metrics is not None:
             host = self.config.host
-            self.metrics_port = self.telemetry.metrics.serve(host, self.config.metrics_port)
+            self.metrics_port = self.telemetry.metrics.serve(
+                host, self.config.metrics_port, lambda: self.readiness.ready
+            )
             shown = f"[{host}]" if ":" in host else host
             log.info("metrics on http://%s:%d/metrics", shown, self.metrics_port)
         if self.telemetry.tracing is not None:
@@ -210,6 +216,7 @@ class FerryServer:
         )
         for service in ("", INFERENCE_SERVICE):
             await self._health.set(service, status)
+        await self._health.set(LIVE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain, then stop (server/admission.py): health NOT_SERVING and new inference requests
@@ -217,7 +224,7 @@ class FerryServer:
         transport stops once nothing accepted is left and calls have stopped arriving."""
         grace = self.config.drain_timeout_s if grace_s is None else grace_s
         self.admission.drain()  # not ready from here on (ReadinessState reads it)
-        await self._health.enter_graceful_shutdown()
+        await self._publish_health()  # "live" stays SERVING: draining is not dying
         if self._server is not None:
             log.info("draining: finishing in-flight requests (up to %.1f s)", grace)
             if not await self.admission.settled(grace, QUIET_S):

@@ -1,4 +1,5 @@
-"""The `ferry` command: `ferry serve` runs the server, `ferry example-repo` writes the examples."""
+"""The `ferry` command: `ferry serve` runs the server, `ferry example-repo` writes the examples,
+`ferry health` asks a running server whether it serves."""
 
 from __future__ import annotations
 
@@ -125,6 +126,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write dlrm_large (0.69 GB, 172M weights; a GPU model, KIND_GPU)",
     )
+    health = commands.add_parser(
+        "health", help="ask a running server's gRPC health service; exit 0 when SERVING"
+    )
+    health.add_argument(
+        "--address", default="127.0.0.1:8001", help="host:port or unix:PATH (plaintext)"
+    )
+    health.add_argument(
+        "--service",
+        default="live",
+        help="'live' (the process serves; the default) or '' (ready for traffic)",
+    )
+    health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
     return parser
 
 
@@ -146,6 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in write_example_repo(args.directory, large=args.large):
             print(path)
         return 0
+
+    if args.command == "health":
+        from ferry.server.health_probe import check
+
+        healthy, seen = check(args.address, args.service, args.timeout)
+        print(f"{args.address} service {args.service!r}: {seen}")
+        return 0 if healthy else 1
 
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
     try:

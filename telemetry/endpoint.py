@@ -1,27 +1,49 @@
-"""The metrics port: `/metrics` (and `/`) in Prometheus' text format, 404 for any other path.
+"""The metrics port: `/metrics` (and `/`) in Prometheus' text format, Triton's health paths,
+404 for any other path.
 
 prometheus-client's own server answers every path with the metrics, so an HTTP probe pointed at
 a wrong path of this port would always pass. This one answers only where the metrics are.
+
+`/v2/health/live` and `/v2/health/ready` (Triton's paths: 200 or 400) are here for HTTP probes
+that cannot speak gRPC through TLS: a kubelet's gRPC probe has no TLS, so when the gRPC port
+serves TLS, Kubernetes probes this plaintext port instead (deploy/components/tls).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 PATHS = ("/metrics", "/")
+LIVE_PATH = "/v2/health/live"
+READY_PATH = "/v2/health/ready"
+
+Probe = Callable[[], bool]
+"""Answers from the endpoint's thread, so it may only read plain attributes."""
 
 
 class MetricsEndpoint:
-    """Serves one registry from a daemon thread until `stop`."""
+    """Serves one registry, and the health probes, from a daemon thread until `stop`."""
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        ready: Probe | None = None,
+    ) -> None:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
+                if path in (LIVE_PATH, READY_PATH):
+                    ok = path == LIVE_PATH or ready is None or ready()
+                    # Triton answers 200 or 400 with an empty body.
+                    self._answer(200 if ok else 400, b"", "text/plain")
+                    return
                 if path not in PATHS:
                     self._answer(404, b"not found: metrics are at /metrics\n", "text/plain")
                     return

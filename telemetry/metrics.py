@@ -40,7 +40,7 @@ from ferry.common.errors import (
 )
 from ferry.scheduler.observer import BatchRecord
 from ferry.scheduler.request import InferenceResult
-from ferry.telemetry.endpoint import MetricsEndpoint
+from ferry.telemetry.endpoint import MetricsEndpoint, Probe
 from ferry.telemetry.histogram import Histogram, HistogramFamily
 
 LATENCY_BUCKETS = (
@@ -283,9 +283,10 @@ class Metrics(Collector):
 
     # ---- the HTTP endpoint ------------------------------------------------------------------
 
-    def serve(self, host: str, port: int) -> int:
-        """Serve /metrics from a daemon thread; returns the bound port (port 0 picks one)."""
-        self._endpoint = MetricsEndpoint(self.registry, host, port)
+    def serve(self, host: str, port: int, ready: Probe | None = None) -> int:
+        """Serve /metrics (and the HTTP health probes, answering `ready`) from a daemon thread;
+        returns the bound port (port 0 picks one)."""
+        self._endpoint = MetricsEndpoint(self.registry, host, port, ready)
         return self._endpoint.port
 
     def stop(self) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -16,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import start_server, stop_server
+from tests.conftest import RunningServer, start_server, stop_server
 
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
 
@@ -61,6 +63,15 @@ async def load(address: str, signalled: asyncio.Event, senders: int) -> list[tup
     return outcomes
 
 
+def http_status(server: RunningServer, path: str) -> int:
+    base = server.metrics_url.rsplit("/metrics", 1)[0]
+    try:
+        with urllib.request.urlopen(base + path, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.asyncio
 async def test_sigterm_under_load_answers_every_accepted_request(
@@ -78,6 +89,12 @@ async def test_sigterm_under_load_answers_every_accepted_request(
                 health = health_pb2_grpc.HealthStub(channel)
                 reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
                 assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+                # A liveness probe must not kill the pod in the middle of its drain.
+                live = health_pb2.HealthCheckRequest(service="live")
+                reply = await health.Check(live, timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            assert await asyncio.to_thread(http_status, server, "/v2/health/ready") == 400
+            assert await asyncio.to_thread(http_status, server, "/v2/health/live") == 200
         outcomes = await asyncio.wait_for(running, timeout=30)
         assert await asyncio.to_thread(server.process.wait, 30) == 0
     finally:

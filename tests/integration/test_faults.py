@@ -96,7 +96,11 @@ def test_a_huge_name_is_cut_in_the_error_and_the_status_arrives(server: RunningS
     assert len(details) < 300 and "(10000 characters)" in details
 
 
-@pytest.mark.parametrize(("path", "status"), [("/metrics", 200), ("/", 200), ("/healthz", 404)])
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/metrics", 200), ("/", 200), ("/healthz", 404), ("/v2/health/live", 200),
+     ("/v2/health/ready", 200), ("/v2/health/readyz", 404)],
+)
 def test_the_metrics_port_answers_only_where_the_metrics_are(
     server: RunningServer, path: str, status: int
 ) -> None:
@@ -107,7 +111,7 @@ def test_the_metrics_port_answers_only_where_the_metrics_are(
     except urllib.error.HTTPError as exc:
         code, body = exc.code, ""
     assert code == status
-    if status == 200:
+    if status == 200 and not path.startswith("/v2/"):
         assert "nv_inference_request_success" in body
         for gauge in ("ferry_event_loop_tasks", "ferry_memory_budget_bytes"):
             assert gauge in body
