@@ -33,9 +33,10 @@ from ferry.server.admission import Admission
 from ferry.server.config import ServerConfig
 from ferry.server.memory import MemoryBudget, default_budget_bytes
 from ferry.server.observer import RequestObserver
+from ferry.server.readiness import ReadinessState
 from ferry.server.registration import add_inference_service
 from ferry.server.repository import ModelRepository, RepositoryOptions
-from ferry.server.servicer import InferenceServicer, ReadinessState
+from ferry.server.servicer import InferenceServicer
 from ferry.server.stream import StreamLimits
 from ferry.server.tls import server_credentials
 from ferry.telemetry.access_log import AccessLog

@@ -94,8 +94,16 @@ class DecodedRequest:
     nbytes: int = 0
 
 
-def decode(request: pb.ModelInferRequest, sig: Signature) -> DecodedRequest:
+Buffer = bytes | memoryview
+"""An input's data as a front end holds it: protobuf's bytes, or a view into an HTTP body."""
+
+
+def decode(
+    request: pb.ModelInferRequest, sig: Signature, raw: Sequence[Buffer] | None = None
+) -> DecodedRequest:
     """Validated arrays for `request`; InvalidInput naming the tensor for anything wrong.
+    `raw`, when given, holds every input's data (in the order of `request.inputs`) instead of
+    `request.raw_input_contents`; arrays are views over it, not copies.
 
     Every request passes here, so the common case (raw contents, no parameters, every output)
     takes the fewest steps: in a busy server it runs with cold caches, at several times what a
@@ -107,7 +115,8 @@ def decode(request: pb.ModelInferRequest, sig: Signature) -> DecodedRequest:
                 raise Unsupported(
                     f"request parameter '{param}': sequence batching is not supported"
                 )
-    raw = request.raw_input_contents
+    if raw is None:
+        raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(
             f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
@@ -200,7 +209,7 @@ def _check_shape(
     return shape
 
 
-def _from_raw(data: bytes, shape: tuple[int, ...], spec: TensorSpec) -> np.ndarray:
+def _from_raw(data: Buffer, shape: tuple[int, ...], spec: TensorSpec) -> np.ndarray:
     count = math.prod(shape)
     itemsize = spec.datatype.itemsize
     if itemsize is None:
@@ -213,7 +222,7 @@ def _from_raw(data: bytes, shape: tuple[int, ...], spec: TensorSpec) -> np.ndarr
     return np.frombuffer(data, dtype=spec.datatype.numpy).reshape(shape)
 
 
-def _decode_bytes(data: bytes, count: int, name: str) -> np.ndarray:
+def _decode_bytes(data: Buffer, count: int, name: str) -> np.ndarray:
     """BYTES elements: each a 4-byte little-endian length, then that many bytes."""
     out = np.empty(count, dtype=object)
     view = memoryview(data)

@@ -1,8 +1,10 @@
-"""The GRPCInferenceService handlers: decode, hand to the model's scheduler, encode.
+"""The GRPCInferenceService handlers: the gRPC front end.
 
-No batching logic and no backend code lives here. Every handler lets Ferry errors propagate to
-`_rpc`, which turns them into a status through server/errors.py; streaming turns them into
-`error_message` entries and keeps the stream open.
+Inference goes through server/inference.py, answers about the server and its models come from
+server/answers.py (both shared with the HTTP front end); what is gRPC's own lives here: the
+status mapping, streams, the message decoders' refusals. No batching logic and no backend code.
+Every handler lets Ferry errors propagate to `_rpc`, which turns them into a status through
+server/errors.py; streaming turns them into `error_message` entries and keeps the stream open.
 """
 
 from __future__ import annotations
@@ -15,26 +17,22 @@ from typing import Any, TypeVar
 
 import grpc
 
-import ferry
-from ferry.common.errors import FerryError, ModelNotFound, ShuttingDown, Unsupported, shown
+from ferry.common.errors import ShuttingDown, Unsupported
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
-from ferry.scheduler.request import InferenceResult
-from ferry.scheduler.stats import Duration, ModelStats
+from ferry.server import answers
 from ferry.server.admission import Admission
-from ferry.server.codec import decode, encode
 from ferry.server.errors import log_if_unexpected, to_status
+from ferry.server.inference import Inference
 from ferry.server.memory import MemoryBudget
 from ferry.server.observer import RequestObserver
+from ferry.server.readiness import ReadinessState
 from ferry.server.registration import Undecodable
-from ferry.server.repository import READY, ModelRepository, ServedVersion
+from ferry.server.repository import ModelRepository
 from ferry.server.stream import StreamLimits, StreamStopped, answer_stream
 
 log = logging.getLogger("ferry.server")
 
-SERVER_NAME = "ferry"
-SERVER_VERSION = ferry.__version__  # from the installed package's metadata
-EXTENSIONS = ("model_configuration", "statistics", "binary_tensor_data", "parameters")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -69,32 +67,6 @@ def _unimplemented(name: str) -> Handler[Any, Any]:
     return _rpc(handler)
 
 
-class ReadinessState:
-    """Whether the server takes traffic: ready after loading, not ready while draining."""
-
-    def __init__(
-        self, repository: ModelRepository, strict: bool, admission: Admission | None = None
-    ) -> None:
-        self._repository = repository
-        self._strict = strict
-        self._admission = admission or Admission()
-        self.started = False
-
-    @property
-    def draining(self) -> bool:
-        """The server's admission refuses new requests (server/admission.py)."""
-        return self._admission.draining
-
-    @property
-    def ready(self) -> bool:
-        if not self.started or self.draining:
-            return False
-        entries = self._repository.entries()
-        if self._strict:
-            return all(e.state == READY for e in entries)
-        return True
-
-
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self,
@@ -107,10 +79,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> None:
         self._repository = repository
         self._readiness = readiness
-        self._observer = observer or RequestObserver()
+        self._inference = Inference(repository, observer, budget)
         self._admission = admission or Admission()
         self._stream_limits = stream_limits or StreamLimits()
-        self._budget = budget or MemoryBudget(0)
 
     # ---- health and metadata ----------------------------------------------------------------
 
@@ -130,55 +101,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        try:
-            served = self._repository.get(request.name, request.version)
-        except FerryError:  # unknown, or known but not loaded: not ready (as Triton answers)
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(
-            ready=served.scheduler.healthy and not self._readiness.draining
-        )
+        repository, readiness = self._repository, self._readiness
+        ready = answers.model_ready(repository, readiness, request.name, request.version)
+        return pb.ModelReadyResponse(ready=ready)
 
     @_rpc
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS
-        )
+        return answers.server_metadata()
 
     @_rpc
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        served = self._repository.get(request.name, request.version)
-        settings = served.settings
-        sig = settings.signature
-        batch = [-1] if sig.max_batch_size > 0 else []
-        entry = self._repository.entry(served.name)
-        return pb.ModelMetadataResponse(
-            name=served.name,
-            versions=sorted(entry.versions, key=int),
-            platform=settings.config.platform or settings.config.backend,
-            inputs=[
-                pb.ModelMetadataResponse.TensorMetadata(
-                    name=s.name, datatype=s.datatype.name, shape=[*batch, *s.dims]
-                )
-                for s in sig.inputs.values()
-            ],
-            outputs=[
-                pb.ModelMetadataResponse.TensorMetadata(
-                    name=s.name, datatype=s.datatype.name, shape=[*batch, *s.dims]
-                )
-                for s in sig.outputs.values()
-            ],
-        )
+        return answers.model_metadata(self._repository, request.name, request.version)
 
     @_rpc
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
-        served = self._repository.get(request.name, request.version)
-        return pb.ModelConfigResponse(config=served.settings.config)
+        return answers.model_config(self._repository, request.name, request.version)
 
     # ---- inference --------------------------------------------------------------------------
 
@@ -257,60 +200,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         if isinstance(request, Undecodable):
             raise request.refuse()
-        observer = self._observer
-        record = observer.begin(
-            method,
-            metadata,
-            request.model_name,
-            request.model_version,
-            request.id,
-            _rows(request) if observer.access_log is not None else 0,
-        )
-        result: InferenceResult | None = None
-        budget = self._budget
-        held = 0
-        try:
-            served = record.served = self._repository.get(
-                request.model_name, request.model_version
-            )
-            sig = served.settings.signature
-            decoded = decode(request, sig)
-            cost = MemoryBudget.cost(decoded.nbytes, decoded.rows * sig.output_row_bytes)
-            budget.hold(cost)
-            held = cost
-            deadline_ns = (
-                None
-                if time_remaining_s is None
-                else record.start_ns + int(time_remaining_s * 1e9)
-            )
-            result = await served.scheduler.infer(
-                decoded.inputs,
-                decoded.rows,
-                priority=decoded.priority,
-                timeout_s=decoded.timeout_s,
-                deadline_ns=deadline_ns,
-                request_id=request.id,
-                nbytes=decoded.nbytes,
-                trace=None if record.span is None else record.span.get_span_context(),
-            )
-            response = encode(
-                result.outputs,
-                decoded.outputs,
-                sig,
-                model_name=served.name,
-                model_version=served.version,
-                request_id=request.id,
-            )
-            # Provenance: which artifact produced this answer.
-            response.parameters["model_version"].string_param = served.version
-            response.parameters["model_sha256"].string_param = served.sha256
-        except BaseException as exc:
-            budget.release(held)
-            observer.end(record, None, exc, _code(exc))
-            raise
-        budget.release(held)
-        observer.end(record, result, None, "OK")
-        return response
+        return await self._inference.infer(request, time_remaining_s, metadata, method)
 
     # ---- statistics and repository ----------------------------------------------------------
 
@@ -318,41 +208,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        if request.name:
-            served = self._repository.get(request.name, request.version)
-            chosen = (
-                [served]
-                if request.version
-                else [v for v in self._repository.served() if v.name == request.name]
-            )
-        else:
-            chosen = self._repository.served()
-        return pb.ModelStatisticsResponse(model_stats=[_statistics(v) for v in chosen])
+        return answers.model_statistics(self._repository, request.name, request.version)
 
     @_rpc
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
-        if request.repository_name:
-            raise ModelNotFound(
-                f"unknown repository '{shown(request.repository_name)}' (Ferry serves one, unnamed)"
-            )
-        models: list[pb.RepositoryIndexResponse.ModelIndex] = []
-        for entry in self._repository.entries():
-            if entry.versions:
-                models.extend(
-                    pb.RepositoryIndexResponse.ModelIndex(
-                        name=entry.name, version=version, state=entry.state
-                    )
-                    for version in sorted(entry.versions, key=int)
-                )
-            elif not request.ready:
-                models.append(
-                    pb.RepositoryIndexResponse.ModelIndex(
-                        name=entry.name, state=entry.state, reason=entry.reason
-                    )
-                )
-        return pb.RepositoryIndexResponse(models=models)
+        return answers.repository_index(self._repository, request.repository_name, request.ready)
 
     RepositoryModelLoad = _unimplemented("RepositoryModelLoad")
     RepositoryModelUnload = _unimplemented("RepositoryModelUnload")
@@ -366,45 +228,3 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     LogSettings = _unimplemented("LogSettings")
 
 
-def _rows(request: pb.ModelInferRequest) -> int:
-    """The rows a request says it sends (its first input's first dim), for the access log."""
-    return int(request.inputs[0].shape[0]) if request.inputs and request.inputs[0].shape else 0
-
-
-def _code(error: BaseException) -> str:
-    """The status name a failed request got; CANCELLED when its caller went away."""
-    if isinstance(error, asyncio.CancelledError):
-        return "CANCELLED"
-    return str(to_status(error)[0].name)
-
-
-def _duration(d: Duration) -> pb.StatisticDuration:
-    return pb.StatisticDuration(count=d.count, ns=d.ns)
-
-
-def _statistics(served: ServedVersion) -> pb.ModelStatistics:
-    s: ModelStats = served.scheduler.stats
-    return pb.ModelStatistics(
-        name=served.name,
-        version=served.version,
-        last_inference=s.last_inference_ms,
-        inference_count=s.inference_count,
-        execution_count=s.execution_count,
-        inference_stats=pb.InferStatistics(
-            success=_duration(s.success),
-            fail=_duration(s.fail),
-            queue=_duration(s.queue),
-            compute_input=_duration(s.compute_input),
-            compute_infer=_duration(s.compute_infer),
-            compute_output=_duration(s.compute_output),
-        ),
-        batch_stats=[
-            pb.InferBatchStatistics(
-                batch_size=size,
-                compute_input=_duration(b.compute_input),
-                compute_infer=_duration(b.compute_infer),
-                compute_output=_duration(b.compute_output),
-            )
-            for size, b in sorted(s.batch_stats.items())
-        ],
-    )

@@ -1,0 +1,134 @@
+"""What the server says about itself and its models, as protocol messages both front ends send:
+the gRPC servicer returns them as they are, the HTTP routes as JSON (server/http/json_form.py).
+
+One builder per question, so that the two protocols cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ferry
+from ferry.common.errors import FerryError, ModelNotFound, shown
+from ferry.proto import grpc_service_pb2 as pb
+from ferry.scheduler.stats import Duration, ModelStats
+from ferry.server.readiness import ReadinessState
+from ferry.server.repository import ModelRepository, ServedVersion
+
+SERVER_NAME = "ferry"
+SERVER_VERSION = ferry.__version__  # from the installed package's metadata
+EXTENSIONS = ("model_configuration", "statistics", "binary_tensor_data", "parameters")
+
+
+def server_metadata() -> pb.ServerMetadataResponse:
+    return pb.ServerMetadataResponse(
+        name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS
+    )
+
+
+def model_ready(
+    repository: ModelRepository, readiness: ReadinessState, name: str, version: str
+) -> bool:
+    try:
+        served = repository.get(name, version)
+    except FerryError:  # unknown, or known but not loaded: not ready (as Triton answers)
+        return False
+    return served.scheduler.healthy and not readiness.draining
+
+
+def model_metadata(
+    repository: ModelRepository, name: str, version: str
+) -> pb.ModelMetadataResponse:
+    served = repository.get(name, version)
+    settings = served.settings
+    sig = settings.signature
+    batch = [-1] if sig.max_batch_size > 0 else []
+    entry = repository.entry(served.name)
+    return pb.ModelMetadataResponse(
+        name=served.name,
+        versions=sorted(entry.versions, key=int),
+        platform=settings.config.platform or settings.config.backend,
+        inputs=[
+            pb.ModelMetadataResponse.TensorMetadata(
+                name=s.name, datatype=s.datatype.name, shape=[*batch, *s.dims]
+            )
+            for s in sig.inputs.values()
+        ],
+        outputs=[
+            pb.ModelMetadataResponse.TensorMetadata(
+                name=s.name, datatype=s.datatype.name, shape=[*batch, *s.dims]
+            )
+            for s in sig.outputs.values()
+        ],
+    )
+
+
+def model_config(repository: ModelRepository, name: str, version: str) -> pb.ModelConfigResponse:
+    return pb.ModelConfigResponse(config=repository.get(name, version).settings.config)
+
+
+def model_statistics(
+    repository: ModelRepository, name: str, version: str
+) -> pb.ModelStatisticsResponse:
+    """Every served version's statistics; those of one model, or one version, when named."""
+    if name:
+        served = repository.get(name, version)
+        chosen = [served] if version else [v for v in repository.served() if v.name == name]
+    else:
+        chosen = repository.served()
+    return pb.ModelStatisticsResponse(model_stats=[_statistics(v) for v in chosen])
+
+
+def repository_index(
+    repository: ModelRepository, repository_name: str, ready_only: bool
+) -> pb.RepositoryIndexResponse:
+    if repository_name:
+        raise ModelNotFound(
+            f"unknown repository '{shown(repository_name)}' (Ferry serves one, unnamed)"
+        )
+    models: list[pb.RepositoryIndexResponse.ModelIndex] = []
+    for entry in repository.entries():
+        if entry.versions:
+            models.extend(
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=entry.name, version=version, state=entry.state
+                )
+                for version in sorted(entry.versions, key=int)
+            )
+        elif not ready_only:
+            models.append(
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=entry.name, state=entry.state, reason=entry.reason
+                )
+            )
+    return pb.RepositoryIndexResponse(models=models)
+
+
+def _duration(d: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def _statistics(served: ServedVersion) -> pb.ModelStatistics:
+    s: ModelStats = served.scheduler.stats
+    return pb.ModelStatistics(
+        name=served.name,
+        version=served.version,
+        last_inference=s.last_inference_ms,
+        inference_count=s.inference_count,
+        execution_count=s.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(s.success),
+            fail=_duration(s.fail),
+            queue=_duration(s.queue),
+            compute_input=_duration(s.compute_input),
+            compute_infer=_duration(s.compute_infer),
+            compute_output=_duration(s.compute_output),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=size,
+                compute_input=_duration(b.compute_input),
+                compute_infer=_duration(b.compute_infer),
+                compute_output=_duration(b.compute_output),
+            )
+            for size, b in sorted(s.batch_stats.items())
+        ],
+    )
