@@ -93,6 +93,7 @@ def serve(repo: Path, per_gpu: int, gpus: str, log: Path) -> tuple[subprocess.Po
     command = [
         sys.executable, "-m", "ferry", "serve", "--model-repository", str(repo),
         "--workers", f"gpu:{per_gpu}", "--grpc-port", str(port), "--metrics-port", "-1",
+        "--http-port", "-1",
     ]  # fmt: skip
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT

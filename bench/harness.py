@@ -43,7 +43,8 @@ def ferry(
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start Ferry on a free loopback port serving `repo` (on `cpus` only, when given)."""
     command = [*python(cpus), "-m", "ferry", "serve", "--model-repository", str(repo)]
-    return start([*command, "--grpc-port", "0", "--metrics-port", "0", *extra], log)
+    ports = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
+    return start([*command, *ports, *extra], log)
 
 
 def python(cpus: set[int] | None = None) -> list[str]:

@@ -31,6 +31,8 @@ from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto._pool import POOL
 from ferry.server.admission import Admission
 from ferry.server.config import ServerConfig
+from ferry.server.http.listener import HttpListener, listen
+from ferry.server.http.routes import HttpContext, build_app
 from ferry.server.memory import MemoryBudget, default_budget_bytes
 from ferry.server.observer import RequestObserver
 from ferry.server.readiness import ReadinessState
@@ -109,6 +111,8 @@ class FerryServer:
         self.budget = MemoryBudget(default_budget_bytes() if budget is None else budget)
         self._health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._http: HttpListener | None = None
+        self.http_port: int | None = None
         self.tcp_port: int | None = None
         self.addresses: list[str] = []
 
@@ -150,6 +154,22 @@ class FerryServer:
             self.addresses.append(f"unix:{self.config.unix_socket}")
         await server.start()
         self._server = server
+        if self.config.http_port >= 0:
+            context = HttpContext(
+                self.repository, self.readiness, servicer.inference, self.admission, self.budget
+            )
+            self._http = await listen(
+                build_app(context, self.config.max_message_bytes),
+                self.config.host,
+                self.config.http_port,
+                self.config.tls,
+                self.config.reuse_port,
+            )
+            host = self.config.host
+            shown = f"[{host}]" if ":" in host else host
+            scheme = "http" if self.config.tls is None else "https"
+            self.http_port = self._http.port
+            log.info("HTTP on %s://%s:%d", scheme, shown, self.http_port)
         if self.telemetry.metrics is not None:
             host = self.config.host
             self.metrics_port = self.telemetry.metrics.serve(
@@ -234,6 +254,8 @@ class FerryServer:
                     self.admission.inside,
                 )
             await self._server.stop(STOP_GRACE_S)
+        if self._http is not None:
+            await self._http.stop()
         await self.repository.stop()
         if self._sampler is not None:
             self._sampler.cancel()

@@ -25,6 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repository", required=True, type=Path, metavar="DIR")
     serve.add_argument("--host", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
     serve.add_argument("--grpc-port", type=int, default=8001, help="TCP port; 0 picks a free one")
+    serve.add_argument(
+        "--http-port",
+        type=int,
+        default=8000,
+        help="HTTP/REST port (KServe v2 REST, as Triton; default 8000; 0 picks one; -1 off)",
+    )
     serve.add_argument("--unix-socket", metavar="PATH", help="also listen on this Unix socket")
     serve.add_argument(
         "--max-message-bytes",
@@ -173,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_repository=args.model_repository,
             host=args.host,
             grpc_port=args.grpc_port,
+            http_port=args.http_port,
             unix_socket=args.unix_socket,
             max_message_bytes=args.max_message_bytes,
             default_max_batch_size=args.default_max_batch_size,
@@ -214,10 +221,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("ferry: several workers share a TCP port; a Unix socket cannot be shared "
                   "(drop --unix-socket or use --workers 1)", file=sys.stderr)  # fmt: skip
             return 2
-        from ferry.server.workers import supervise
+        from ferry.server.workers import Ports, supervise
 
         own = list(argv)[1:] if argv is not None else sys.argv[2:]  # what follows "serve"
-        return supervise(own, workers, config.host, config.grpc_port, config.metrics_port, devices)
+        return supervise(
+            own,
+            workers,
+            config.host,
+            Ports(config.grpc_port, config.http_port, config.metrics_port),
+            devices,
+        )
     import uvloop
 
     from ferry.server.app import serve

@@ -36,6 +36,8 @@ class ServerConfig:
         ModelStreamInfer stream may have read and not yet answered; past either the server
         stops reading the stream until answers drain, so a client that never reads its answers
         cannot grow the server.
+    http_port: the HTTP/REST front end (KServe v2 REST, as Triton) on this port (same host and
+        TLS as gRPC); 0 picks a free one, < 0 = off.
     metrics_port: Prometheus /metrics on this port (same host); 0 picks a free one, < 0 = off.
     tracing: where spans go and which share of requests is traced (telemetry/tracing.py).
     access_log: write one JSON line per sampled request here ("-" = stderr); None = off.
@@ -45,6 +47,7 @@ class ServerConfig:
     model_repository: Path
     host: str = "127.0.0.1"
     grpc_port: int = 8001
+    http_port: int = -1
     unix_socket: str | None = None
     tls: TlsConfig | None = None
     max_message_bytes: int = 256 * 1024 * 1024
@@ -76,6 +79,8 @@ class ServerConfig:
             raise ValueError(f"memory_budget_bytes must be >= 0, got {self.memory_budget_bytes}")
         if self.max_queue_bytes < 0:
             raise ValueError(f"max_queue_bytes must be >= 0, got {self.max_queue_bytes}")
+        if self.http_port > 65535:
+            raise ValueError(f"http_port must be <= 65535, got {self.http_port}")
         if self.metrics_port > 65535:
             raise ValueError(f"metrics_port must be <= 65535, got {self.metrics_port}")
         if not 0.0 < self.access_log_sample <= 1.0:

@@ -79,7 +79,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> None:
         self._repository = repository
         self._readiness = readiness
-        self._inference = Inference(repository, observer, budget)
+        self.inference = Inference(repository, observer, budget)
         self._admission = admission or Admission()
         self._stream_limits = stream_limits or StreamLimits()
 
@@ -200,7 +200,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         if isinstance(request, Undecodable):
             raise request.refuse()
-        return await self._inference.infer(request, time_remaining_s, metadata, method)
+        return await self.inference.infer(request, time_remaining_s, metadata, method)
 
     # ---- statistics and repository ----------------------------------------------------------
 

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 log = logging.getLogger("ferry.server")
 
@@ -36,29 +37,45 @@ def _free_port(host: str) -> tuple[socket.socket, int]:
     return holder, int(holder.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Ports:
+    """The ports every worker shares (grpc, http; 0: one picked for all, < 0: off) and the first
+    metrics port (worker i serves metrics on metrics + i)."""
+
+    grpc: int
+    http: int
+    metrics: int
+
+
 def supervise(
     argv: Sequence[str],
     workers: int,
     host: str,
-    port: int,
-    metrics_port: int,
+    ports: Ports,
     devices: Sequence[str] = (),
 ) -> int:
-    """Run `workers` copies of `ferry serve argv` on one port until a signal; return the code.
+    """Run `workers` copies of `ferry serve argv` on shared ports until a signal; return the code.
 
     With `devices` (GPU or MIG UUIDs, one per worker), worker i sees only devices[i]
     (CUDA_VISIBLE_DEVICES), which is how a CUDA process gets a MIG instance at all.
     """
-    holder = None
+    holders: list[socket.socket] = []
+    port, http_port = ports.grpc, ports.http
     if port == 0:
         holder, port = _free_port(host)
+        holders.append(holder)
+    if http_port == 0:
+        holder, http_port = _free_port(host)
+        holders.append(holder)
+    metrics_port = ports.metrics
     processes: list[subprocess.Popen[bytes]] = []
     for index in range(workers):
         metrics = metrics_port if metrics_port <= 0 else metrics_port + index
         command = [
             sys.executable, "-m", "ferry", "serve", *argv,
             "--workers", "1", "--reuse-port",
-            "--grpc-port", str(port), "--metrics-port", str(metrics),
+            "--grpc-port", str(port), "--http-port", str(http_port),
+            "--metrics-port", str(metrics),
         ]  # fmt: skip
         environment = dict(os.environ)
         if devices:
@@ -90,7 +107,7 @@ def supervise(
                 return 1
             time.sleep(0.2)
     finally:
-        if holder is not None:
+        for holder in holders:
             holder.close()
         for process in processes:
             if process.poll() is None:

@@ -34,6 +34,7 @@ class RunningServer:
     log_path: Path
     log_file: IO[str]
     metrics_url: str = ""
+    http_url: str = ""  # http://127.0.0.1:PORT (the first worker's line; they share the port)
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -55,6 +56,8 @@ def start_server(repo: Path, workdir: Path, *extra: str, workers: int = 1) -> Ru
             "--model-repository",
             str(repo),
             "--grpc-port",
+            "0",
+            "--http-port",
             "0",
             *listen,
             "--no-strict-readiness",
@@ -80,6 +83,7 @@ def start_server(repo: Path, workdir: Path, *extra: str, workers: int = 1) -> Ru
             with grpc.insecure_channel(address) as channel:
                 grpc.channel_ready_future(channel).result(timeout=10)
             metrics = re.search(r"metrics on (\S+)", log_path.read_text())
+            http = re.search(r"HTTP on (\S+)", log_path.read_text())
             return RunningServer(
                 process,
                 address,
@@ -87,6 +91,7 @@ def start_server(repo: Path, workdir: Path, *extra: str, workers: int = 1) -> Ru
                 log_path,
                 log_file,
                 metrics.group(1) if metrics else "",
+                http.group(1) if http else "",
             )
         if process.poll() is not None:
             break

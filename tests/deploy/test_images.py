@@ -174,7 +174,8 @@ def test_the_cpu_image_steps_work_outside_the_image(tmp_path: Path) -> None:
     port = _free_port()
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
-        [*entrypoint, *command, "--grpc-port", str(port), "--metrics-port", "-1"],
+        [*entrypoint, *command, "--grpc-port", str(port), "--http-port", "-1",
+         "--metrics-port", "-1"],
         env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

@@ -88,7 +88,8 @@ def test_one_worker_per_gpu_sees_only_its_device(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     with log.open("w") as sink:
         command = [sys.executable, "-m", "ferry", "serve", "--model-repository", str(repo)]
-        command += ["--grpc-port", "0", "--metrics-port", "0", "--workers", "gpu"]
+        command += ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
+        command += ["--workers", "gpu"]
         supervisor = subprocess.Popen(command, cwd=root, stdout=sink, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 120

@@ -1,11 +1,16 @@
-"""TLS and mutual TLS on the gRPC listener: served with TLS, plaintext refused, a client without
-the right certificate refused under mTLS, and a rotated certificate taken up without a restart."""
+"""TLS and mutual TLS on the gRPC and HTTP listeners: served with TLS, plaintext refused, a
+client without the right certificate refused under mTLS, and a rotated certificate taken up
+without a restart."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
+import ssl
+import urllib.request
 from collections.abc import AsyncIterator
+from typing import Any
 from pathlib import Path
 
 import grpc
@@ -39,6 +44,23 @@ async def live(address: str, credentials: grpc.ChannelCredentials | None) -> grp
         await channel.close()
 
 
+def https_live(port: int, ca: Authority | None, client: Issued | None, folder: Path) -> str:
+    """GET /v2/health/live over a fresh connection: "200", or what refused it."""
+    if ca is None:
+        url, context = f"http://127.0.0.1:{port}/v2/health/live", None
+    else:
+        url = f"https://127.0.0.1:{port}/v2/health/live"
+        context = ssl.create_default_context(cadata=ca.pem.decode())
+        if client is not None:
+            cert, key = client.write(folder, f"client-{os.urandom(4).hex()}")
+            context.load_cert_chain(cert, key)
+    try:
+        with urllib.request.urlopen(url, timeout=5, context=context) as response:
+            return str(response.status)
+    except (OSError, http.client.HTTPException) as exc:
+        return type(exc).__name__
+
+
 def trusting(ca: Authority, client: Issued | None = None) -> grpc.ChannelCredentials:
     if client is None:
         return grpc.ssl_channel_credentials(root_certificates=ca.pem)
@@ -54,7 +76,7 @@ async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[FerryServer, Authori
     client_ca = tmp_path / "tls" / "clients.crt"
     client_ca.write_bytes(ca.pem)
     config = ServerConfig(
-        repo, grpc_port=0, metrics_port=-1, tls=TlsConfig(cert, key, client_ca)
+        repo, grpc_port=0, http_port=0, metrics_port=-1, tls=TlsConfig(cert, key, client_ca)
     )
     server = FerryServer(config)
     await server.start()
@@ -78,6 +100,24 @@ async def test_mutual_tls_admits_only_clients_the_ca_signed(
 
 
 @pytest.mark.asyncio
+async def test_https_under_mutual_tls_admits_only_clients_the_ca_signed(
+    tls_server: tuple[FerryServer, Authority, Path], tmp_path: Path
+) -> None:
+    server, ca, _ = tls_server
+    port = server.http_port
+    assert port is not None
+
+    def ask(ca_: Authority | None, client: Issued | None) -> Any:
+        return asyncio.to_thread(https_live, port, ca_, client, tmp_path)
+
+    assert await ask(ca, ca.issue("client", client=True)) == "200"
+    assert await ask(None, None) != "200"  # plaintext
+    assert await ask(ca, None) != "200"  # no client certificate
+    stranger = Authority("another CA").issue("client", client=True)
+    assert await ask(ca, stranger) != "200"
+
+
+@pytest.mark.asyncio
 async def test_a_rotated_certificate_is_used_without_a_restart(
     tls_server: tuple[FerryServer, Authority, Path],
 ) -> None:
@@ -95,6 +135,12 @@ async def test_a_rotated_certificate_is_used_without_a_restart(
     await asyncio.sleep(0)
     assert await live(address, trusting(rotated, client)) == grpc.StatusCode.OK
     assert await live(address, trusting(ca, client)) == grpc.StatusCode.UNAVAILABLE
+    # The HTTP listener takes the rotated certificate too.
+    port = server.http_port
+    assert port is not None
+    folder_ = folder.parent
+    assert await asyncio.to_thread(https_live, port, rotated, client, folder_) == "200"
+    assert await asyncio.to_thread(https_live, port, ca, client, folder_) != "200"
 
 
 @pytest.mark.parametrize(

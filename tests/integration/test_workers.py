@@ -37,7 +37,7 @@ def test_two_workers_share_the_port_and_stop_together(model_repo: Path, tmp_path
     log = tmp_path / "workers.log"
     with log.open("w") as sink:
         command = [sys.executable, "-m", "ferry", "serve", "--model-repository", str(model_repo)]
-        command += ["--grpc-port", "0", "--metrics-port", "0", "--workers", "2"]
+        command += ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", "--workers", "2"]
         command += ["--no-strict-readiness", "--drain-timeout", "5"]
         supervisor = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
         try:
