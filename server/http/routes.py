@@ -181,6 +181,7 @@ class _Routes:
                 f"Exceeds the server's memory budget: a {length}-byte request does not fit what "
                 "requests in flight leave of it"
             )
+        context.repository.get(name, version)  # an unknown model is 404 whatever the body holds
         context.admission.enter()
         try:
             body = await request.read()

@@ -10,8 +10,8 @@ import os
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
