@@ -86,9 +86,9 @@ def test_an_answer_reads_back_as_its_outputs(
         response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
     wanted = {f"out{i}": as_binary for i, (_, _, as_binary) in enumerate(chosen)}
     outputs = [{"name": n, "parameters": {"binary_data": b}} for n, b in wanted.items()]
-    request = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1],
-                                      "data": [0.0]}], "outputs": outputs,
-                          "parameters": {"binary_data_output": binary_default}}).encode()  # fmt: skip
+    one = {"name": "x", "datatype": "FP32", "shape": [1], "data": [0.0]}
+    parameters = {"binary_data_output": binary_default}
+    request = json.dumps({"inputs": [one], "outputs": outputs, "parameters": parameters}).encode()
     parsed = parse_infer(request, None, "m", "")
     body, header_length = render_infer(response, parsed)
     header = json.loads(body[:header_length] if header_length is not None else body)
@@ -146,8 +146,9 @@ def test_json_data_that_would_wrap_or_truncate_is_refused(
 
 def test_binary_inputs_are_views_into_the_body_not_copies() -> None:
     data = np.arange(4, dtype=np.float32).tobytes()
-    header = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4],
-                                     "parameters": {"binary_data_size": 16}}]}).encode()  # fmt: skip
+    tensor = {"name": "x", "datatype": "FP32", "shape": [1, 4],
+              "parameters": {"binary_data_size": 16}}  # fmt: skip
+    header = json.dumps({"inputs": [tensor]}).encode()
     body = header + data
     parsed = parse_infer(body, str(len(header)), "m", "")
     view = parsed.raw[0]
