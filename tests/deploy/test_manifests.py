@@ -135,7 +135,9 @@ def test_probes_ask_the_grpc_health_service_on_the_serving_port(
     ferry = ferry_container(deployment)
     port = int(flag(ferry, "grpc-port") or 0)
     declared = {p["containerPort"] for p in ferry["ports"]}
-    assert port in declared
+    assert {port, int(flag(ferry, "http-port") or 0), int(flag(ferry, "metrics-port") or 0)} == (
+        declared
+    )
     # Liveness must stay SERVING while draining: it asks "live", never readiness ("").
     assert ferry["livenessProbe"]["grpc"] == {"port": port, "service": "live"}
     assert ferry["startupProbe"]["grpc"] == {"port": port, "service": "live"}
@@ -289,9 +291,10 @@ def test_the_runtime_and_the_service_agree() -> None:
     assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
     (container,) = runtime["spec"]["containers"]
     assert flag(container, "model-repository") == "/mnt/models"  # where KServe puts the model
+    assert "v2" in runtime["spec"]["protocolVersions"]
+    assert flag(container, "http-port") == "8080"  # where KServe sends REST by default
     port = int(flag(container, "grpc-port") or 0)
-    assert [p["containerPort"] for p in container["ports"]] == [port]
-    assert [p["containerPort"] for p in model["ports"]] == [port]
+    assert [(p["name"], p["containerPort"]) for p in model["ports"]] == [("h2c", port)]
     assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == flag(
         container, "metrics-port"
     )

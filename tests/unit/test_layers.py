@@ -29,10 +29,12 @@ MAY_IMPORT: dict[str, set[str]] = {
 """Ferry packages each layer may import (besides itself)."""
 
 MAY_NOT_USE: dict[str, set[str]] = {
-    "common": {"grpc", "google", "onnxruntime", "cuda", "opentelemetry", "prometheus_client"},
-    "engines": {"grpc", "google", "opentelemetry", "prometheus_client"},
-    "scheduler": {"grpc", "google", "onnxruntime", "cuda", "opentelemetry", "prometheus_client"},
-    "telemetry": {"grpc", "google"},
+    "common": {"grpc", "google", "onnxruntime", "cuda", "opentelemetry", "prometheus_client",
+               "aiohttp"},
+    "engines": {"grpc", "google", "opentelemetry", "prometheus_client", "aiohttp"},
+    "scheduler": {"grpc", "google", "onnxruntime", "cuda", "opentelemetry", "prometheus_client",
+                  "aiohttp"},
+    "telemetry": {"grpc", "google", "aiohttp"},
 }
 """Libraries a layer must not touch: the scheduler knows no gRPC, protobuf or backend library;
 engines know no wire protocol; errors and datatypes are plain Python."""
@@ -145,3 +147,12 @@ def test_no_import_cycle_anywhere() -> None:
         if module not in index:
             visit(module)
     assert not cycles, f"import cycles: {cycles}"
+
+
+def test_only_the_http_front_end_touches_aiohttp() -> None:
+    users = {
+        name
+        for name, path in MODULES.items()
+        if any(i == "aiohttp" or i.startswith("aiohttp.") for i in _imports(path))
+    }
+    assert users and all(name.startswith("ferry.server.http.") for name in users), users

@@ -44,7 +44,7 @@ def test_workers_gpu_starts_one_worker_per_gpu_or_mig_instance(
     monkeypatch.setattr(devices, "discover", lambda: real(environ={}, nvml=mig_host()))
     started: dict[str, Any] = {}
 
-    def supervise(argv: Any, workers: int, host: str, port: int, metrics: int, found: Any) -> int:
+    def supervise(argv: Any, workers: int, host: str, ports: Any, found: Any) -> int:
         started.update(workers=workers, devices=list(found))
         return 0
 
