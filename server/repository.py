@@ -104,7 +104,8 @@ class ModelRepository:
     def entry(self, name: str) -> ModelEntry:
         entry = self._models.get(name)
         if entry is None:
-            raise ModelNotFound(f"unknown model '{shown(name)}'")
+            # Triton's wording, which clients and scripts match on.
+            raise ModelNotFound(f"Request for unknown model: '{shown(name)}' is not found")
         return entry
 
     def get(self, name: str, version: str = "") -> ServedVersion:

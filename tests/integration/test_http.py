@@ -40,6 +40,9 @@ ARRAYS = {
 }
 
 
+UNKNOWN = "Request for unknown model: 'no_such_model' is not found"  # Triton's words
+
+
 def host(server: RunningServer) -> str:
     return server.http_url.removeprefix("http://")
 
@@ -255,8 +258,8 @@ def test_a_value_out_of_range_is_refused_not_wrapped(server: RunningServer) -> N
 @pytest.mark.parametrize(
     ("method", "path", "status", "message"),
     [
-        ("POST", "/v2/models/no_such_model/infer", 404, "unknown model 'no_such_model'"),
-        ("GET", "/v2/models/no_such_model", 404, "unknown model 'no_such_model'"),
+        ("POST", "/v2/models/no_such_model/infer", 404, UNKNOWN),
+        ("GET", "/v2/models/no_such_model", 404, UNKNOWN),
         ("GET", "/v2/models/versioned/versions/7/config", 404, "version"),
         ("GET", "/v2/models/versioned/versions/x/config", 404, "has no version 'x'"),
         ("GET", "/v2/nowhere", 404, "no such path: /v2/nowhere"),
