@@ -34,6 +34,14 @@ class ModelNotFound(FerryError):
     """The named model or model version is not in the repository."""
 
 
+class AlreadyExists(FerryError):
+    """The name is taken (a shared-memory region registered twice)."""
+
+
+class LimitExceeded(FerryError):
+    """A server-side bound on what a caller may hold (regions, mapped bytes) would be passed."""
+
+
 class Unsupported(FerryError):
     """The request asks for a feature Ferry does not implement."""
 

@@ -12,10 +12,18 @@ from ferry.proto import grpc_service_pb2 as pb
 from ferry.scheduler.stats import Duration, ModelStats
 from ferry.server.readiness import ReadinessState
 from ferry.server.repository import ModelRepository, ServedVersion
+from ferry.server.shared_memory import SharedMemoryRegistry
 
 SERVER_NAME = "ferry"
 SERVER_VERSION = ferry.__version__  # from the installed package's metadata
-EXTENSIONS = ("model_configuration", "statistics", "binary_tensor_data", "parameters")
+EXTENSIONS = (
+    "model_configuration",
+    "system_shared_memory",
+    "statistics",
+    "binary_tensor_data",
+    "parameters",
+)
+"""What Ferry serves, in Triton's names: clients and perf_analyzer read this list."""
 
 
 def server_metadata() -> pb.ServerMetadataResponse:
@@ -132,3 +140,16 @@ def _statistics(served: ServedVersion) -> pb.ModelStatistics:
             for size, b in sorted(s.batch_stats.items())
         ],
     )
+
+
+def system_shared_memory_status(
+    regions: SharedMemoryRegistry, name: str
+) -> pb.SystemSharedMemoryStatusResponse:
+    response = pb.SystemSharedMemoryStatusResponse()
+    for region in regions.status(name):
+        response.regions[region.name].CopyFrom(
+            pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size
+            )
+        )
+    return response

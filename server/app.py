@@ -39,6 +39,7 @@ from ferry.server.readiness import ReadinessState
 from ferry.server.registration import add_inference_service
 from ferry.server.repository import ModelRepository, RepositoryOptions
 from ferry.server.servicer import InferenceServicer
+from ferry.server.shared_memory import SharedMemoryRegistry
 from ferry.server.stream import StreamLimits
 from ferry.server.tls import server_credentials
 from ferry.telemetry.access_log import AccessLog
@@ -112,6 +113,7 @@ class FerryServer:
         self._health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._http: HttpListener | None = None
+        self.regions = SharedMemoryRegistry()
         self.http_port: int | None = None
         self.tcp_port: int | None = None
         self.addresses: list[str] = []
@@ -132,6 +134,7 @@ class FerryServer:
             self.admission,
             StreamLimits(self.config.max_stream_requests, self.config.max_stream_bytes),
             self.budget,
+            self.regions,
         )
         add_inference_service(servicer, server, self.budget)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

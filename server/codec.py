@@ -324,8 +324,11 @@ def encode(
     model_name: str,
     model_version: str,
     request_id: str,
+    targets: Mapping[str, memoryview] | None = None,
 ) -> pb.ModelInferResponse:
-    """The response: requested outputs as raw bytes (one copy each), in the order asked."""
+    """The response: requested outputs as raw bytes (one copy each), in the order asked. An
+    output with a target (a shared memory slice) is written there instead, and its
+    raw_output_contents entry left empty, so that entries stay aligned with outputs."""
     response = pb.ModelInferResponse(
         model_name=model_name, model_version=model_version, id=request_id
     )
@@ -336,8 +339,32 @@ def encode(
         tensor.name = name
         tensor.datatype = dt.name
         tensor.shape.extend(array.shape)
-        response.raw_output_contents.append(to_raw(array, dt))
+        target = None if targets is None else targets.get(name)
+        if target is None:
+            response.raw_output_contents.append(to_raw(array, dt))
+        else:
+            tensor.parameters["shared_memory_byte_size"].uint64_param = _write(array, dt, target)
+            response.raw_output_contents.append(b"")
     return response
+
+
+def _write(array: np.ndarray, dt: DataType, target: memoryview) -> int:
+    """Write `array` into `target` as the protocol carries `dt` (one copy); the bytes written."""
+    if dt.name == "BYTES":
+        data = to_raw(array, dt)
+        need = len(data)
+    else:
+        need = array.size * dt.numpy.itemsize
+    if need > len(target):
+        raise InvalidInput(
+            f"output needs {need} bytes, but its shared memory slice holds {len(target)}"
+        )
+    if dt.name == "BYTES":
+        target[:need] = data
+    else:
+        place = np.frombuffer(target, dtype=dt.numpy, count=array.size).reshape(array.shape)
+        np.copyto(place, array, casting="unsafe")
+    return need
 
 
 def to_raw(array: np.ndarray, dt: DataType) -> bytes:

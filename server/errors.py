@@ -15,10 +15,12 @@ import logging
 import grpc
 
 from ferry.common.errors import (
+    AlreadyExists,
     DeadlineExceeded,
     EngineError,
     FerryError,
     InvalidInput,
+    LimitExceeded,
     ModelLoadError,
     ModelNotFound,
     Unavailable,
@@ -30,6 +32,8 @@ log = logging.getLogger("ferry.server")
 
 STATUS: dict[type[FerryError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,

@@ -21,6 +21,7 @@ from ferry.server.errors import to_status
 from ferry.server.memory import MemoryBudget
 from ferry.server.observer import RequestObserver
 from ferry.server.repository import ModelRepository
+from ferry.server.shared_memory import SharedMemoryRegistry
 
 
 class Inference:
@@ -29,10 +30,12 @@ class Inference:
         repository: ModelRepository,
         observer: RequestObserver | None = None,
         budget: MemoryBudget | None = None,
+        regions: SharedMemoryRegistry | None = None,
     ) -> None:
         self._repository = repository
         self._observer = observer or RequestObserver()
         self._budget = budget or MemoryBudget(0)
+        self.regions = regions or SharedMemoryRegistry()
 
     async def infer(
         self,
@@ -40,10 +43,11 @@ class Inference:
         time_remaining_s: float | None,
         metadata: Sequence[tuple[str, Any]] | None,
         method: str,
-        raw: Sequence[Buffer] | None = None,
+        raw: Sequence[Buffer | None] | None = None,
     ) -> pb.ModelInferResponse:
-        """The answer to `request`; `raw` (one buffer per input) replaces its
-        raw_input_contents when the front end carries the data apart from the message."""
+        """The answer to `request`; `raw` (one buffer per input, None for an input read from
+        shared memory) replaces its raw_input_contents when the front end carries the data
+        apart from the message."""
         observer = self._observer
         record = observer.begin(
             method,
@@ -61,7 +65,12 @@ class Inference:
                 request.model_name, request.model_version
             )
             sig = served.settings.signature
-            decoded = decode(request, sig, raw)
+            regions = self.regions
+            data = regions.inputs(request, raw)
+            if data is None and raw is not None:
+                data = [b for b in raw if b is not None]
+            targets = regions.outputs(request) if request.outputs else None
+            decoded = decode(request, sig, data)
             cost = MemoryBudget.cost(decoded.nbytes, decoded.rows * sig.output_row_bytes)
             budget.hold(cost)
             held = cost
@@ -87,6 +96,7 @@ class Inference:
                 model_name=served.name,
                 model_version=served.version,
                 request_id=request.id,
+                targets=targets,
             )
             # Provenance: which artifact produced this answer.
             response.parameters["model_version"].string_param = served.version

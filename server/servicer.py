@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ferry.common.errors import ShuttingDown, Unsupported
+from ferry.common.errors import InvalidInput, ShuttingDown, Unsupported, shown
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 from ferry.server import answers
@@ -29,6 +29,7 @@ from ferry.server.observer import RequestObserver
 from ferry.server.readiness import ReadinessState
 from ferry.server.registration import Undecodable
 from ferry.server.repository import ModelRepository
+from ferry.server.shared_memory import SharedMemoryRegistry
 from ferry.server.stream import StreamLimits, StreamStopped, answer_stream
 
 log = logging.getLogger("ferry.server")
@@ -76,10 +77,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         admission: Admission | None = None,
         stream_limits: StreamLimits | None = None,
         budget: MemoryBudget | None = None,
+        regions: SharedMemoryRegistry | None = None,
     ) -> None:
         self._repository = repository
         self._readiness = readiness
-        self.inference = Inference(repository, observer, budget)
+        self.inference = Inference(repository, observer, budget, regions)
         self._admission = admission or Admission()
         self._stream_limits = stream_limits or StreamLimits()
 
@@ -218,12 +220,45 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     RepositoryModelLoad = _unimplemented("RepositoryModelLoad")
     RepositoryModelUnload = _unimplemented("RepositoryModelUnload")
-    SystemSharedMemoryStatus = _unimplemented("SystemSharedMemoryStatus")
-    SystemSharedMemoryRegister = _unimplemented("SystemSharedMemoryRegister")
-    SystemSharedMemoryUnregister = _unimplemented("SystemSharedMemoryUnregister")
-    CudaSharedMemoryStatus = _unimplemented("CudaSharedMemoryStatus")
     CudaSharedMemoryRegister = _unimplemented("CudaSharedMemoryRegister")
-    CudaSharedMemoryUnregister = _unimplemented("CudaSharedMemoryUnregister")
+
+    # ---- shared memory ------------------------------------------------------------------------
+
+    @_rpc
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        return answers.system_shared_memory_status(self.inference.regions, request.name)
+
+    @_rpc
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self.inference.regions.register(
+            request.name, request.key, request.offset, request.byte_size
+        )
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_rpc
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.inference.regions.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_rpc
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        if request.name:
+            raise InvalidInput(f"Unable to find cuda shared memory region: '{shown(request.name)}'")
+        return pb.CudaSharedMemoryStatusResponse()  # none can be registered
+
+    @_rpc
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        return pb.CudaSharedMemoryUnregisterResponse()  # nothing registered: nothing to do
     TraceSetting = _unimplemented("TraceSetting")
     LogSettings = _unimplemented("LogSettings")
 

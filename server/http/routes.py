@@ -80,8 +80,19 @@ def build_app(context: HttpContext, max_body_bytes: int) -> web.Application:
             ),
             web.post("/v2/repository/models/{model}/load", _unsupported("model loading")),
             web.post("/v2/repository/models/{model}/unload", _unsupported("model unloading")),
-            web.route("*", "/v2/systemsharedmemory{tail:.*}", _unsupported("system shared memory")),
-            web.route("*", "/v2/cudasharedmemory{tail:.*}", _unsupported("CUDA shared memory")),
+            web.get("/v2/systemsharedmemory/status", routes.shm_status),
+            web.get("/v2/systemsharedmemory/region/{region}/status", routes.shm_status),
+            web.post("/v2/systemsharedmemory/region/{region}/register", routes.shm_register),
+            web.post("/v2/systemsharedmemory/unregister", routes.shm_unregister),
+            web.post("/v2/systemsharedmemory/region/{region}/unregister", routes.shm_unregister),
+            web.get("/v2/cudasharedmemory/status", routes.cuda_status),
+            web.get("/v2/cudasharedmemory/region/{region}/status", routes.cuda_status),
+            web.post("/v2/cudasharedmemory/unregister", routes.cuda_unregister),
+            web.post("/v2/cudasharedmemory/region/{region}/unregister", routes.cuda_unregister),
+            web.post(
+                "/v2/cudasharedmemory/region/{region}/register",
+                _unsupported("CUDA shared memory"),
+            ),
             web.route("*", "/v2/trace/setting", _unsupported("trace settings")),
             web.route("*", "/v2/models/{model}/trace/setting", _unsupported("trace settings")),
             web.route("*", "/v2/logging", _unsupported("log settings")),
@@ -170,6 +181,41 @@ class _Routes:
         index = answers.repository_index(self._c.repository, "", ready)
         return _json([to_json(model) for model in index.models])
 
+    # ---- shared memory -------------------------------------------------------------------------
+
+    async def shm_status(self, request: web.Request) -> web.StreamResponse:
+        status = answers.system_shared_memory_status(
+            self._c.inference.regions, request.match_info.get("region", "")
+        )
+        return _json([to_json(region) for _, region in sorted(status.regions.items())])
+
+    async def shm_register(self, request: web.Request) -> web.StreamResponse:
+        document = await _document(request)
+        key = document.get("key")
+        offset = document.get("offset", 0)
+        size = document.get("byte_size")
+        if not (isinstance(key, str) and _natural(offset) and isinstance(size, int)
+                and _natural(size)):  # fmt: skip
+            raise InvalidInput(
+                "the body is a JSON object with 'key' (a string), 'offset' and 'byte_size' "
+                "(integers >= 0)"
+            )
+        self._c.inference.regions.register(request.match_info["region"], key, offset, size)
+        return web.Response(status=200)
+
+    async def shm_unregister(self, request: web.Request) -> web.StreamResponse:
+        self._c.inference.regions.unregister(request.match_info.get("region", ""))
+        return web.Response(status=200)
+
+    async def cuda_status(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info.get("region", "")
+        if name:
+            raise InvalidInput(f"Unable to find cuda shared memory region: '{shown(name)}'")
+        return _json([])  # none can be registered
+
+    async def cuda_unregister(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(status=200)  # nothing registered: nothing to do
+
     # ---- inference -----------------------------------------------------------------------------
 
     async def infer(self, request: web.Request) -> web.StreamResponse:
@@ -201,6 +247,21 @@ class _Routes:
         if "Accept-Encoding" in request.headers:
             answer.enable_compression()  # gzip or deflate, as the client accepts
         return answer
+
+
+async def _document(request: web.Request) -> dict[str, Any]:
+    body = await request.read()
+    try:
+        document = json.loads(body) if body.strip() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return document
+
+
+def _natural(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _model(request: web.Request) -> tuple[str, str]:

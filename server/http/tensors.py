@@ -34,7 +34,7 @@ class HttpInfer:
     """A parsed infer body: the request, each input's data, and how to write each output."""
 
     request: pb.ModelInferRequest
-    raw: list[Buffer]
+    raw: list[Buffer | None]  # None: the input is read from a shared memory region
     binary: dict[str, bool] = field(default_factory=dict)  # per named output
     binary_default: bool = False  # outputs not named in the request
 
@@ -78,7 +78,7 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
         else:
             _set_parameter(request.parameters[key], value, f"parameters.{key}")
 
-    raw: list[Buffer] = []
+    raw: list[Buffer | None] = []
     offset = 0
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
@@ -97,7 +97,13 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
         size = parameters.pop("binary_data_size", None)
         for key, value in parameters.items():
             _set_parameter(entry.parameters[key], value, f"input '{shown(name)}' {key}")
-        if size is not None:
+        if "shared_memory_region" in parameters:
+            if "data" in tensor or size is not None:
+                raise InvalidInput(
+                    f"input '{shown(name)}' names a shared memory region and also carries data"
+                )
+            raw.append(None)
+        elif size is not None:
             if "data" in tensor:
                 raise InvalidInput(f"input '{shown(name)}' has both 'data' and binary data")
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -148,7 +154,9 @@ def render_infer(response: pb.ModelInferResponse, parsed: HttpInfer) -> tuple[by
             "datatype": tensor.datatype,
             "shape": list(tensor.shape),
         }
-        if parsed.wants_binary(tensor.name):
+        if "shared_memory_byte_size" in tensor.parameters:  # written into a region
+            entry["parameters"] = _parameters(tensor.parameters)
+        elif parsed.wants_binary(tensor.name):
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         else:

@@ -139,9 +139,9 @@ def test_bytes_errors(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
 
 def test_unsupported_rpcs_and_parameters(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest())
+        stub.CudaSharedMemoryRegister(pb.CudaSharedMemoryRegisterRequest(name="c"))
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "SystemSharedMemoryStatus is not implemented" in info.value.details()
+    assert "CudaSharedMemoryRegister is not implemented" in info.value.details()
     with pytest.raises(grpc.RpcError) as info:
         stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="echo"))
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
