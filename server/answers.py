@@ -14,9 +14,12 @@ from ferry.server.readiness import ReadinessState
 from ferry.server.repository import ModelRepository, ServedVersion
 from ferry.server.shared_memory import SharedMemoryRegistry
 
-SERVER_NAME = "ferry"
+SERVER_NAME = "triton"
+"""The name clients check (Triton's own examples refuse any other); the version is Ferry's
+(docs/compatibility.md lists where Ferry differs from Triton on purpose)."""
 SERVER_VERSION = ferry.__version__  # from the installed package's metadata
 EXTENSIONS = (
+    "classification",
     "model_configuration",
     "system_shared_memory",
     "statistics",

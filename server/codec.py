@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
-from ferry.common.datatypes import DataType
+from ferry.common.datatypes import DATATYPES, DataType
 from ferry.common.errors import InvalidInput, Unsupported, shown
 from ferry.engines.base import TensorSpec
 from ferry.proto import grpc_service_pb2 as pb
@@ -54,6 +54,12 @@ class Signature:
     utf8_bytes: bool = False
     # More rows than max_batch_size are accepted (the scheduler splits them into chunks).
     split_oversized: bool = False
+    # config `reshape`: the model's own dims (batch excluded) of a tensor whose config dims
+    # differ; requests and answers use the config dims, the engine the model's.
+    reshape_inputs: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    reshape_outputs: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # config `label_filename`: each output's labels, for the classification extension.
+    labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @cached_property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -92,6 +98,7 @@ class DecodedRequest:
     priority: int = 0
     timeout_s: float | None = None
     nbytes: int = 0
+    classification: dict[str, int] = field(default_factory=dict)  # output -> top k
 
 
 Buffer = bytes | memoryview
@@ -148,18 +155,24 @@ def decode(
         missing = [name for name in sig.inputs if name not in inputs]
         raise InvalidInput(f"missing input(s): {', '.join(repr(m) for m in missing)}")
     rows = _rows(inputs, sig)
+    if sig.reshape_inputs:
+        batch = (rows,) if sig.max_batch_size > 0 else ()
+        for name, dims in sig.reshape_inputs.items():
+            inputs[name] = inputs[name].reshape(batch + dims)  # a view: the bytes are the same
     priority = timeout_us = 0
     if parameters:
         priority = _integer_parameter(request, "priority")
         timeout_us = _integer_parameter(request, "timeout")
     nbytes = sum(map(len, raw)) if raw else sum(a.nbytes for a in inputs.values())
+    outputs, classification = _requested_outputs(request, sig)
     return DecodedRequest(
         inputs,
         rows,
-        _requested_outputs(request, sig),
+        outputs,
         priority=priority,
         timeout_s=timeout_us / 1e6 if timeout_us else None,
         nbytes=nbytes,
+        classification=classification,
     )
 
 
@@ -298,10 +311,14 @@ def _rows(inputs: Mapping[str, np.ndarray], sig: Signature) -> int:
     return next(iter(rows.values()))
 
 
-def _requested_outputs(request: pb.ModelInferRequest, sig: Signature) -> tuple[str, ...]:
+def _requested_outputs(
+    request: pb.ModelInferRequest, sig: Signature
+) -> tuple[tuple[str, ...], dict[str, int]]:
+    """The outputs asked for, in order, and those asked as top-k classifications."""
     if not request.outputs:
-        return sig.output_names
+        return sig.output_names, {}
     names: list[str] = []
+    classification: dict[str, int] = {}
     for output in request.outputs:
         if output.name not in sig.outputs:
             known = ", ".join(sig.outputs)
@@ -311,9 +328,20 @@ def _requested_outputs(request: pb.ModelInferRequest, sig: Signature) -> tuple[s
         if output.name in names:
             raise InvalidInput(f"output '{shown(output.name)}' is requested more than once")
         if "classification" in output.parameters:
-            raise Unsupported(f"output '{shown(output.name)}': classification is not supported")
+            parameter = output.parameters["classification"]
+            kind = parameter.WhichOneof("parameter_choice")
+            k = int(getattr(parameter, kind)) if kind in ("int64_param", "uint64_param") else 0
+            if k < 1:
+                raise InvalidInput(
+                    f"output '{shown(output.name)}': classification must be an integer >= 1"
+                )
+            if sig.outputs[output.name].datatype.name in ("BYTES", "BOOL"):
+                raise InvalidInput(
+                    f"output '{shown(output.name)}': classification needs a numeric output"
+                )
+            classification[output.name] = k
         names.append(output.name)
-    return tuple(names)
+    return tuple(names), classification
 
 
 def encode(
@@ -325,6 +353,7 @@ def encode(
     model_version: str,
     request_id: str,
     targets: Mapping[str, memoryview] | None = None,
+    classification: Mapping[str, int] | None = None,
 ) -> pb.ModelInferResponse:
     """The response: requested outputs as raw bytes (one copy each), in the order asked. An
     output with a target (a shared memory slice) is written there instead, and its
@@ -335,6 +364,14 @@ def encode(
     for name in names:
         array = outputs[name]
         dt = sig.outputs[name].datatype
+        dims = sig.reshape_outputs.get(name)
+        if dims is not None:
+            batch = array.shape[:1] if sig.max_batch_size > 0 else ()
+            array = array.reshape(batch + sig.outputs[name].dims)
+        k = None if classification is None else classification.get(name)
+        if k is not None:
+            array = classify(array, k, sig.labels.get(name, ()), sig.max_batch_size > 0)
+            dt = BYTES
         tensor = response.outputs.add()
         tensor.name = name
         tensor.datatype = dt.name
@@ -377,3 +414,23 @@ def to_raw(array: np.ndarray, dt: DataType) -> bytes:
             parts.append(data)
         return b"".join(parts)
     return np.ascontiguousarray(array, dtype=dt.numpy).tobytes()
+
+
+BYTES = DATATYPES["BYTES"]
+
+
+def classify(array: np.ndarray, k: int, labels: Sequence[str], batched: bool) -> np.ndarray:
+    """Triton's classification extension: per row (or for the whole tensor when unbatched) the
+    k highest values, highest first, as "value:index[:label]" strings; k is capped at the
+    values a row holds."""
+    rows = array.reshape(array.shape[0] if batched else 1, -1)
+    k = min(k, rows.shape[1])
+    top = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+    out = np.empty(top.shape, dtype=object)
+    for r, indices in enumerate(top):
+        for c, index in enumerate(indices):
+            text = f"{float(rows[r, index]):f}:{int(index)}"
+            if int(index) < len(labels):
+                text += f":{labels[int(index)]}"
+            out[r, c] = text.encode()
+    return out if batched else out.reshape(k)

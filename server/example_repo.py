@@ -80,7 +80,79 @@ parameters [
   { key: "ferry.pad.history" value: { string_value: "0" } }
 ]
 """,
+    # The models below carry the names and tensors of the models Triton's client examples call
+    # ("simple", "simple_string", "simple_identity", "simple_int8") or expect (an image
+    # classifier with labels), so those examples run against the example repository unchanged.
+    "simple": """\
+name: "simple"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [
+  { name: "INPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
+  { name: "INPUT1" data_type: TYPE_INT32 dims: [ 16 ] }
+]
+output [
+  { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
+  { name: "OUTPUT1" data_type: TYPE_INT32 dims: [ 16 ] }
+]
+""",
+    "simple_string": """\
+name: "simple_string"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [
+  { name: "INPUT0" data_type: TYPE_STRING dims: [ 16 ] },
+  { name: "INPUT1" data_type: TYPE_STRING dims: [ 16 ] }
+]
+output [
+  { name: "OUTPUT0" data_type: TYPE_STRING dims: [ 16 ] },
+  { name: "OUTPUT1" data_type: TYPE_STRING dims: [ 16 ] }
+]
+""",
+    "simple_identity": """\
+name: "simple_identity"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_STRING dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_STRING dims: [ -1 ] } ]
+""",
+    "simple_int8": """\
+name: "simple_int8"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [
+  { name: "INPUT0" data_type: TYPE_INT8 dims: [ 16 ] },
+  { name: "INPUT1" data_type: TYPE_INT8 dims: [ 16 ] }
+]
+output [
+  { name: "OUTPUT0" data_type: TYPE_INT8 dims: [ 16 ] },
+  { name: "OUTPUT1" data_type: TYPE_INT8 dims: [ 16 ] }
+]
+""",
+    "classifier": """\
+name: "classifier"
+platform: "onnxruntime_onnx"
+max_batch_size: 16
+input [
+  { name: "image" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ 3, 32, 32 ] }
+]
+# The network ends in a [10, 1, 1] map; clients see a vector of 10 scores, each class named in
+# labels.txt (ask for top-k classes with the `classification` output parameter).
+output [
+  {
+    name: "scores"
+    data_type: TYPE_FP32
+    dims: [ 10 ]
+    reshape { shape: [ 10, 1, 1 ] }
+    label_filename: "labels.txt"
+  }
+]
+dynamic_batching { }
+""",
 }
+
+LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+EXTRA_FILES = {"classifier": {"labels.txt": "".join(f"{label}\n" for label in LABELS)}}
 
 
 def _weights(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
@@ -282,7 +354,111 @@ def history_model() -> onnx.ModelProto:
     return _model(graph)
 
 
-BUILDERS = {"dlrm": dlrm_model, "echo": echo_model, "history": history_model}
+def _two_inputs(kind: int) -> list[onnx.ValueInfoProto]:
+    return [helper.make_tensor_value_info(n, kind, ["batch", 16]) for n in ("INPUT0", "INPUT1")]
+
+
+def _two_outputs(kind: int) -> list[onnx.ValueInfoProto]:
+    return [helper.make_tensor_value_info(n, kind, ["batch", 16]) for n in ("OUTPUT0", "OUTPUT1")]
+
+
+def simple_model() -> onnx.ModelProto:
+    """OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1 (INT32): the tensors of Triton's
+    "simple" example model."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
+            helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+        ],
+        "simple",
+        _two_inputs(TensorProto.INT32),
+        _two_outputs(TensorProto.INT32),
+    )
+    return _model(graph)
+
+
+def simple_int8_model() -> onnx.ModelProto:
+    """The "simple" sums on INT8 (wrapping as int8 arithmetic does)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
+            helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+        ],
+        "simple_int8",
+        _two_inputs(TensorProto.INT8),
+        _two_outputs(TensorProto.INT8),
+    )
+    return _model(graph)
+
+
+def simple_identity_model() -> onnx.ModelProto:
+    """Strings in, the same strings out."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
+        "simple_identity",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.STRING, ["batch", "length"])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.STRING, ["batch", "length"])],
+    )
+    return _model(graph)
+
+
+def simple_string_model() -> onnx.ModelProto:
+    """The same sums on numbers written as strings (BYTES in, BYTES out)."""
+    nodes = [
+        helper.make_node("Cast", ["INPUT0"], ["a"], to=TensorProto.INT32),
+        helper.make_node("Cast", ["INPUT1"], ["b"], to=TensorProto.INT32),
+        helper.make_node("Add", ["a", "b"], ["sum"]),
+        helper.make_node("Sub", ["a", "b"], ["difference"]),
+        helper.make_node("Cast", ["sum"], ["OUTPUT0"], to=TensorProto.STRING),
+        helper.make_node("Cast", ["difference"], ["OUTPUT1"], to=TensorProto.STRING),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "simple_string",
+        _two_inputs(TensorProto.STRING),
+        _two_outputs(TensorProto.STRING),
+    )
+    return _model(graph)
+
+
+def classifier_model() -> onnx.ModelProto:
+    """A tiny image classifier: 3x32x32 images, a 3x3 convolution, average pooling and a
+    linear layer to 10 class scores (softmax), shaped [10, 1, 1] per image."""
+    rng = np.random.default_rng(11)
+    inits = [
+        _weights(rng, "conv_w", (8, 3, 3, 3)),
+        _weights(rng, "fc_w", (8, len(LABELS))),
+        _const("map_shape", np.array([-1, len(LABELS), 1, 1], dtype=np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "conv_w"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("GlobalAveragePool", ["relu"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["features"]),
+        helper.make_node("MatMul", ["features", "fc_w"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("Reshape", ["probabilities", "map_shape"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "classifier",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", len(LABELS), 1, 1])],
+        inits,
+    )
+    return _model(graph)
+
+
+BUILDERS = {
+    "dlrm": dlrm_model,
+    "echo": echo_model,
+    "history": history_model,
+    "simple": simple_model,
+    "simple_string": simple_string_model,
+    "simple_identity": simple_identity_model,
+    "simple_int8": simple_int8_model,
+    "classifier": classifier_model,
+}
 LARGE_BUILDERS = {"dlrm_large": dlrm_large_model}
 
 
@@ -300,4 +476,8 @@ def write_example_repo(root: Path, large: bool = False) -> list[Path]:
         model = folder / "1" / "model.onnx"
         model.write_bytes(build().SerializeToString(deterministic=True))
         written += [config, model]
+        for file_name, text in EXTRA_FILES.get(name, {}).items():
+            extra = folder / file_name
+            extra.write_text(text, encoding="utf-8")
+            written.append(extra)
     return written

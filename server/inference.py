@@ -97,6 +97,7 @@ class Inference:
                 model_version=served.version,
                 request_id=request.id,
                 targets=targets,
+                classification=decoded.classification,
             )
             # Provenance: which artifact produced this answer.
             response.parameters["model_version"].string_param = served.version

@@ -7,6 +7,7 @@ against, the batching options and the instances to create.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -37,8 +38,8 @@ _UNSUPPORTED: dict[str, tuple[str, ...]] = {
         "output_pinned_memory",
     ),
     "inference.ModelOptimizationPolicy.Cuda": ("busy_wait_events", "output_copy_stream"),
-    "inference.ModelInput": ("reshape", "is_shape_tensor", "allow_ragged_batch", "optional"),
-    "inference.ModelOutput": ("reshape", "is_shape_tensor", "label_filename"),
+    "inference.ModelInput": ("is_shape_tensor", "allow_ragged_batch", "optional"),
+    "inference.ModelOutput": ("is_shape_tensor",),
     "inference.ModelInstanceGroup": ("passive", "host_policy"),
 }
 # Top-level Triton fields that Ferry's schema does not even declare.
@@ -145,6 +146,7 @@ def complete(
     default_max_queue_bytes: int = 0,
     gpus: Discovery | None = None,
     where: str,
+    folder: Path | None = None,
 ) -> ModelSettings:
     """Fill what the config leaves out from the model file, and check the two agree.
 
@@ -155,10 +157,14 @@ def complete(
     if config.name and config.name != name:
         raise ModelLoadError(f"{where}: name '{config.name}' differs from the folder name '{name}'")
     config.name = name
-    if not config.platform and not config.backend:
+    if not config.backend:
         config.backend = loader.backend
     if not config.platform:
         config.platform = loader.platform
+    if not config.default_model_filename:
+        config.default_model_filename = loader.filename
+    if not config.HasField("version_policy"):
+        config.version_policy.latest.num_versions = 1
     engine_inputs, engine_outputs = artifact.inputs, artifact.outputs
     if config.max_batch_size < 0:
         raise ModelLoadError(f"{where}: max_batch_size must be >= 0, got {config.max_batch_size}")
@@ -171,8 +177,9 @@ def complete(
         config.max_batch_size = default_max_batch_size
         config.dynamic_batching.SetInParent()
     mbs = config.max_batch_size
-    inputs = _match(config.input, engine_inputs, mbs, "input", where)
-    outputs = _match(config.output, engine_outputs, mbs, "output", where)
+    inputs, reshape_inputs = _match(config.input, engine_inputs, mbs, "input", where)
+    outputs, reshape_outputs = _match(config.output, engine_outputs, mbs, "output", where)
+    labels = _labels(config.output, folder, where)
     if not config.input:
         config.input.extend(
             mc.ModelInput(name=s.name, data_type=_config_type(s.datatype), dims=s.dims)
@@ -205,6 +212,12 @@ def complete(
                 f"{where}: max_batch_size {mbs} is larger than the plan's largest profile "
                 f"allows ({largest} rows)"
             )
+    instances = _reserve(
+        tuple(scheduling.instance_plan(config, profiles, where, gpus, gpu_only=artifact.gpu_only)),
+        batching.reserved_instances,
+        where,
+    )
+    _describe_instances(config, instances)
     return ModelSettings(
         name=name,
         config=config,
@@ -215,23 +228,33 @@ def complete(
             mbs,
             utf8_bytes=loader.utf8_bytes,
             split_oversized=batching.split_oversized,
+            reshape_inputs=reshape_inputs,
+            reshape_outputs=reshape_outputs,
+            labels=labels,
         ),
         batching=batching,
         profiles=profiles,
         padding=scheduling.padding(
             parameters, by_name, {s.name: s for s in outputs}, mbs > 0, where
         ),
-        instances=_reserve(
-            tuple(
-                scheduling.instance_plan(
-                    config, profiles, where, gpus, gpu_only=artifact.gpu_only
-                )
-            ),
-            batching.reserved_instances,
-            where,
-        ),
+        instances=instances,
         parameters=parameters,
     )
+
+
+def _describe_instances(config: mc.ModelConfig, instances: Sequence[PlannedInstance]) -> None:
+    """Fill the instance groups as Triton reports them: a config without any gets the one
+    group that was planned, and every group a name ("<model>_<index>") and a count."""
+    if not config.instance_group:
+        on_gpu = [i for i in instances if i.device.kind == "gpu"]
+        group = config.instance_group.add(count=1)  # one per profile and device, as planned
+        group.kind = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
+        group.gpus.extend(sorted({i.device.index for i in on_gpu}))
+    for index, group in enumerate(config.instance_group):
+        if not group.name:
+            group.name = f"{config.name}_{index}"
+        if group.count == 0:
+            group.count = 1
 
 
 def _reserve(
@@ -269,8 +292,9 @@ def _match(
     mbs: int,
     kind: str,
     where: str,
-) -> list[TensorSpec]:
-    """Config tensors checked against the model file's; the file's own when none are declared."""
+) -> tuple[list[TensorSpec], dict[str, tuple[int, ...]]]:
+    """Config tensors checked against the model file's (the file's own when none are declared),
+    and the model's dims of each tensor the config reshapes."""
     by_name = {s.name: s for s in actual}
     if not declared:
         specs = []
@@ -284,12 +308,13 @@ def _match(
                     )
                 dims = dims[1:]
             specs.append(TensorSpec(s.name, s.datatype, dims))
-        return specs
+        return specs, {}
     names = [tensor.name for tensor in declared]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ModelLoadError(f"{where}: {kind} {twice} declared more than once")
     specs = []
+    reshaped: dict[str, tuple[int, ...]] = {}
     for tensor in declared:
         where_t = f"{where}: {kind} '{tensor.name}'"
         real = by_name.get(tensor.name)
@@ -305,20 +330,57 @@ def _match(
                 f"{real.datatype.config_name}"
             )
         dims = tuple(int(d) for d in tensor.dims)
-        full = ((-1,) if mbs > 0 else ()) + dims
         if any(d < -1 or d == 0 for d in dims):
             raise ModelLoadError(f"{where_t}: dims {list(dims)} must be positive or -1")
+        model_dims = dims
+        if tensor.HasField("reshape"):
+            model_dims = tuple(int(d) for d in tensor.reshape.shape)
+            if -1 in dims or any(d < 1 for d in model_dims) or math.prod(dims) != math.prod(
+                model_dims
+            ):
+                raise ModelLoadError(
+                    f"{where_t}: reshape {list(model_dims)} must hold the same fixed number of "
+                    f"elements as dims {list(dims)} (Ferry reshapes fixed dims only)"
+                )
+            if model_dims != dims:
+                reshaped[tensor.name] = model_dims
+        full = ((-1,) if mbs > 0 else ()) + model_dims
         fits = len(full) == len(real.dims) and all(
             r == -1 or c == r for c, r in zip(full, real.dims, strict=True)
         )
         if not fits or (mbs > 0 and real.dims[0] != -1):
             raise ModelLoadError(
-                f"{where_t}: dims {list(dims)} "
+                f"{where_t}: {'reshape' if model_dims != dims else 'dims'} {list(model_dims)} "
                 f"{'(plus the batch dimension) ' if mbs > 0 else ''}do not fit the model's "
                 f"shape {list(real.dims)}"
             )
         specs.append(TensorSpec(tensor.name, dt, dims))
-    return specs
+    return specs, reshaped
+
+
+def _labels(
+    outputs: Sequence[mc.ModelOutput], folder: Path | None, where: str
+) -> dict[str, tuple[str, ...]]:
+    """Each output's `label_filename`, read from the model folder: one label per line, the
+    line number being the class index."""
+    labels: dict[str, tuple[str, ...]] = {}
+    for output in outputs:
+        if not output.label_filename:
+            continue
+        name = output.label_filename
+        if folder is None or Path(name).name != name:
+            raise ModelLoadError(
+                f"{where}: output '{output.name}': label_filename '{name}' must name a file in "
+                "the model's folder"
+            )
+        try:
+            text = (folder / name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(
+                f"{where}: output '{output.name}': cannot read label_filename '{name}': {exc}"
+            ) from None
+        labels[output.name] = tuple(text.splitlines())
+    return labels
 
 
 def read(path: Path) -> mc.ModelConfig | None:

@@ -235,6 +235,7 @@ class ModelRepository:
                 default_max_queue_bytes=self._options.max_queue_bytes,
                 gpus=await self._gpus() if artifact.gpu_only or _wants_gpu(config) else None,
                 where=where,
+                folder=folder,
             )
             completed.append(settings)
             return settings.instances, settings.batching.max_batch_size

@@ -79,7 +79,7 @@ def test_health_and_metadata_answer_as_triton_does(server: RunningServer) -> Non
     assert client.is_model_ready("echo")
     assert not client.is_model_ready("no_such_model")
     metadata = client.get_server_metadata()
-    assert metadata["name"] == "ferry" and "binary_tensor_data" in metadata["extensions"]
+    assert metadata["name"] == "triton" and "binary_tensor_data" in metadata["extensions"]
     model = client.get_model_metadata("echo")
     assert model["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, -1]}]
     versioned = client.get_model_metadata("versioned", "2")
@@ -337,3 +337,14 @@ def test_workers_share_the_http_port(model_repo: Path, tmp_path: Path) -> None:
             assert status == 200
     finally:
         stop_server(own)
+
+
+def test_the_config_carries_the_defaults_triton_fills_in(server: RunningServer) -> None:
+    """A model without config.pbtxt: the completed config names its backend, file, version
+    policy and instance group, as Triton's would."""
+    config = th.InferenceServerClient(host(server)).get_model_config("noconfig")
+    assert config["backend"] == "onnxruntime" and config["platform"] == "onnxruntime_onnx"
+    assert config["default_model_filename"] == "model.onnx"
+    assert config["version_policy"] == {"latest": {"num_versions": 1}}
+    (group,) = config["instance_group"]
+    assert (group["name"], group["kind"], group["count"]) == ("noconfig_0", "KIND_CPU", 1)

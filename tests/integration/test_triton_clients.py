@@ -54,7 +54,7 @@ def test_server_health_and_metadata(server: RunningServer) -> None:
     assert not client.is_model_ready("broken")
     assert not client.is_model_ready("no_such_model")
     meta = client.get_server_metadata()
-    assert meta.name == "ferry"
+    assert meta.name == "triton"  # the name clients check; the version says Ferry
     assert meta.version == importlib.metadata.version("ferry")  # the installed package's
     model = client.get_model_metadata("dlrm")
     assert [(i.name, i.datatype, list(i.shape)) for i in model.inputs] == [

@@ -44,8 +44,8 @@ def settle(text: str, *, had_file: bool = True):  # type: ignore[no-untyped-def]
         ("sequence_batching { }", "field 'sequence_batching' is a Triton field Ferry does not"),
         ("max_batch_size: 'x'", "cannot parse"),
         (
-            'input { name: "x" data_type: TYPE_FP32 dims: [4] reshape { shape: [2, 2] } }',
-            "field 'input[0].reshape' is not supported",
+            'input { name: "x" data_type: TYPE_FP32 dims: [4] is_shape_tensor: true }',
+            "field 'input[0].is_shape_tensor' is not supported",
         ),
         ("instance_group { passive: true }", "field 'instance_group[0].passive' is not supported"),
     ],
@@ -91,6 +91,26 @@ def test_parse_refuses_with_the_field_named(text: str, message: str) -> None:
             'max_batch_size: 0 input { name: "x" data_type: TYPE_FP32 dims: [4] }',
             "dims [4] do not fit the model's shape [-1, 4]",
         ),
+        (
+            'max_batch_size: 8 input { name: "x" data_type: TYPE_FP32 dims: [2, 3] '
+            "reshape { shape: [4] } }",
+            "reshape [4] must hold the same fixed number of elements as dims [2, 3]",
+        ),
+        (
+            'max_batch_size: 8 input { name: "x" data_type: TYPE_FP32 dims: [-1] '
+            "reshape { shape: [4] } }",
+            "(Ferry reshapes fixed dims only)",
+        ),
+        (
+            'max_batch_size: 8 input { name: "x" data_type: TYPE_FP32 dims: [2, 2] '
+            "reshape { shape: [1, 4] } }",
+            "input 'x': reshape [1, 4] (plus the batch dimension) do not fit the model's shape",
+        ),
+        (
+            'max_batch_size: 8 output { name: "y" data_type: TYPE_FP32 dims: [4] '
+            'label_filename: "../labels.txt" }',
+            "label_filename '../labels.txt' must name a file in the model's folder",
+        ),
     ],
 )
 def test_complete_refuses_disagreements(text: str, message: str) -> None:
@@ -117,3 +137,12 @@ def test_no_config_file_makes_a_batchable_model_batch() -> None:
 def test_instance_groups_add_up() -> None:
     settings = settle("instance_group [ { count: 2 kind: KIND_CPU }, { count: 3 } ]")
     assert settings.instance_count == 5
+
+
+def test_a_reshaped_tensor_shows_its_config_dims_and_feeds_the_model_its_own() -> None:
+    settings = settle(
+        'max_batch_size: 8 input { name: "x" data_type: TYPE_FP32 dims: [2, 2] '
+        "reshape { shape: [4] } }"
+    )
+    assert settings.signature.inputs["x"].dims == (2, 2)  # what requests are checked against
+    assert settings.signature.reshape_inputs == {"x": (4,)}  # what the model gets
