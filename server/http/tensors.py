@@ -154,8 +154,9 @@ def render_infer(response: pb.ModelInferResponse, parsed: HttpInfer) -> tuple[by
             "datatype": tensor.datatype,
             "shape": list(tensor.shape),
         }
-        if "shared_memory_byte_size" in tensor.parameters:  # written into a region
-            entry["parameters"] = _parameters(tensor.parameters)
+        if "shared_memory_byte_size" in tensor.parameters:
+            pass  # written into its region: described, no data (and no parameters, which
+            # clients read as announcing binary data)
         elif parsed.wants_binary(tensor.name):
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
