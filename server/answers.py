@@ -100,7 +100,7 @@ def repository_index(
         if entry.versions:
             models.extend(
                 pb.RepositoryIndexResponse.ModelIndex(
-                    name=entry.name, version=version, state=entry.state
+                    name=entry.name, version=version, state=entry.state, reason=entry.reason
                 )
                 for version in sorted(entry.versions, key=int)
             )

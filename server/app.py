@@ -34,6 +34,7 @@ from ferry.server.config import ServerConfig
 from ferry.server.http.listener import HttpListener, listen
 from ferry.server.http.routes import HttpContext, build_app
 from ferry.server.memory import MemoryBudget, default_budget_bytes
+from ferry.server.model_control import ModelControl
 from ferry.server.observer import RequestObserver
 from ferry.server.readiness import ReadinessState
 from ferry.server.registration import add_inference_service
@@ -114,12 +115,18 @@ class FerryServer:
         self._server: grpc.aio.Server | None = None
         self._http: HttpListener | None = None
         self.regions = SharedMemoryRegistry()
+        self.control = ModelControl(
+            self.repository,
+            config.model_control_mode,
+            config.load_models,
+            config.repository_poll_secs,
+        )
         self.http_port: int | None = None
         self.tcp_port: int | None = None
         self.addresses: list[str] = []
 
     async def start(self) -> None:
-        await self.repository.load()
+        await self.control.start()
         options = [
             ("grpc.max_send_message_length", self.config.max_message_bytes),
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
@@ -135,6 +142,7 @@ class FerryServer:
             StreamLimits(self.config.max_stream_requests, self.config.max_stream_bytes),
             self.budget,
             self.regions,
+            self.control,
         )
         add_inference_service(servicer, server, self.budget)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -159,7 +167,12 @@ class FerryServer:
         self._server = server
         if self.config.http_port >= 0:
             context = HttpContext(
-                self.repository, self.readiness, servicer.inference, self.admission, self.budget
+                self.repository,
+                self.readiness,
+                servicer.inference,
+                self.admission,
+                self.budget,
+                self.control,
             )
             self._http = await listen(
                 build_app(context, self.config.max_message_bytes),
@@ -259,6 +272,7 @@ class FerryServer:
             await self._server.stop(STOP_GRACE_S)
         if self._http is not None:
             await self._http.stop()
+        await self.control.stop()
         await self.repository.stop()
         if self._sampler is not None:
             self._sampler.cancel()

@@ -33,6 +33,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--unix-socket", metavar="PATH", help="also listen on this Unix socket")
     serve.add_argument(
+        "--model-control-mode",
+        choices=["none", "explicit", "poll"],
+        default="none",
+        help="none: load every model at start (default); explicit: load --load-model names at "
+        "start, then on request; poll: load every model and follow the repository's changes",
+    )
+    serve.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="explicit mode: a model to load at start (repeatable; '*' for all)",
+    )
+    serve.add_argument(
+        "--repository-poll-secs",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="poll mode: how often the repository is read again (default 15)",
+    )
+    serve.add_argument(
         "--max-message-bytes",
         type=int,
         default=256 * 1024 * 1024,
@@ -195,6 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             access_log=args.access_log,
             access_log_sample=args.access_log_sample,
             reuse_port=args.reuse_port,
+            model_control_mode=args.model_control_mode,
+            load_models=tuple(args.load_model),
+            repository_poll_secs=args.repository_poll_secs,
         )
     except ValueError as exc:
         print(f"ferry: {exc}", file=sys.stderr)

@@ -36,6 +36,8 @@ class ServerConfig:
         ModelStreamInfer stream may have read and not yet answered; past either the server
         stops reading the stream until answers drain, so a client that never reads its answers
         cannot grow the server.
+    model_control_mode, load_models, repository_poll_secs: which models load at start and
+        how the repository changes while serving (server/model_control.py).
     http_port: the HTTP/REST front end (KServe v2 REST, as Triton) on this port (same host and
         TLS as gRPC); 0 picks a free one, < 0 = off.
     metrics_port: Prometheus /metrics on this port (same host); 0 picks a free one, < 0 = off.
@@ -63,6 +65,9 @@ class ServerConfig:
     access_log: str | None = None
     access_log_sample: float = 1.0
     reuse_port: bool = False  # a worker sharing its port with others (server/workers.py)
+    model_control_mode: str = "none"
+    load_models: tuple[str, ...] = ()
+    repository_poll_secs: float = 15.0
 
     def __post_init__(self) -> None:
         if self.grpc_port > 65535:
@@ -89,6 +94,16 @@ class ServerConfig:
             raise ValueError(
                 f"stream limits must be >= 1, got max_stream_requests={self.max_stream_requests}"
                 f", max_stream_bytes={self.max_stream_bytes}"
+            )
+        if self.model_control_mode not in ("none", "explicit", "poll"):
+            raise ValueError(
+                f"model_control_mode is none, explicit or poll, got {self.model_control_mode!r}"
+            )
+        if self.load_models and self.model_control_mode != "explicit":
+            raise ValueError("--load-model needs --model-control-mode explicit")
+        if self.repository_poll_secs <= 0:
+            raise ValueError(
+                f"repository_poll_secs must be > 0, got {self.repository_poll_secs}"
             )
         if self.drain_timeout_s < 0:
             raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")

@@ -20,7 +20,7 @@ from ferry.server.codec import Buffer, decode, encode
 from ferry.server.errors import to_status
 from ferry.server.memory import MemoryBudget
 from ferry.server.observer import RequestObserver
-from ferry.server.repository import ModelRepository
+from ferry.server.repository import ModelRepository, ServedVersion
 from ferry.server.shared_memory import SharedMemoryRegistry
 
 
@@ -60,10 +60,13 @@ class Inference:
         result: InferenceResult | None = None
         budget = self._budget
         held = 0
+        held_version: ServedVersion | None = None
         try:
             served = record.served = self._repository.get(
                 request.model_name, request.model_version
             )
+            served.active += 1  # a reload or unload waits for this request before closing it
+            held_version = served
             sig = served.settings.signature
             regions = self.regions
             data = regions.inputs(request, raw)
@@ -104,9 +107,12 @@ class Inference:
             response.parameters["model_sha256"].string_param = served.sha256
         except BaseException as exc:
             budget.release(held)
+            if held_version is not None:
+                held_version.active -= 1
             observer.end(record, None, exc, status_name(exc))
             raise
         budget.release(held)
+        held_version.active -= 1
         observer.end(record, result, None, "OK")
         return response
 

@@ -114,6 +114,11 @@ def parse(text: str, where: str) -> mc.ModelConfig:
     return config
 
 
+def check(config: mc.ModelConfig, where: str) -> None:
+    """Refuse a config (one sent with a load request) that sets what Ferry does not support."""
+    _refuse_unsupported(config, where, "")
+
+
 def _refuse_unsupported(message: Message, where: str, path: str) -> None:
     banned = _UNSUPPORTED.get(message.DESCRIPTOR.full_name, ())
     for field, value in message.ListFields():

@@ -6,6 +6,12 @@
 
 A model that fails to load is recorded with its reason (RepositoryIndex shows it, the log says
 it) and never stops the others from loading.
+
+Models load at start, and also while serving (`load_model`, `unload_model`: the model-control
+RPCs and the poller, server/model_control.py). A reload loads the new versions beside the
+serving ones and moves traffic only once they are ready; requests already holding the old
+versions finish there, and only then are those closed (`_retire`). A reload that fails leaves
+the old versions serving and says why.
 """
 
 from __future__ import annotations
@@ -32,6 +38,13 @@ log = logging.getLogger("ferry.repository")
 
 READY = "READY"
 UNAVAILABLE = "UNAVAILABLE"
+LOADING = "LOADING"
+UNLOADING = "UNLOADING"
+
+RETIRE_POLL_S = 0.01
+"""How often a retiring version checks whether the requests holding it have finished."""
+
+RETIRE_AT_STOP_S = 5.0
 
 
 @dataclass
@@ -44,6 +57,7 @@ class ServedVersion:
     loaded: Loaded
     scheduler: ModelScheduler
     started: float = field(default_factory=time.monotonic)
+    active: int = 0  # requests holding this version (server/inference.py counts them)
 
     @property
     def sha256(self) -> str:
@@ -88,6 +102,8 @@ class ModelRepository:
         self._options = options
         self._models: dict[str, ModelEntry] = {}
         self._discovery: Discovery | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def _gpus(self) -> Discovery:
         """The host's GPUs, looked for once, when the first model asks for KIND_GPU."""
@@ -125,45 +141,128 @@ class ModelRepository:
             )
         return served
 
-    async def load(self) -> None:
-        """Load every model folder; failures are recorded, never raised."""
+    def folders(self) -> list[Path]:
+        """The repository's model folders (hidden ones left out)."""
         if not self.root.is_dir():
             raise ModelLoadError(f"model repository {self.root} is not a directory")
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            if folder.name.startswith("."):
-                continue
-            entry = ModelEntry(folder.name)
-            self._models[folder.name] = entry
-            try:
-                entry.versions = await self._load_model(folder)
-            except FerryError as exc:
-                entry.reason = str(exc)
-                log.error("model %s failed to load: %s", folder.name, exc)
-                continue
-            except Exception as exc:  # a bug or a library error: still never stop the others
-                entry.reason = f"unexpected error: {type(exc).__name__}: {exc}"
-                log.exception("model %s failed to load", folder.name)
-                continue
-            entry.state = READY
-            for served in entry.versions.values():
-                await served.scheduler.start()
-                settings = served.settings
-                log.info(
-                    "model %s version %s ready: backend %s, %d instance(s), "
-                    "max_batch_size %d%s%s%s",
-                    served.name,
-                    served.version,
-                    settings.backend,
-                    settings.instance_count,
-                    settings.batching.max_batch_size,
-                    ", dynamic batching" if settings.batching.batched else "",
-                    f", {len(settings.profiles)} profiles" if settings.profiles else "",
-                    ", on " + ", ".join(sorted({str(i.device) for i in settings.instances})),
-                )
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    async def _load_model(self, folder: Path) -> dict[str, ServedVersion]:
+    async def load(self, names: Sequence[str] | None = None) -> None:
+        """Load every model folder, or only those named (the others are listed, not loaded);
+        failures are recorded, never raised."""
+        for folder in self.folders():
+            if names is not None and folder.name not in names:
+                self._models[folder.name] = ModelEntry(folder.name, reason="not loaded")
+                continue
+            await self.load_model(folder.name, raise_errors=False)
+        for name in names or ():
+            if name not in self._models:
+                log.error("model %s: no such folder in %s", name, self.root)
+
+    async def load_model(
+        self,
+        name: str,
+        config: mc.ModelConfig | None = None,
+        source: Path | None = None,
+        raise_errors: bool = True,
+    ) -> None:
+        """Load (or reload) one model: `config` replaces its config.pbtxt, `source` its folder
+        (a model sent with the request). Serving versions keep serving until the new ones are
+        ready; a failure leaves them serving and is raised (ModelLoadError) or recorded."""
+        folder = source or self.root / name
+        if not folder.is_dir():
+            raise ModelNotFound(
+                f"failed to load '{shown(name)}': no folder of that name in the repository"
+            )
+        async with self._lock(name):
+            entry = self._models.get(name)
+            serving = entry is not None and entry.state == READY and bool(entry.versions)
+            if entry is None or not serving:
+                entry = ModelEntry(name, state=LOADING, reason="loading")
+                self._models[name] = entry
+            try:
+                versions = await self._load_model(folder, config)
+                for served in versions.values():
+                    await served.scheduler.start()
+            except Exception as exc:
+                reason = str(exc) if isinstance(exc, FerryError) else (
+                    f"unexpected error: {type(exc).__name__}: {exc}"
+                )  # fmt: skip
+                if not isinstance(exc, FerryError):
+                    log.exception("model %s failed to load", name)
+                else:
+                    log.error("model %s failed to load: %s", name, reason)
+                if serving:
+                    entry.reason = f"reload failed, the loaded versions serve on: {reason}"
+                else:
+                    entry.state, entry.reason, entry.versions = UNAVAILABLE, reason, {}
+                if raise_errors:
+                    if isinstance(exc, ModelLoadError) and str(exc).startswith("failed to "):
+                        raise
+                    raise ModelLoadError(f"failed to load '{shown(name)}': {reason}") from exc
+                return
+            old = entry.versions if serving else {}
+            entry.versions, entry.state, entry.reason = versions, READY, ""
+            for served in versions.values():
+                self._describe(served)
+            if old:
+                self._retire(list(old.values()))
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving a model: new requests are refused at once, requests already holding it
+        finish, then its instances close and their memory is released."""
+        async with self._lock(name):
+            entry = self._models.get(name)
+            if entry is None:
+                raise ModelNotFound(f"failed to unload '{shown(name)}': no such model")
+            old = list(entry.versions.values())
+            entry.state, entry.reason, entry.versions = UNLOADING, "unloading", {}
+            retired = self._retire(old)
+        await retired
+        if self._models.get(name) is entry and entry.state == UNLOADING:
+            entry.state, entry.reason = UNAVAILABLE, "unloaded"
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _retire(self, versions: list[ServedVersion]) -> asyncio.Task[None]:
+        """Close `versions` once no request holds them, in a task the repository owns."""
+
+        async def retire() -> None:
+            # A counter polled while retiring costs the hot path nothing (an event per request
+            # would cost every request a check).
+            while any(v.active for v in versions):  # noqa: ASYNC110
+                await asyncio.sleep(RETIRE_POLL_S)
+            for served in versions:
+                await served.scheduler.stop()  # closes the instances
+                for engine in served.loaded.engines:
+                    engine.close()
+                log.info("model %s version %s unloaded", served.name, served.version)
+
+        task = asyncio.create_task(retire(), name="ferry-retire")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return task
+
+    def _describe(self, served: ServedVersion) -> None:
+        settings = served.settings
+        log.info(
+            "model %s version %s ready: backend %s, %d instance(s), max_batch_size %d%s%s%s",
+            served.name,
+            served.version,
+            settings.backend,
+            settings.instance_count,
+            settings.batching.max_batch_size,
+            ", dynamic batching" if settings.batching.batched else "",
+            f", {len(settings.profiles)} profiles" if settings.profiles else "",
+            ", on " + ", ".join(sorted({str(i.device) for i in settings.instances})),
+        )
+
+    async def _load_model(
+        self, folder: Path, override: mc.ModelConfig | None = None
+    ) -> dict[str, ServedVersion]:
         where = str(folder / "config.pbtxt")
-        config = model_config.read(folder / "config.pbtxt")
+        config = override if override is not None else model_config.read(folder / "config.pbtxt")
         had_file = config is not None
         config = config or mc.ModelConfig()
         versions = self._versions(folder, config)
@@ -252,6 +351,13 @@ class ModelRepository:
         return ServedVersion(folder.name, version, settings, loaded, scheduler)
 
     async def stop(self) -> None:
+        """Close every version; versions still retiring get a moment to see their last
+        requests out (the server drained before this), then are cut short."""
+        if self._retiring:
+            _, late = await asyncio.wait(list(self._retiring), timeout=RETIRE_AT_STOP_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         for served in self.served():
             await served.scheduler.stop()  # closes the instances
             for engine in served.loaded.engines:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ferry.common.errors import InvalidInput, ShuttingDown, Unsupported, shown
+from ferry.common.errors import InvalidInput, ModelNotFound, ShuttingDown, Unsupported, shown
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 from ferry.server import answers
@@ -25,6 +25,7 @@ from ferry.server.admission import Admission
 from ferry.server.errors import log_if_unexpected, to_status
 from ferry.server.inference import Inference
 from ferry.server.memory import MemoryBudget
+from ferry.server.model_control import LoadRequest, ModelControl
 from ferry.server.observer import RequestObserver
 from ferry.server.readiness import ReadinessState
 from ferry.server.registration import Undecodable
@@ -78,8 +79,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         stream_limits: StreamLimits | None = None,
         budget: MemoryBudget | None = None,
         regions: SharedMemoryRegistry | None = None,
+        control: ModelControl | None = None,
     ) -> None:
         self._repository = repository
+        self._control = control or ModelControl(repository)
         self._readiness = readiness
         self.inference = Inference(repository, observer, budget, regions)
         self._admission = admission or Admission()
@@ -218,9 +221,37 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryIndexResponse:
         return answers.repository_index(self._repository, request.repository_name, request.ready)
 
-    RepositoryModelLoad = _unimplemented("RepositoryModelLoad")
-    RepositoryModelUnload = _unimplemented("RepositoryModelUnload")
     CudaSharedMemoryRegister = _unimplemented("CudaSharedMemoryRegister")
+
+    # ---- model control ------------------------------------------------------------------------
+
+    @_rpc
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        _one_repository(request.repository_name)
+        config: str | None = None
+        files: dict[str, bytes] = {}
+        for key, parameter in request.parameters.items():
+            kind = parameter.WhichOneof("parameter_choice")
+            if key == "config":
+                if kind != "string_param":
+                    raise InvalidInput("parameter 'config' must be a string (JSON)")
+                config = parameter.string_param
+            elif key.startswith("file:"):
+                if kind != "bytes_param":
+                    raise InvalidInput(f"parameter '{shown(key)}' must carry bytes")
+                files[key[len("file:") :]] = parameter.bytes_param
+        await self._control.load(request.model_name, LoadRequest(config, files))
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        _one_repository(request.repository_name)
+        await self._control.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
 
     # ---- shared memory ------------------------------------------------------------------------
 
@@ -263,3 +294,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     LogSettings = _unimplemented("LogSettings")
 
 
+def _one_repository(name: str) -> None:
+    if name:
+        raise ModelNotFound(f"unknown repository '{shown(name)}' (Ferry serves one, unnamed)")

@@ -9,6 +9,8 @@ server/answers.py.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -32,6 +34,7 @@ from ferry.server.http.status import to_http
 from ferry.server.http.tensors import HEADER_LENGTH, parse_infer, render_infer
 from ferry.server.inference import Inference
 from ferry.server.memory import MemoryBudget
+from ferry.server.model_control import LoadRequest, ModelControl
 from ferry.server.readiness import ReadinessState
 from ferry.server.repository import ModelRepository
 
@@ -53,6 +56,7 @@ class HttpContext:
     inference: Inference
     admission: Admission
     budget: MemoryBudget
+    control: ModelControl
 
 
 def build_app(context: HttpContext, max_body_bytes: int) -> web.Application:
@@ -78,8 +82,8 @@ def build_app(context: HttpContext, max_body_bytes: int) -> web.Application:
                     web.post(f"{base}/infer", routes.infer),
                 )
             ),
-            web.post("/v2/repository/models/{model}/load", _unsupported("model loading")),
-            web.post("/v2/repository/models/{model}/unload", _unsupported("model unloading")),
+            web.post("/v2/repository/models/{model}/load", routes.load_model),
+            web.post("/v2/repository/models/{model}/unload", routes.unload_model),
             web.get("/v2/systemsharedmemory/status", routes.shm_status),
             web.get("/v2/systemsharedmemory/region/{region}/status", routes.shm_status),
             web.post("/v2/systemsharedmemory/region/{region}/register", routes.shm_register),
@@ -181,6 +185,30 @@ class _Routes:
         index = answers.repository_index(self._c.repository, "", ready)
         return _json([to_json(model) for model in index.models])
 
+    # ---- model control -------------------------------------------------------------------------
+
+    async def load_model(self, request: web.Request) -> web.StreamResponse:
+        """Body (optional): {"parameters": {"config": "<JSON>", "file:1/model.onnx": "<b64>"}}."""
+        parameters = _object_of(await _document(request), "parameters")
+        config = parameters.get("config")
+        if config is not None and not isinstance(config, str):
+            config = json.dumps(config)  # a config sent as an object rather than its text
+        files: dict[str, bytes] = {}
+        for key, value in parameters.items():
+            if key.startswith("file:"):
+                if not isinstance(value, str):
+                    raise InvalidInput(f"parameter '{shown(key)}' must be base64 text")
+                try:
+                    files[key[len("file:") :]] = base64.b64decode(value, validate=True)
+                except binascii.Error:
+                    raise InvalidInput(f"parameter '{shown(key)}' is not valid base64") from None
+        await self._c.control.load(request.match_info["model"], LoadRequest(config, files))
+        return web.Response(status=200)
+
+    async def unload_model(self, request: web.Request) -> web.StreamResponse:
+        await self._c.control.unload(request.match_info["model"])
+        return web.Response(status=200)
+
     # ---- shared memory -------------------------------------------------------------------------
 
     async def shm_status(self, request: web.Request) -> web.StreamResponse:
@@ -258,6 +286,13 @@ async def _document(request: web.Request) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise InvalidInput("the request body must be a JSON object")
     return document
+
+
+def _object_of(document: dict[str, Any], key: str) -> dict[str, Any]:
+    value = document.get(key, {})
+    if not isinstance(value, dict):
+        raise InvalidInput(f"'{key}' must be a JSON object")
+    return value
 
 
 def _natural(value: Any) -> bool:

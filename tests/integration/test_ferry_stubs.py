@@ -142,9 +142,9 @@ def test_unsupported_rpcs_and_parameters(stub: pb_grpc.GRPCInferenceServiceStub)
         stub.CudaSharedMemoryRegister(pb.CudaSharedMemoryRegisterRequest(name="c"))
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "CudaSharedMemoryRegister is not implemented" in info.value.details()
-    with pytest.raises(grpc.RpcError) as info:
+    with pytest.raises(grpc.RpcError) as info:  # the model control mode is none
         stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="echo"))
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     request = echo_request()
     request.parameters["sequence_id"].int64_param = 5
     assert refused(stub, request).code() == grpc.StatusCode.UNIMPLEMENTED

@@ -267,7 +267,7 @@ def test_a_value_out_of_range_is_refused_not_wrapped(server: RunningServer) -> N
         ("POST", "/v2/cudasharedmemory/region/r/register", 501, "CUDA shared memory"),
         ("POST", "/v2/systemsharedmemory/region/r/register", 400, "'key' (a string)"),
         ("GET", "/v2/systemsharedmemory/region/r/status", 400, "Unable to find shared memory"),
-        ("POST", "/v2/repository/models/echo/load", 501, "model loading"),
+        ("POST", "/v2/repository/models/echo/load", 503, "not allowed in model control mode"),
         ("GET", "/v2/models/broken", 503, "broken"),
     ],
 )
