@@ -33,6 +33,7 @@ from ferry.server.admission import Admission
 from ferry.server.config import ServerConfig
 from ferry.server.http.listener import HttpListener, listen
 from ferry.server.http.routes import HttpContext, build_app
+from ferry.server.live_settings import LogSettings, TraceSettings
 from ferry.server.memory import MemoryBudget, default_budget_bytes
 from ferry.server.model_control import ModelControl
 from ferry.server.observer import RequestObserver
@@ -126,6 +127,7 @@ class FerryServer:
         self.addresses: list[str] = []
 
     async def start(self) -> None:
+        self.repository.on_change = self._models_changed
         await self.control.start()
         options = [
             ("grpc.max_send_message_length", self.config.max_message_bytes),
@@ -173,6 +175,8 @@ class FerryServer:
                 self.admission,
                 self.budget,
                 self.control,
+                TraceSettings(self.telemetry.tracing),
+                LogSettings(),
             )
             self._http = await listen(
                 build_app(context, self.config.max_message_bytes),
@@ -244,6 +248,10 @@ class FerryServer:
             )
             for s in self.repository.served()
         ]
+
+    async def _models_changed(self) -> None:
+        if self._server is not None and not self.admission.draining:
+            await self._publish_health()
 
     async def _publish_health(self) -> None:
         status = (

@@ -222,6 +222,11 @@ def _check_shape(
     return shape
 
 
+def raw_tensor(data: Buffer, shape: tuple[int, ...], spec: TensorSpec) -> np.ndarray:
+    """An array of `shape` over raw tensor bytes, checked for size (warm-up files use it)."""
+    return _from_raw(data, shape, spec)
+
+
 def _from_raw(data: Buffer, shape: tuple[int, ...], spec: TensorSpec) -> np.ndarray:
     count = math.prod(shape)
     itemsize = spec.datatype.itemsize

@@ -48,7 +48,6 @@ _TRITON_ONLY = {
     "ensemble_scheduling",
     "batch_input",
     "batch_output",
-    "model_warmup",
     "model_operations",
     "model_transaction_policy",
     "model_repository_agents",

@@ -29,6 +29,6 @@ class ReadinessState:
         if not self.started or self.draining:
             return False
         entries = self._repository.entries()
-        if self._strict:
-            return all(e.state == READY for e in entries)
+        if self._strict:  # every model meant to serve does (not those left unloaded on purpose)
+            return all(e.state == READY for e in entries if e.requested)
         return True

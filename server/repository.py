@@ -20,7 +20,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from ferry.engines.loading import Artifact, Loaded, PlannedInstance, Registry, V
 from ferry.proto import model_config_pb2 as mc
 from ferry.scheduler.observer import BatchObserver
 from ferry.scheduler.scheduler import ModelScheduler
-from ferry.server import model_config, scheduling_config
+from ferry.server import model_config, scheduling_config, warmup
 from ferry.server.model_config import ModelSettings
 
 log = logging.getLogger("ferry.repository")
@@ -73,6 +73,7 @@ class ModelEntry:
     state: str = UNAVAILABLE
     reason: str = ""
     versions: dict[str, ServedVersion] = field(default_factory=dict)
+    requested: bool = True  # False: not loaded on purpose (explicit mode), or unloaded
 
     @property
     def latest(self) -> ServedVersion | None:
@@ -104,6 +105,12 @@ class ModelRepository:
         self._discovery: Discovery | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self.on_change: Callable[[], Awaitable[None]] | None = None
+        """Told after a model's state changed while serving (the health service follows)."""
+
+    async def _changed(self) -> None:
+        if self.on_change is not None:
+            await self.on_change()
 
     async def _gpus(self) -> Discovery:
         """The host's GPUs, looked for once, when the first model asks for KIND_GPU."""
@@ -152,7 +159,9 @@ class ModelRepository:
         failures are recorded, never raised."""
         for folder in self.folders():
             if names is not None and folder.name not in names:
-                self._models[folder.name] = ModelEntry(folder.name, reason="not loaded")
+                self._models[folder.name] = ModelEntry(
+                    folder.name, reason="not loaded", requested=False
+                )
                 continue
             await self.load_model(folder.name, raise_errors=False)
         for name in names or ():
@@ -180,11 +189,18 @@ class ModelRepository:
             if entry is None or not serving:
                 entry = ModelEntry(name, state=LOADING, reason="loading")
                 self._models[name] = entry
+                await self._changed()
+            versions: dict[str, ServedVersion] = {}
             try:
                 versions = await self._load_model(folder, config)
                 for served in versions.values():
                     await served.scheduler.start()
+                    await self._warm(served, folder)
             except Exception as exc:
+                for served in versions.values():  # loaded, but failed to start or warm up
+                    await served.scheduler.stop()
+                    for engine in served.loaded.engines:
+                        engine.close()
                 reason = str(exc) if isinstance(exc, FerryError) else (
                     f"unexpected error: {type(exc).__name__}: {exc}"
                 )  # fmt: skip
@@ -196,6 +212,7 @@ class ModelRepository:
                     entry.reason = f"reload failed, the loaded versions serve on: {reason}"
                 else:
                     entry.state, entry.reason, entry.versions = UNAVAILABLE, reason, {}
+                    await self._changed()
                 if raise_errors:
                     if isinstance(exc, ModelLoadError) and str(exc).startswith("failed to "):
                         raise
@@ -207,6 +224,7 @@ class ModelRepository:
                 self._describe(served)
             if old:
                 self._retire(list(old.values()))
+            await self._changed()
 
     async def unload_model(self, name: str) -> None:
         """Stop serving a model: new requests are refused at once, requests already holding it
@@ -217,10 +235,30 @@ class ModelRepository:
                 raise ModelNotFound(f"failed to unload '{shown(name)}': no such model")
             old = list(entry.versions.values())
             entry.state, entry.reason, entry.versions = UNLOADING, "unloading", {}
+            entry.requested = False
             retired = self._retire(old)
+        await self._changed()
         await retired
         if self._models.get(name) is entry and entry.state == UNLOADING:
             entry.state, entry.reason = UNAVAILABLE, "unloaded"
+
+    async def _warm(self, served: ServedVersion, folder: Path) -> None:
+        """Run the config's warm-up on every instance before the version serves."""
+        warmups = list(served.settings.config.model_warmup)
+        if not warmups:
+            return
+        where = str(folder / "config.pbtxt")
+        entries = warmup.feeds(warmups, served.settings.signature, folder, where)
+        started = time.monotonic()
+        runs = await warmup.warm(served.loaded.instances, entries, where)
+        log.info(
+            "model %s version %s warmed up: %d run(s) on %d instance(s) in %.2f s",
+            served.name,
+            served.version,
+            runs,
+            len(served.loaded.instances),
+            time.monotonic() - started,
+        )
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())

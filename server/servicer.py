@@ -24,6 +24,7 @@ from ferry.server import answers
 from ferry.server.admission import Admission
 from ferry.server.errors import log_if_unexpected, to_status
 from ferry.server.inference import Inference
+from ferry.server.live_settings import LogSettings, TraceSettings
 from ferry.server.memory import MemoryBudget
 from ferry.server.model_control import LoadRequest, ModelControl
 from ferry.server.observer import RequestObserver
@@ -82,6 +83,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         control: ModelControl | None = None,
     ) -> None:
         self._repository = repository
+        tracing = observer.tracing if observer is not None else None
+        self._trace_settings = TraceSettings(tracing)
+        self._log_settings = LogSettings()
         self._control = control or ModelControl(repository)
         self._readiness = readiness
         self.inference = Inference(repository, observer, budget, regions)
@@ -253,6 +257,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._control.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
+    # ---- live settings ------------------------------------------------------------------------
+
+    @_rpc
+    async def TraceSetting(
+        self, request: pb.TraceSettingRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TraceSettingResponse:
+        if request.model_name:
+            self._repository.entry(request.model_name)  # an unknown model is NOT_FOUND
+        changes = {key: list(value.value) for key, value in request.settings.items()}
+        settings = self._trace_settings.update(request.model_name, changes)
+        response = pb.TraceSettingResponse()
+        for key, values in settings.items():
+            response.settings[key].value.extend(values)
+        return response
+
+    @_rpc
+    async def LogSettings(
+        self, request: pb.LogSettingsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LogSettingsResponse:
+        changes: dict[str, bool | int | str] = {}
+        for key, value in request.settings.items():
+            kind = value.WhichOneof("parameter_choice")
+            if kind is None:
+                raise InvalidInput(f"log setting '{shown(key)}' has no value")
+            changes[key] = getattr(value, kind)
+        settings = self._log_settings.update(changes)
+        response = pb.LogSettingsResponse()
+        for key, setting in settings.items():
+            field = {bool: "bool_param", int: "uint32_param", str: "string_param"}[type(setting)]
+            setattr(response.settings[key], field, setting)
+        return response
+
     # ---- shared memory ------------------------------------------------------------------------
 
     @_rpc
@@ -290,8 +326,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.CudaSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.CudaSharedMemoryUnregisterResponse:
         return pb.CudaSharedMemoryUnregisterResponse()  # nothing registered: nothing to do
-    TraceSetting = _unimplemented("TraceSetting")
-    LogSettings = _unimplemented("LogSettings")
 
 
 def _one_repository(name: str) -> None:

@@ -114,6 +114,9 @@ class Tracing:
     def __init__(self, provider: TracerProvider, ratio: float = 1.0) -> None:
         self.provider = provider
         self.ratio = ratio
+        self.enabled = True
+        # Per-model overrides of (enabled, ratio), set while serving (TraceSetting).
+        self.by_model: dict[str, tuple[bool, float]] = {}
         self._tracer = provider.get_tracer("ferry")
         self._propagator = TraceContextTextMapPropagator()
         self._offset = time.time_ns() - time.monotonic_ns()
@@ -128,8 +131,11 @@ class Tracing:
     ) -> trace.Span | None:
         """The server span of one request, continuing the caller's W3C trace context; None
         when the request is not sampled and has no trace context of its own."""
+        enabled, ratio = self.by_model.get(model, (self.enabled, self.ratio))
+        if not enabled:  # tracing turned off: not even a caller's trace context is followed
+            return None
         carrier = {k: v for k, v in metadata or () if k in ("traceparent", "tracestate")}
-        if not carrier and self.ratio < 1.0 and random.random() >= self.ratio:
+        if not carrier and ratio < 1.0 and random.random() >= ratio:
             return None
         parent = self._propagator.extract(carrier) if carrier else None
         attributes = {

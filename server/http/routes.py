@@ -33,6 +33,7 @@ from ferry.server.http.json_form import to_json
 from ferry.server.http.status import to_http
 from ferry.server.http.tensors import HEADER_LENGTH, parse_infer, render_infer
 from ferry.server.inference import Inference
+from ferry.server.live_settings import LogSettings, TraceSettings
 from ferry.server.memory import MemoryBudget
 from ferry.server.model_control import LoadRequest, ModelControl
 from ferry.server.readiness import ReadinessState
@@ -57,6 +58,8 @@ class HttpContext:
     admission: Admission
     budget: MemoryBudget
     control: ModelControl
+    trace_settings: TraceSettings
+    log_settings: LogSettings
 
 
 def build_app(context: HttpContext, max_body_bytes: int) -> web.Application:
@@ -97,9 +100,12 @@ def build_app(context: HttpContext, max_body_bytes: int) -> web.Application:
                 "/v2/cudasharedmemory/region/{region}/register",
                 _unsupported("CUDA shared memory"),
             ),
-            web.route("*", "/v2/trace/setting", _unsupported("trace settings")),
-            web.route("*", "/v2/models/{model}/trace/setting", _unsupported("trace settings")),
-            web.route("*", "/v2/logging", _unsupported("log settings")),
+            web.get("/v2/trace/setting", routes.trace_setting),
+            web.post("/v2/trace/setting", routes.trace_setting),
+            web.get("/v2/models/{model}/trace/setting", routes.trace_setting),
+            web.post("/v2/models/{model}/trace/setting", routes.trace_setting),
+            web.get("/v2/logging", routes.log_settings),
+            web.post("/v2/logging", routes.log_settings),
         ]
     )
     return app
@@ -208,6 +214,37 @@ class _Routes:
     async def unload_model(self, request: web.Request) -> web.StreamResponse:
         await self._c.control.unload(request.match_info["model"])
         return web.Response(status=200)
+
+    # ---- live settings -------------------------------------------------------------------------
+
+    async def trace_setting(self, request: web.Request) -> web.StreamResponse:
+        """Body: {"trace_level": ["TIMESTAMPS"], "trace_rate": "100", ...}; null clears."""
+        model = request.match_info.get("model", "")
+        if model:
+            self._c.repository.entry(model)  # an unknown model is 404
+        changes: dict[str, list[str]] = {}
+        if request.method == "POST":
+            for key, value in (await _document(request)).items():
+                if value is None:
+                    changes[key] = []
+                elif isinstance(value, str):
+                    changes[key] = [value]
+                elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                    changes[key] = list(value)
+                else:
+                    raise InvalidInput(f"trace setting '{shown(key)}': a string or strings")
+        settings = self._c.trace_settings.update(model, changes)
+        return _json({k: v[0] if k != "trace_level" else v for k, v in settings.items()})
+
+    async def log_settings(self, request: web.Request) -> web.StreamResponse:
+        """Body: {"log_info": true, "log_verbose_level": 1, ...}."""
+        changes: dict[str, bool | int | str] = {}
+        if request.method == "POST":
+            for key, value in (await _document(request)).items():
+                if not isinstance(value, bool | int | str):
+                    raise InvalidInput(f"log setting '{shown(key)}': a boolean, number or string")
+                changes[key] = value
+        return _json(self._c.log_settings.update(changes))
 
     # ---- shared memory -------------------------------------------------------------------------
 
