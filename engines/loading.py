@@ -17,11 +17,15 @@ in the backend: thread counts, GPU engines, what a reserved instance gets.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ferry.common.errors import ModelLoadError
 from ferry.engines.base import Device, Engine, Instance, Profile, TensorSpec
@@ -168,3 +172,33 @@ def sha256_of(path: Path) -> str:
             digest.update(block)
     return digest.hexdigest()
 
+
+LOADING_NICE = 15
+"""How much lower than the event loop's the priority of the thread that opens models is: above
+the instances' compute threads (nice 10), so that a model loading while the server serves
+(a reload) takes the CPU the requests leave, instead of taking it from them."""
+
+T = TypeVar("T")
+_background: ThreadPoolExecutor | None = None
+
+
+def _lower(nice: int) -> None:
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
+    except (OSError, AttributeError):
+        pass  # not permitted (or not Linux): load at normal priority
+
+
+async def in_background(fn: Callable[..., T], *args: object) -> T:
+    """Run a blocking, CPU-heavy loading step (opening a model) on the loading thread: one
+    thread, at low priority, for the process's lifetime (a daemon thread)."""
+    global _background
+    if _background is None:
+        _background = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="ferry-loading",
+            initializer=_lower,
+            initargs=(LOADING_NICE,),
+        )
+    return await asyncio.get_running_loop().run_in_executor(_background, fn, *args)

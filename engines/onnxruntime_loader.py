@@ -16,7 +16,15 @@ from typing import Any
 from ferry.common.cpus import usable_cpus
 from ferry.common.errors import ModelLoadError
 from ferry.engines.base import Engine, Instance
-from ferry.engines.loading import Artifact, GpuLookup, Loaded, Planner, VersionFiles, sha256_of
+from ferry.engines.loading import (
+    Artifact,
+    GpuLookup,
+    Loaded,
+    Planner,
+    VersionFiles,
+    in_background,
+    sha256_of,
+)
 from ferry.engines.onnxruntime import (
     RESERVED_INLINE_BUDGET_NS,
     OnnxRuntimeEngine,
@@ -43,8 +51,8 @@ class OnnxRuntimeLoader:
             in_flight=files.in_flight,
             cuda_graphs=files.cuda_graphs,
         )
-        digest = await asyncio.to_thread(sha256_of, files.path)
-        engine = await asyncio.to_thread(OnnxRuntimeEngine, files.path, options)
+        digest = await in_background(sha256_of, files.path)
+        engine = await in_background(OnnxRuntimeEngine, files.path, options)
         loaded = Loaded([engine], [], digest)
         try:
             planned, max_batch_size = await plan(Artifact(engine.inputs, engine.outputs))

@@ -194,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.address} service {args.service!r}: {seen}")
         return 0 if healthy else 1
 
+    from ferry.common.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any thread starts
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
     try:
         config = ServerConfig(

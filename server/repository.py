@@ -17,6 +17,7 @@ the old versions serving and says why.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ferry.common.errors import FerryError, ModelLoadError, ModelNotFound, ModelNotReady, shown
+from ferry.common.memory import release_freed_memory
 from ferry.engines.backends import default_registry
 from ferry.engines.cuda.devices import Discovery, discover
 from ferry.engines.loading import Artifact, Loaded, PlannedInstance, Registry, VersionFiles
@@ -276,6 +278,12 @@ class ModelRepository:
                 for engine in served.loaded.engines:
                     engine.close()
                 log.info("model %s version %s unloaded", served.name, served.version)
+            versions.clear()
+            # Instances sit in reference cycles (threads, executors, callbacks): a collection
+            # frees their sessions now rather than whenever one next runs; with start-up objects
+            # frozen (server/app.py) it walks only what was made since.
+            gc.collect()
+            await asyncio.to_thread(release_freed_memory)
 
         task = asyncio.create_task(retire(), name="ferry-retire")
         self._retiring.add(task)

@@ -1,0 +1,169 @@
+"""Reloads under load lose nothing: closed-loop load on `dlrm` while the model is reloaded with a
+new version 20 times, through the load RPC (explicit mode) and through poll mode; then RSS over
+20 load/unload cycles.
+
+    python -m bench.model_reload [--rounds 2] [--reloads 20]
+
+Each round measures the same closed loop (8 in flight, 64-row requests) without reloads (the
+baseline) and while a new version folder is added and loaded every 0.5 s; the p99 ratio is
+reload / baseline, the failed requests are every non-OK answer. The model carries a warm-up
+(model_warmup), as a production model that reloads should, so a new version takes traffic warm.
+RSS: /proc/PID/status VmRSS after the first load/unload cycle and after the last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as tc
+
+from bench.harness import ferry, record, stop
+from ferry.loadtest.processes import Plan, run
+from ferry.loadtest.stats import Tally
+from ferry.loadtest.workload import Choice, Workload
+from ferry.server.example_repo import write_example_repo
+
+WARMUP = """
+model_warmup [ {
+  name: "warm"
+  batch_size: 64
+  count: 2
+  inputs { key: "dense" value: { data_type: TYPE_FP32 dims: [ 13 ] random_data: true } }
+  inputs { key: "sparse" value: { data_type: TYPE_INT64 dims: [ 26 ] random_data: true } }
+} ]
+"""
+
+
+def repository(work: Path) -> Path:
+    examples = work / "examples"
+    write_example_repo(examples)
+    repo = work / "repo"
+    shutil.copytree(examples / "dlrm", repo / "dlrm")
+    config = repo / "dlrm" / "config.pbtxt"
+    config.write_text(config.read_text() + WARMUP)
+    return repo
+
+
+def new_version(repo: Path, version: int) -> None:
+    """A new version folder (the same weights: what matters is that it loads and takes over)."""
+    target = repo / "dlrm" / str(version)
+    target.mkdir()
+    shutil.copy(repo / "dlrm" / "1" / "model.onnx", target / "model.onnx")
+
+
+def load(address: str, seconds: float) -> Tally:
+    plan = Plan(address, Workload("dlrm", rows=Choice((64,), (1.0,))), "closed",
+                concurrency=8, duration_s=seconds, warmup_s=0.5)  # fmt: skip
+    return run(plan)
+
+
+def summary(tally: Tally) -> dict[str, Any]:
+    latencies = np.array(tally.latencies_s) * 1e3
+    return {
+        "answered": len(latencies),
+        "failed": sum(tally.errors.values()),
+        "errors": dict(tally.errors),
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+    }
+
+
+def under_reloads(address: str, repo: Path, first: int, reloads: int, via_rpc: bool
+                  ) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
+    """The closed loop while `reloads` new versions arrive every 0.5 s; the versions served."""
+    client = tc.InferenceServerClient(address)
+    result: dict[str, Tally] = {}
+    loader = threading.Thread(target=lambda: result.update(t=load(address, reloads * 0.5 + 1.5)))
+    loader.start()
+    time.sleep(1.0)
+    served: list[str] = []
+    for n in range(reloads):
+        version = first + n
+        new_version(repo, version)
+        if via_rpc:
+            client.load_model("dlrm")
+        time.sleep(0.5)
+        served.append(client.get_model_metadata("dlrm").versions[-1])
+    loader.join()
+    return summary(result["t"]), served
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--reloads", type=int, default=20)
+    args = parser.parse_args()
+    results: dict[str, Any] = {"rounds": []}
+    for round_index in range(args.rounds):
+        for mode in ("explicit", "poll"):
+            work = Path(tempfile.mkdtemp(prefix="ferry-reload-"))
+            repo = repository(work)
+            extra = ["--model-control-mode", mode]
+            extra += ["--load-model", "dlrm"] if mode == "explicit" else [
+                "--repository-poll-secs", "0.2"]  # fmt: skip
+            server, address = ferry(repo, work / "ferry.log", *extra)
+            try:
+                baseline = summary(load(address, args.reloads * 0.5 + 1.5))
+                via_rpc = mode == "explicit"
+                reloading, served = under_reloads(address, repo, 2, args.reloads, via_rpc)
+            finally:
+                stop(server)
+            entry = {
+                "round": round_index,
+                "mode": mode,
+                "baseline": baseline,
+                "reloading": reloading,
+                "p99_ratio": reloading["p99_ms"] / baseline["p99_ms"],
+                "versions_served": served,
+            }
+            results["rounds"].append(entry)
+            print(f"round {round_index} {mode:8}: baseline p99 {baseline['p99_ms']:.1f} ms, "
+                  f"reloading p99 {reloading['p99_ms']:.1f} ms (x{entry['p99_ratio']:.2f}), "
+                  f"failed {reloading['failed']} of {reloading['answered'] + reloading['failed']}"
+                  f", last version served {served[-1]}")  # fmt: skip
+    # RSS over load/unload cycles
+    work = Path(tempfile.mkdtemp(prefix="ferry-reload-rss-"))
+    repo = repository(work)
+    server, address = ferry(repo, work / "ferry.log", "--model-control-mode", "explicit")
+    try:
+        client = tc.InferenceServerClient(address)
+        sizes = []
+        for _ in range(20):
+            client.load_model("dlrm")
+            client.unload_model("dlrm")
+            time.sleep(0.2)
+            sizes.append(rss_kib(server.pid))
+    finally:
+        stop(server)
+    results["rss_kib"] = sizes
+    results["rss_growth"] = sizes[-1] / sizes[0] - 1
+    print(f"RSS after cycle 1: {sizes[0] / 1024:.0f} MiB, after cycle 20: {sizes[-1] / 1024:.0f} "
+          f"MiB ({results['rss_growth']:+.1%})")  # fmt: skip
+    ratios = [r["p99_ratio"] for r in results["rounds"]]
+    results["summary"] = {
+        "failed": sum(r["reloading"]["failed"] for r in results["rounds"]),
+        "p99_ratio": {"median": statistics.median(ratios), "max": max(ratios), "min": min(ratios)},
+    }
+    path = record("model_reload", vars(args), results)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
