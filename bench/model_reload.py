@@ -7,7 +7,8 @@ new version 20 times, through the load RPC (explicit mode) and through poll mode
 Each round measures the same closed loop (8 in flight, 64-row requests) without reloads (the
 baseline) and while a new version folder is added and loaded every 0.5 s; the p99 ratio is
 reload / baseline, the failed requests are every non-OK answer. The model carries a warm-up
-(model_warmup), as a production model that reloads should, so a new version takes traffic warm.
+(model_warmup) at the largest batch the load forms (8 requests of 64 rows), as a production model
+that reloads should, so a new version takes traffic warm.
 RSS: /proc/PID/status VmRSS after the first load/unload cycle and after the last.
 """
 
@@ -35,7 +36,7 @@ from ferry.server.example_repo import write_example_repo
 WARMUP = """
 model_warmup [ {
   name: "warm"
-  batch_size: 64
+  batch_size: 512
   count: 2
   inputs { key: "dense" value: { data_type: TYPE_FP32 dims: [ 13 ] random_data: true } }
   inputs { key: "sparse" value: { data_type: TYPE_INT64 dims: [ 26 ] random_data: true } }
