@@ -194,6 +194,9 @@ def test_requests_leave_their_line_in_the_access_log_and_metrics(server: Running
         time.sleep(0.05)
     line = next(x for x in log.read_text().splitlines() if '"http-logged"' in x)
     assert json.loads(line)["status"] == "OK"
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        scrape = response.read().decode()
+    assert re.search(r'nv_inference_request_success\{model="echo",version="1"\} [1-9]', scrape)
 
 
 # ---- bad input -----------------------------------------------------------------------------------

@@ -177,3 +177,28 @@ def test_without_an_exporter_tracing_cannot_be_turned_on(server: RunningServer) 
     with pytest.raises(grpc.RpcError) as info:
         stub.TraceSetting(setting(trace_level=["TIMESTAMPS"]))
     assert "start it with --tracing" in str(info.value.details())
+
+
+@pytest.mark.asyncio
+async def test_an_http_request_joins_the_callers_trace(traced: Any) -> None:
+    """W3C `traceparent` on an HTTP request, as on gRPC metadata: the server span continues
+    the caller's trace."""
+    _, exporter, http = traced
+    exporter.clear()
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2],
+                                   "data": [1, 2]}]}).encode()  # fmt: skip
+
+    def send() -> int:
+        request = urllib.request.Request(
+            http + "/v2/models/echo/infer",
+            data=body,
+            headers={"traceparent": f"00-{trace_id}-{parent_id}-01"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return int(answer.status)
+
+    assert await asyncio.to_thread(send) == 200
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "HTTP infer"]
+    assert format(span.context.trace_id, "032x") == trace_id
+    assert span.parent is not None and format(span.parent.span_id, "016x") == parent_id
