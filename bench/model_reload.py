@@ -55,10 +55,13 @@ def repository(work: Path) -> Path:
 
 
 def new_version(repo: Path, version: int) -> None:
-    """A new version folder (the same weights: what matters is that it loads and takes over)."""
-    target = repo / "dlrm" / str(version)
-    target.mkdir()
-    shutil.copy(repo / "dlrm" / "1" / "model.onnx", target / "model.onnx")
+    """A new version folder (the same weights: what matters is that it loads and takes over),
+    written beside the repository and moved in whole, as a deployment should publish one: a
+    poll never sees it half-copied."""
+    staging = repo.parent / f"staging-{version}"
+    staging.mkdir()
+    shutil.copy(repo / "dlrm" / "1" / "model.onnx", staging / "model.onnx")
+    staging.rename(repo / "dlrm" / str(version))
 
 
 def load(address: str, seconds: float) -> Tally:

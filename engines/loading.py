@@ -173,10 +173,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-LOADING_NICE = 15
-"""How much lower than the event loop's the priority of the thread that opens models is: above
-the instances' compute threads (nice 10), so that a model loading while the server serves
-(a reload) takes the CPU the requests leave, instead of taking it from them."""
+LOADING_NICE = 19
+"""How much lower than the event loop's the priority of the thread that opens models is: the
+lowest nice, well under the instances' compute threads (nice 10), so that a model loading while
+the server serves (a reload) takes little of the CPU the requests need. Not SCHED_IDLE: on a
+server busy to the last cycle a load must still finish."""
 
 T = TypeVar("T")
 _background: ThreadPoolExecutor | None = None
