@@ -14,9 +14,8 @@
 ARG PYTHON_IMAGE=python:3.12.12-slim-bookworm
 ARG TENSORRT_IMAGE=nvcr.io/nvidia/tensorrt:25.10-py3
 
-# ---- CPU ----------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS cpu-build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# ---- the sources both images install: what the wheel needs, and the install script ---------
+FROM scratch AS source
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY scripts/setup.sh scripts/setup.sh
@@ -28,6 +27,12 @@ COPY common common
 COPY proto proto
 COPY loadtest loadtest
 COPY telemetry telemetry
+
+# ---- CPU ----------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS cpu-build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY --from=source /src /src
+WORKDIR /src
 RUN FERRY_VENV=/opt/ferry FERRY_INSTALL=package bash scripts/setup.sh
 
 FROM ${PYTHON_IMAGE} AS cpu
@@ -49,17 +54,8 @@ USER 10001
 # ---- GPU ----------------------------------------------------------------------------------
 FROM ${TENSORRT_IMAGE} AS gpu-build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY --from=source /src /src
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY scripts/setup.sh scripts/setup.sh
-COPY ferry ferry
-COPY server server
-COPY scheduler scheduler
-COPY engines engines
-COPY common common
-COPY proto proto
-COPY loadtest loadtest
-COPY telemetry telemetry
 # The base image's TensorRT bindings live in its system Python: the environment sees them.
 RUN FERRY_VENV=/opt/ferry FERRY_INSTALL=package FERRY_VENV_OPTIONS=--system-site-packages \
     bash scripts/setup.sh gpu

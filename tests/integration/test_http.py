@@ -22,22 +22,9 @@ import tritonclient.http.aio as tha
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import RunningServer, start_server, stop_server
+from tests.models import every_datatype
 
-ARRAYS = {
-    "BOOL": np.array([[True, False, True]] * 2),
-    "UINT8": np.array([[0, 7, 255]] * 2, dtype=np.uint8),
-    "UINT16": np.array([[0, 7, 65535]] * 2, dtype=np.uint16),
-    "UINT32": np.array([[0, 7, 2**32 - 1]] * 2, dtype=np.uint32),
-    "UINT64": np.array([[0, 7, 2**64 - 1]] * 2, dtype=np.uint64),
-    "INT8": np.array([[-128, 0, 127]] * 2, dtype=np.int8),
-    "INT16": np.array([[-(2**15), 0, 2**15 - 1]] * 2, dtype=np.int16),
-    "INT32": np.array([[-(2**31), 0, 2**31 - 1]] * 2, dtype=np.int32),
-    "INT64": np.array([[-(2**63), 0, 2**63 - 1]] * 2, dtype=np.int64),
-    "FP16": np.array([[0.5, -2.0, 65504]] * 2, dtype=np.float16),
-    "FP32": np.array([[0.5, -2.0, 3.25]] * 2, dtype=np.float32),
-    "FP64": np.array([[0.5, -2.0, 1e300]] * 2, dtype=np.float64),
-    "BYTES": np.array([[b"", b"ferry", "f\u00e4hre \u6e21\u8239".encode()]] * 2, dtype=object),
-}
+ARRAYS = every_datatype()
 
 
 UNKNOWN = "Request for unknown model: 'no_such_model' is not found"  # Triton's words

@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import RunningServer
+from tests.models import every_datatype
 
 RNG = np.random.default_rng(0)
 
@@ -131,21 +132,7 @@ def test_unbatched_model(server: RunningServer) -> None:
 
 def test_every_datatype_round_trips(server: RunningServer) -> None:
     client = tc.InferenceServerClient(server.address)
-    arrays = {
-        "BOOL": np.array([[True, False, True]] * 2),
-        "UINT8": np.array([[0, 7, 255]] * 2, dtype=np.uint8),
-        "UINT16": np.array([[0, 7, 65535]] * 2, dtype=np.uint16),
-        "UINT32": np.array([[0, 7, 2**32 - 1]] * 2, dtype=np.uint32),
-        "UINT64": np.array([[0, 7, 2**64 - 1]] * 2, dtype=np.uint64),
-        "INT8": np.array([[-128, 0, 127]] * 2, dtype=np.int8),
-        "INT16": np.array([[-(2**15), 0, 2**15 - 1]] * 2, dtype=np.int16),
-        "INT32": np.array([[-(2**31), 0, 2**31 - 1]] * 2, dtype=np.int32),
-        "INT64": np.array([[-(2**63), 0, 2**63 - 1]] * 2, dtype=np.int64),
-        "FP16": np.array([[0.5, -2.0, 65504]] * 2, dtype=np.float16),
-        "FP32": np.array([[0.5, -2.0, 3.25]] * 2, dtype=np.float32),
-        "FP64": np.array([[0.5, -2.0, 1e300]] * 2, dtype=np.float64),
-        "BYTES": np.array([[b"", b"ferry", "f\u00e4hre \u6e21\u8239".encode()]] * 2, dtype=object),
-    }
+    arrays = every_datatype()
     inputs = []
     for name, array in arrays.items():
         tensor = tc.InferInput(f"in_{name}", list(array.shape), name)
