@@ -4,8 +4,9 @@ new version 20 times, through the load RPC (explicit mode) and through poll mode
 
     python -m bench.model_reload [--rounds 2] [--reloads 20]
 
-Each round measures the same closed loop (8 in flight, 64-row requests) without reloads (the
-baseline) and while a new version folder is added and loaded every 0.5 s; the p99 ratio is
+Each round measures the same closed loop (8 in flight, 64-row requests) without reloads for 12 s
+(the baseline) and while new versions arrive one after another (each published, loaded, served,
+then 0.5 s until the next) for as long as the reloads take; the p99 ratio is
 reload / baseline, the failed requests are every non-OK answer. The model carries a warm-up
 (model_warmup) at the largest batch the load forms (8 requests of 64 rows), as a production model
 that reloads should, so a new version takes traffic warm.
@@ -64,10 +65,19 @@ def new_version(repo: Path, version: int) -> None:
     staging.rename(repo / "dlrm" / str(version))
 
 
-def load(address: str, seconds: float) -> Tally:
+def load(address: str, seconds: float, warmup_s: float = 0.5) -> Tally:
     plan = Plan(address, Workload("dlrm", rows=Choice((64,), (1.0,))), "closed",
-                concurrency=8, duration_s=seconds, warmup_s=0.5)  # fmt: skip
+                concurrency=8, duration_s=seconds, warmup_s=warmup_s)  # fmt: skip
     return run(plan)
+
+
+def load_until(address: str, done: threading.Event) -> Tally:
+    """The closed loop in one-second pieces until `done`: the measurement covers the reloads,
+    however long they take, and no more."""
+    merged = Tally()
+    while not done.is_set():
+        merged.merge(load(address, 1.0, warmup_s=0.1))
+    return merged
 
 
 def summary(tally: Tally) -> dict[str, Any]:
@@ -83,21 +93,31 @@ def summary(tally: Tally) -> dict[str, Any]:
 
 def under_reloads(address: str, repo: Path, first: int, reloads: int, via_rpc: bool
                   ) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
-    """The closed loop while `reloads` new versions arrive every 0.5 s; the versions served."""
+    """The closed loop while `reloads` new versions arrive one after another: each is published,
+    loaded (by the RPC, or by the poll), served, and 0.5 s later the next one comes."""
     client = tc.InferenceServerClient(address)
+    done = threading.Event()
     result: dict[str, Tally] = {}
-    loader = threading.Thread(target=lambda: result.update(t=load(address, reloads * 0.5 + 1.5)))
+    loader = threading.Thread(target=lambda: result.update(t=load_until(address, done)))
     loader.start()
     time.sleep(1.0)
     served: list[str] = []
-    for n in range(reloads):
-        version = first + n
-        new_version(repo, version)
-        if via_rpc:
-            client.load_model("dlrm")
-        time.sleep(0.5)
-        served.append(client.get_model_metadata("dlrm").versions[-1])
-    loader.join()
+    try:
+        for n in range(reloads):
+            version = str(first + n)
+            new_version(repo, first + n)
+            if via_rpc:
+                client.load_model("dlrm")
+            deadline = time.monotonic() + 60
+            while client.get_model_metadata("dlrm").versions[-1] != version:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"version {version} was not served within 60 s")
+                time.sleep(0.05)
+            served.append(version)
+            time.sleep(0.5)
+    finally:
+        done.set()
+        loader.join()
     return summary(result["t"]), served
 
 
@@ -123,7 +143,9 @@ def main() -> int:
                 "--repository-poll-secs", "0.2"]  # fmt: skip
             server, address = ferry(repo, work / "ferry.log", *extra)
             try:
-                baseline = summary(load(address, args.reloads * 0.5 + 1.5))
+                stop_at = threading.Event()
+                threading.Timer(12.0, stop_at.set).start()
+                baseline = summary(load_until(address, stop_at))  # the same pieces as below
                 via_rpc = mode == "explicit"
                 reloading, served = under_reloads(address, repo, 2, args.reloads, via_rpc)
             finally:
