@@ -91,10 +91,7 @@ def model_statistics(
 def repository_index(
     repository: ModelRepository, repository_name: str, ready_only: bool
 ) -> pb.RepositoryIndexResponse:
-    if repository_name:
-        raise ModelNotFound(
-            f"unknown repository '{shown(repository_name)}' (Ferry serves one, unnamed)"
-        )
+    one_repository(repository_name)
     models: list[pb.RepositoryIndexResponse.ModelIndex] = []
     for entry in repository.entries():
         if entry.versions:
@@ -111,6 +108,12 @@ def repository_index(
                 )
             )
     return pb.RepositoryIndexResponse(models=models)
+
+
+def one_repository(name: str) -> None:
+    """Requests may name a repository; Ferry serves one, unnamed."""
+    if name:
+        raise ModelNotFound(f"unknown repository '{shown(name)}' (Ferry serves one, unnamed)")
 
 
 def _duration(d: Duration) -> pb.StatisticDuration:

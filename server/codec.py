@@ -146,7 +146,7 @@ def decode(
                     f"input '{tensor.name}' has typed contents although raw_input_contents is "
                     "used; send every input one way"
                 )
-            inputs[tensor.name] = _from_raw(raw[index], shape, spec)
+            inputs[tensor.name] = raw_tensor(raw[index], shape, spec)
         else:
             inputs[tensor.name] = _from_contents(tensor, shape, spec)
         if sig.utf8_bytes and spec.datatype.name == "BYTES":
@@ -223,11 +223,8 @@ def _check_shape(
 
 
 def raw_tensor(data: Buffer, shape: tuple[int, ...], spec: TensorSpec) -> np.ndarray:
-    """An array of `shape` over raw tensor bytes, checked for size (warm-up files use it)."""
-    return _from_raw(data, shape, spec)
-
-
-def _from_raw(data: Buffer, shape: tuple[int, ...], spec: TensorSpec) -> np.ndarray:
+    """An array of `shape` over raw tensor bytes (a view), checked for size; requests' raw
+    contents and warm-up files go through it."""
     count = math.prod(shape)
     itemsize = spec.datatype.itemsize
     if itemsize is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.scheduler.request import InferenceResult
@@ -69,9 +69,11 @@ class Inference:
             held_version = served
             sig = served.settings.signature
             regions = self.regions
-            data = regions.inputs(request, raw)
-            if data is None and raw is not None:
-                data = [b for b in raw if b is not None]
+            # Region views for the inputs that name one; otherwise the front end's own data,
+            # which holds None only for such inputs (so none here).
+            data: Sequence[Buffer] | None = regions.inputs(request, raw)
+            if data is None:
+                data = cast("Sequence[Buffer] | None", raw)
             targets = regions.outputs(request) if request.outputs else None
             decoded = decode(request, sig, data)
             cost = MemoryBudget.cost(decoded.nbytes, decoded.rows * sig.output_row_bytes)

@@ -324,10 +324,7 @@ def _match(
         real = by_name.get(tensor.name)
         if real is None:
             raise ModelLoadError(f"{where_t} is not in the model (it has: {', '.join(by_name)})")
-        try:
-            dt = from_config_type(mc.DataType.Name(tensor.data_type))
-        except (KeyError, ValueError):
-            raise ModelLoadError(f"{where_t}: data_type is missing or invalid") from None
+        dt = config_datatype(tensor.data_type, where_t)
         if dt != real.datatype:
             raise ModelLoadError(
                 f"{where_t}: data_type {dt.config_name} differs from the model's "
@@ -360,6 +357,14 @@ def _match(
             )
         specs.append(TensorSpec(tensor.name, dt, dims))
     return specs, reshaped
+
+
+def config_datatype(value: int, where: str) -> DataType:
+    """The datatype a config's `data_type` enum names; ModelLoadError when missing or invalid."""
+    try:
+        return from_config_type(mc.DataType.Name(value))
+    except (KeyError, ValueError):
+        raise ModelLoadError(f"{where}: data_type is missing or invalid") from None
 
 
 def _labels(

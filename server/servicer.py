@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ferry.common.errors import InvalidInput, ModelNotFound, ShuttingDown, Unsupported, shown
+from ferry.common.errors import InvalidInput, ShuttingDown, Unsupported, shown
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 from ferry.server import answers
@@ -233,7 +233,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        _one_repository(request.repository_name)
+        answers.one_repository(request.repository_name)
         config: str | None = None
         files: dict[str, bytes] = {}
         for key, parameter in request.parameters.items():
@@ -253,7 +253,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        _one_repository(request.repository_name)
+        answers.one_repository(request.repository_name)
         await self._control.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
@@ -327,7 +327,3 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.CudaSharedMemoryUnregisterResponse:
         return pb.CudaSharedMemoryUnregisterResponse()  # nothing registered: nothing to do
 
-
-def _one_repository(name: str) -> None:
-    if name:
-        raise ModelNotFound(f"unknown repository '{shown(name)}' (Ferry serves one, unnamed)")

@@ -32,19 +32,19 @@ class TlsConfig:
         extra = () if self.client_ca is None else (self.client_ca,)
         return (self.cert, self.key, *extra)
 
+    def stamp(self) -> tuple[tuple[int, int], ...]:
+        """Each file's modification time and size: what changes when a certificate rotates."""
+        return tuple(
+            (status.st_mtime_ns, status.st_size)
+            for status in (os.stat(path) for path in self.files())
+        )
+
 
 class _Certificates:
     def __init__(self, config: TlsConfig) -> None:
         self._config = config
-        self._seen = self._stamp()
+        self._seen = config.stamp()
         self.initial = self._configuration()
-
-    def _stamp(self) -> tuple[tuple[int, int], ...]:
-        stamps = []
-        for path in self._config.files():
-            status = os.stat(path)
-            stamps.append((status.st_mtime_ns, status.st_size))
-        return tuple(stamps)
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
         config = self._config
@@ -56,7 +56,7 @@ class _Certificates:
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """Called by gRPC at each new handshake; must not raise (a failed read keeps the old)."""
         try:
-            stamp = self._stamp()
+            stamp = self._config.stamp()
             if stamp == self._seen:
                 return None
             fresh = self._configuration()

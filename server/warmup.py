@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ferry.common.datatypes import from_config_type
 from ferry.common.errors import FerryError, ModelLoadError
 from ferry.engines.base import Feed, Instance, TensorSpec
 from ferry.proto import model_config_pb2 as mc
 from ferry.server.codec import Signature, raw_tensor
+from ferry.server.model_config import config_datatype
 
 log = logging.getLogger("ferry.repository")
 
@@ -71,10 +71,7 @@ def _data(
     rng: np.random.Generator,
     here: str,
 ) -> np.ndarray:
-    try:
-        datatype = from_config_type(mc.DataType.Name(given.data_type))
-    except (KeyError, ValueError):
-        raise ModelLoadError(f"{here}: data_type is missing or invalid") from None
+    datatype = config_datatype(given.data_type, here)
     if datatype != spec.datatype:
         raise ModelLoadError(
             f"{here}: data_type {datatype.config_name} differs from the input's "

@@ -7,14 +7,17 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import grpc
+import numpy as np
 import pytest
+import tritonclient.grpc as tc
 
 from tests.models import build_test_repo
 
@@ -119,3 +122,29 @@ def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     running = start_server(model_repo, tmp_path_factory.mktemp("server"))
     yield running
     stop_server(running)
+
+
+class LateAnswer:
+    """The answer to one tritonclient `async_infer` call (pass it as the callback), waited for."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[Any, Any]] = []
+        self.done = threading.Event()
+
+    def __call__(self, result: Any, error: Any) -> None:
+        self.answers.append((result, error))
+        self.done.set()
+
+    def wait(self, timeout_s: float) -> tuple[Any, Any]:
+        """(result, error), once it came."""
+        assert self.done.wait(timeout_s)
+        return self.answers[0]
+
+
+def history_inputs() -> list[tc.InferInput]:
+    """One row for `history_padded`, whose batches wait 300 ms for company: a request that
+    stays accepted and queued long enough to act on the server meanwhile."""
+    inputs = [tc.InferInput("history", [1, 5], "INT64"), tc.InferInput("user", [1, 16], "FP32")]
+    inputs[0].set_data_from_numpy(np.arange(1, 6, dtype=np.int64)[None])
+    inputs[1].set_data_from_numpy(np.zeros((1, 16), np.float32))
+    return inputs

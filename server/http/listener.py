@@ -2,14 +2,13 @@
 
 TLS uses the gRPC listener's files (server/tls.py) and, like it, picks up rotated certificates
 without a restart: each handshake's SNI callback (which runs for every TLS client, with or
-without a server name) swaps in a context freshly loaded when a file's modification time or
-size changed; a rotation caught half-written keeps the current context.
+without a server name) swaps in a context freshly loaded when `TlsConfig.stamp` (the files'
+modification times and sizes) changed; a rotation caught half-written keeps the current one.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 from dataclasses import dataclass
 
@@ -38,20 +37,14 @@ class _RotatingContext:
 
     def __init__(self, config: TlsConfig) -> None:
         self._config = config
-        self._seen = self._stamp()
+        self._seen = config.stamp()
         self._current = _context(config)
         self.listener = _context(config)
         self.listener.sni_callback = self._choose
 
-    def _stamp(self) -> tuple[tuple[int, int], ...]:
-        return tuple(
-            (status.st_mtime_ns, status.st_size)
-            for status in (os.stat(path) for path in self._config.files())
-        )
-
     def _choose(self, connection: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
         try:
-            stamp = self._stamp()
+            stamp = self._config.stamp()
             if stamp != self._seen:
                 self._current = _context(self._config)
                 self._seen = stamp

@@ -178,16 +178,9 @@ class _Routes:
         return _json(to_json(answers.model_statistics(self._c.repository, name, version)))
 
     async def repository_index(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        ready = False
-        if body.strip():
-            try:
-                document = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
-            if not isinstance(document, dict) or not isinstance(document.get("ready", False), bool):
-                raise InvalidInput("the body is a JSON object whose 'ready' is true or false")
-            ready = document.get("ready", False)
+        ready = (await _document(request)).get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidInput("the body is a JSON object whose 'ready' is true or false")
         index = answers.repository_index(self._c.repository, "", ready)
         return _json([to_json(model) for model in index.models])
 

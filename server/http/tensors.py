@@ -84,16 +84,12 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput("'inputs' must be a non-empty list")
     for item in inputs:
-        tensor = _object(item, "each input")
-        name = tensor.get("name")
-        if not isinstance(name, str):
-            raise InvalidInput("every input needs a 'name' (a string)")
+        tensor, name, parameters = _named(item, "input")
         datatype = tensor.get("datatype")
         if not isinstance(datatype, str):
             raise InvalidInput(f"input '{shown(name)}' needs a 'datatype' (a string)")
         shape = _shape(tensor.get("shape"), name)
         entry = request.inputs.add(name=name, datatype=datatype, shape=shape)
-        parameters = _object(tensor.get("parameters", {}), f"input '{shown(name)}' parameters")
         size = parameters.pop("binary_data_size", None)
         for key, value in parameters.items():
             _set_parameter(entry.parameters[key], value, f"input '{shown(name)}' {key}")
@@ -131,12 +127,8 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
     if not isinstance(outputs, list):
         raise InvalidInput("'outputs' must be a list")
     for item in outputs:
-        wanted = _object(item, "each output")
-        name = wanted.get("name")
-        if not isinstance(name, str):
-            raise InvalidInput("every output needs a 'name' (a string)")
+        _, name, parameters = _named(item, "output")
         entry = request.outputs.add(name=name)
-        parameters = _object(wanted.get("parameters", {}), f"output '{shown(name)}' parameters")
         binary_outputs[name] = _flag(parameters.pop("binary_data", binary_default),
                                      f"output '{shown(name)}' binary_data")  # fmt: skip
         for key, value in parameters.items():
@@ -184,6 +176,16 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object")
     return value
+
+
+def _named(item: Any, kind: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """An input or output entry: the object, its name and its parameters (checked)."""
+    entry = _object(item, f"each {kind}")
+    name = entry.get("name")
+    if not isinstance(name, str):
+        raise InvalidInput(f"every {kind} needs a 'name' (a string)")
+    parameters = _object(entry.get("parameters", {}), f"{kind} '{shown(name)}' parameters")
+    return entry, name, parameters
 
 
 def _flag(value: Any, what: str) -> bool:

@@ -21,7 +21,7 @@ import tritonclient.http as th
 import tritonclient.http.aio as tha
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import RunningServer, start_server, stop_server
+from tests.conftest import LateAnswer, RunningServer, history_inputs, start_server, stop_server
 from tests.models import every_datatype
 
 ARRAYS = every_datatype()
@@ -294,14 +294,8 @@ def test_draining_refuses_new_http_requests_with_503(model_repo: Path, tmp_path:
     own = start_server(model_repo, tmp_path)
     try:
         client = tc.InferenceServerClient(own.address)
-        history = [tc.InferInput("history", [1, 5], "INT64"),
-                   tc.InferInput("user", [1, 16], "FP32")]  # fmt: skip
-        history[0].set_data_from_numpy(np.arange(1, 6, dtype=np.int64)[None])
-        history[1].set_data_from_numpy(np.zeros((1, 16), np.float32))
-        answers: list[Any] = []
-        client.async_infer(
-            "history_padded", history, lambda result, error: answers.append((result, error))
-        )
+        late = LateAnswer()
+        client.async_infer("history_padded", history_inputs(), late)
         time.sleep(0.1)  # accepted, waiting out its 300 ms batch delay
         own.process.send_signal(signal.SIGTERM)
         time.sleep(0.05)
@@ -309,7 +303,7 @@ def test_draining_refuses_new_http_requests_with_503(model_repo: Path, tmp_path:
         assert status == 503 and "shutting down" in message
         assert call(own, "GET", "/v2/health/ready")[0] == 400
         assert own.process.wait(timeout=30) == 0
-        assert len(answers) == 1 and answers[0][1] is None  # the accepted one was answered
+        assert len(late.answers) == 1 and late.answers[0][1] is None  # the accepted one: answered
     finally:
         if own.process.poll() is None:
             stop_server(own)

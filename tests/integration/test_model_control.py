@@ -21,7 +21,7 @@ import pytest
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import RunningServer, start_server, stop_server
+from tests.conftest import LateAnswer, RunningServer, history_inputs, start_server, stop_server
 
 
 @pytest.fixture
@@ -150,21 +150,11 @@ def test_unloading_a_model_in_use_lets_its_requests_finish(explicit: RunningServ
     """`history_padded` holds its batch 300 ms: the unload waits for the request it holds."""
     client = tc.InferenceServerClient(explicit.address)
     client.load_model("history_padded")
-    inputs = [tc.InferInput("history", [1, 5], "INT64"), tc.InferInput("user", [1, 16], "FP32")]
-    inputs[0].set_data_from_numpy(np.arange(1, 6, dtype=np.int64)[None])
-    inputs[1].set_data_from_numpy(np.zeros((1, 16), np.float32))
-    answers: list[Any] = []
-    done = threading.Event()
-
-    def callback(result: Any, error: Any) -> None:
-        answers.append((result, error))
-        done.set()
-
-    client.async_infer("history_padded", inputs, callback)
+    late = LateAnswer()
+    client.async_infer("history_padded", history_inputs(), late)
     time.sleep(0.1)
     client.unload_model("history_padded")
-    assert done.wait(10)
-    result, error = answers[0]
+    result, error = late.wait(10)
     assert error is None and result.as_numpy("score").shape == (1, 1)
     assert not client.is_model_ready("history_padded")
 

@@ -5,7 +5,6 @@ queued request stays valid for it."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import tritonclient.http as th
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import RunningServer
+from tests.conftest import LateAnswer, RunningServer, history_inputs
 
 PROTOCOLS = ["grpc", "http"]
 
@@ -202,24 +201,14 @@ def test_a_region_unregistered_under_a_queued_request_stays_valid_for_it(
         history = np.arange(1, 6, dtype=np.int64)[None]
         name, handle = regions.make(history.nbytes)
         shm.set_shared_memory_region(handle, [history])
-        inputs = [tc.InferInput("history", [1, 5], "INT64"), tc.InferInput("user", [1, 16], "FP32")]
+        expected = client.infer("history_padded", history_inputs()).as_numpy("score")
+        inputs = history_inputs()
         inputs[0].set_shared_memory(name, history.nbytes)
-        inputs[1].set_data_from_numpy(np.zeros((1, 16), np.float32))
-        expected_inputs = [tc.InferInput("history", [1, 5], "INT64"), inputs[1]]
-        expected_inputs[0].set_data_from_numpy(history)
-        expected = client.infer("history_padded", expected_inputs).as_numpy("score")
-        answers: list[Any] = []
-        done = threading.Event()
-
-        def callback(result: Any, error: Any) -> None:
-            answers.append((result, error))
-            done.set()
-
-        client.async_infer("history_padded", inputs, callback)
+        late = LateAnswer()
+        client.async_infer("history_padded", inputs, late)
         time.sleep(0.1)
         client.unregister_system_shared_memory(name)
-        assert done.wait(10)
-        result, error = answers[0]
+        result, error = late.wait(10)
         assert error is None
         np.testing.assert_array_equal(result.as_numpy("score"), expected)
     finally:
