@@ -332,3 +332,25 @@ def test_the_config_carries_the_defaults_triton_fills_in(server: RunningServer) 
     assert config["version_policy"] == {"latest": {"num_versions": 1}}
     (group,) = config["instance_group"]
     assert (group["name"], group["kind"], group["count"]) == ("noconfig_0", "KIND_CPU", 1)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("/v2/repository/index", b"{not json", "not valid JSON"),
+        ("/v2/repository/index", b'{"ready": "yes"}', "'ready' is true or false"),
+        ("/v2/repository/index", b"[true]", "must be a JSON object"),
+        ("/v2/logging", b'{"log_info": [1]}', "a boolean, number or string"),
+        ("/v2/logging", b'{"log_verbose_level": -1}', "log_verbose_level must be an integer"),
+        ("/v2/trace/setting", b'{"trace_rate": 5}', "a string or strings"),
+        ("/v2/systemsharedmemory/region/r/register", b'{"key": "/k", "byte_size": true}',
+         "'byte_size'"),
+    ],
+)
+def test_bad_bodies_on_the_other_paths_are_refused_and_serving_goes_on(
+    server: RunningServer, path: str, body: bytes, message: str
+) -> None:
+    status, error = refused(server, path, body)
+    assert status == 400 and message in error, error
+    status, _ = call(server, "POST", "/v2/models/echo/infer", json.dumps(echo_body()).encode())
+    assert status == 200

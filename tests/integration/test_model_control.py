@@ -228,3 +228,29 @@ def test_poll_mode_follows_the_repository(model_repo: Path, tmp_path: Path) -> N
         assert client.infer("simple", simple_inputs()).as_numpy("OUTPUT0") is not None
     finally:
         stop_server(server)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/v2/repository/models/simple/load", b'{"parameters": []}', 400,
+         "'parameters' must be a JSON object"),
+        ("/v2/repository/models/simple/load",
+         b'{"parameters": {"config": "{}", "file:1/model.onnx": "not base64!"}}', 400,
+         "is not valid base64"),
+        ("/v2/repository/models/simple/load",
+         b'{"parameters": {"config": "{}", "file:1/model.onnx": 7}}', 400, "must be base64 text"),
+        ("/v2/repository/models/simple/load", b"{nope", 400, "not valid JSON"),
+        ("/v2/repository/models/no_such_model/unload", b"", 404, "no such model"),
+    ],
+)
+def test_bad_http_load_and_unload_requests_are_refused(
+    explicit: RunningServer, path: str, body: bytes, status: int, message: str
+) -> None:
+    request = urllib.request.Request(explicit.http_url + path, data=body, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=30)
+    with info.value as error:
+        assert error.code == status and message in json.loads(error.read())["error"]
+    client = tc.InferenceServerClient(explicit.address)
+    assert client.infer("simple", simple_inputs()).as_numpy("OUTPUT0") is not None
