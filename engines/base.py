@@ -180,17 +180,26 @@ class Instance(Protocol):
         """
         ...
 
+    async def warm(self, feed: Feed) -> None:
+        """Run one warm-up batch (`model_warmup`) before the instance serves. The CPU backend
+        runs it on the loading thread, at the loading priority, so that a version warming up
+        beside a serving one takes little of its CPU; device backends run it as a batch."""
+        ...
+
     async def close(self) -> None: ...
 
 
 class OffLoop:
     """For instances that never run a batch on the event loop (their work waits on a device):
-    `run_now` always declines."""
+    `run_now` always declines, and a warm-up batch is a batch like any other."""
 
     inline = False
 
     def run_now(self, feed: Feed) -> ExecutionResult | None:
         return None
+
+    async def warm(self: Instance, feed: Feed) -> None:
+        await self.run(feed)
 
 
 class Engine(Protocol):

@@ -79,6 +79,10 @@ class FakeInstance:
         finally:
             self._engine.running -= 1
 
+    async def warm(self, feed: Feed) -> None:
+        """A warm-up batch is recorded and computed like any other (its failure fails the load)."""
+        await self.run(feed)
+
     def _compute(self, feed: Feed) -> ExecutionResult:
         x = gather(feed, "x")
         self._engine.shapes_log.append((self._profile.index, x.shape))

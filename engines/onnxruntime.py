@@ -38,6 +38,7 @@ import onnxruntime as ort
 from ferry.common.datatypes import DATATYPES, DataType
 from ferry.common.errors import EngineError, ModelLoadError
 from ferry.engines.base import Device, ExecutionResult, Feed, Profile, TensorSpec, Timings
+from ferry.engines.loading import in_background
 from ferry.engines.staging import gather
 
 _ORT_TYPES: dict[str, str] = {
@@ -236,7 +237,16 @@ class OnnxRuntimeInstance:
             initargs=(nice, idle_class),
         )
         try:
-            self._session = self._executor.submit(open_session).result()
+            # ONNX Runtime's intra-op pool threads take the priority of the thread that opens
+            # the session. An instance in the idle class opens it on its own thread, so the pool
+            # joins the class; any other opens it on the calling thread (the loader's loading
+            # thread), so that the pool works at the loading priority while the instance warms
+            # up beside serving models (bench/model_reload.py). Once it serves, the instance's
+            # thread, which calls the session and takes its share of every batch, runs at `nice`.
+            if idle_class:
+                self._session = self._executor.submit(open_session).result()
+            else:
+                self._session = open_session()
         except BaseException:
             self._executor.shutdown(wait=False)
             raise
@@ -293,6 +303,11 @@ class OnnxRuntimeInstance:
                 self._trial_rows = feed.rows
         return result
 
+    async def warm(self, feed: Feed) -> None:
+        """On the loading thread (engines/loading.py), not the instance's: the warm-up's share
+        of the CPU stays at the loading priority, under the serving versions' compute."""
+        await in_background(self._run_blocking, feed)
+
     def _budget(self) -> int:
         return INLINE_BUDGET_NS if self._budget_ns is None else self._budget_ns
 
@@ -332,8 +347,9 @@ class OnnxRuntimeInstance:
 
 def _lower_priority(nice: int, idle_class: bool = False) -> None:
     """Lower the calling thread's CPU priority by `nice` (Linux: per thread; inherited by the
-    threads it starts, such as ONNX Runtime's pool). The event loop keeps its priority, so under
-    full load it still answers promptly while compute takes whatever CPU is left.
+    threads it starts, such as the ONNX Runtime pool of a session it opens). The event loop
+    keeps its priority, so under full load it still answers promptly while compute takes
+    whatever CPU is left.
 
     `idle_class` goes further: Linux's SCHED_IDLE, whose threads run only on CPU time no other
     thread wants, and give way the moment one wakes. Nice 10 is not enough for that: a waking
@@ -406,4 +422,3 @@ def options_from_parameters(parameters: Mapping[str, str]) -> OnnxRuntimeOptions
         )
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from exc
-

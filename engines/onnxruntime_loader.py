@@ -85,7 +85,11 @@ class OnnxRuntimeLoader:
                         wanted.profile,
                         **_cpu_placement(wanted.reserved, reserving, chosen_threads),
                     )
-                loaded.instances.append(await asyncio.to_thread(make))
+                # CPU instances open their sessions on the loading thread (engines/onnxruntime.py)
+                opened = (
+                    in_background(make) if wanted.device.kind == "cpu" else asyncio.to_thread(make)
+                )
+                loaded.instances.append(await opened)
         except BaseException:
             await loaded.close()
             raise

@@ -29,7 +29,14 @@ from ferry.common.errors import FerryError, ModelLoadError, ModelNotFound, Model
 from ferry.common.memory import release_freed_memory
 from ferry.engines.backends import default_registry
 from ferry.engines.cuda.devices import Discovery, discover
-from ferry.engines.loading import Artifact, Loaded, PlannedInstance, Registry, VersionFiles
+from ferry.engines.loading import (
+    Artifact,
+    Loaded,
+    PlannedInstance,
+    Registry,
+    VersionFiles,
+    in_background,
+)
 from ferry.proto import model_config_pb2 as mc
 from ferry.scheduler.observer import BatchObserver
 from ferry.scheduler.scheduler import ModelScheduler
@@ -283,7 +290,7 @@ class ModelRepository:
             # frees their sessions now rather than whenever one next runs; with start-up objects
             # frozen (server/app.py) it walks only what was made since.
             gc.collect()
-            await asyncio.to_thread(release_freed_memory)
+            await in_background(release_freed_memory)  # at the loading priority
 
         task = asyncio.create_task(retire(), name="ferry-retire")
         self._retiring.add(task)

@@ -120,11 +120,10 @@ async def warm(
         for name, feed, count in entries:
             for _ in range(count):
                 try:
-                    await instance.run(feed)
+                    await instance.warm(feed)
                 except FerryError as exc:
                     raise ModelLoadError(
                         f"{where}: model_warmup '{name}' failed on {instance.name}: {exc}"
                     ) from None
                 runs += 1
     return runs
-

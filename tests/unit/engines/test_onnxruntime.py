@@ -1,5 +1,6 @@
 """The ONNX Runtime backend on its own: answers equal a plain session's, tiny batches move onto
-the event loop and back, and compute threads run below the event loop's CPU priority."""
+the event loop and back, compute threads run below the event loop's CPU priority, and an
+instance warming up works at the loading thread's lower one."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import onnxruntime as ort
 import pytest
 
 from ferry.engines import onnxruntime as backend
-from ferry.engines.base import UNBOUNDED, Device, Feed
+from ferry.engines.base import UNBOUNDED, Device, ExecutionResult, Feed
+from ferry.engines.loading import LOADING_NICE, in_background
 from ferry.engines.onnxruntime import OnnxRuntimeEngine, OnnxRuntimeOptions
 from ferry.server.example_repo import write_example_repo
 
@@ -141,4 +143,45 @@ async def test_compute_threads_run_below_the_event_loops_priority(examples: Path
         lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     ).result()
     assert theirs == min(mine + 7, 19)
+    await instance.close()
+
+
+def _threads() -> set[int]:
+    return {int(tid) for tid in os.listdir("/proc/self/task")}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+async def test_a_warming_instance_works_at_the_loading_priority_and_serves_at_its_own(
+    examples: Path,
+) -> None:
+    """A version loading beside serving ones must take little of their CPU: the session (and
+    ONNX Runtime's pool threads, which take the opener's priority) is opened on the loading
+    thread, and a warm-up batch runs there too; serving batches run on the instance's thread."""
+    engine = OnnxRuntimeEngine(examples / "dlrm" / "1" / "model.onnx", OnnxRuntimeOptions(2, 0, 7))
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    before = _threads()
+    instance = await in_background(engine.create_instance, "w", Device(), UNBOUNDED)
+    pool = _threads() - before - {t.native_id for t in threading.enumerate()}
+    assert pool  # two intra-op threads: ONNX Runtime starts one beside the caller
+    assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in pool} == {min(mine + LOADING_NICE, 19)}
+
+    ran_on: list[tuple[str, int]] = []
+    run_blocking = instance._run_blocking
+
+    def recording(feed: Feed) -> ExecutionResult:
+        me = threading.get_native_id()
+        ran_on.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, me)))
+        return run_blocking(feed)
+
+    instance._run_blocking = recording  # type: ignore[method-assign]
+    rng = np.random.default_rng(3)
+    batch = {
+        "dense": rng.standard_normal((64, 13)).astype(np.float32),
+        "sparse": rng.integers(0, 10**6, (64, 26)).astype(np.int64),
+    }
+    await instance.warm(Feed([batch], 64))
+    await instance.run(Feed([batch], 64))
+    (warm_thread, warm_nice), (serve_thread, serve_nice) = ran_on
+    assert warm_thread.startswith("ferry-loading") and warm_nice == min(mine + LOADING_NICE, 19)
+    assert serve_thread.startswith("ferry-w") and serve_nice == min(mine + 7, 19)
     await instance.close()
