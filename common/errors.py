@@ -92,3 +92,8 @@ def shown(text: str, limit: int = SHOWN_CHARS) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text)} characters)"
+
+
+class BuildError(FerryError):
+    """`ferry build` refused: the options, the source model, the calibration data or the
+    accuracy gate. The message says which and why; nothing was written."""

@@ -30,6 +30,7 @@ from ferry.engines.loading import Registry
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto._pool import POOL
 from ferry.server.admission import Admission
+from ferry.server.capture import Capture
 from ferry.server.config import ServerConfig
 from ferry.server.http.listener import HttpListener, listen
 from ferry.server.http.routes import HttpContext, build_app
@@ -94,6 +95,7 @@ class FerryServer:
             AccessLog(config.access_log, config.access_log_sample) if config.access_log else None
         )
         self.telemetry = RequestObserver(tracing, metrics, access_log)
+        self.capture = Capture(config.capture) if config.capture is not None else None
         observers = tuple(o for o in (tracing, metrics) if o is not None)
         self.repository = ModelRepository(
             config.model_repository,
@@ -145,6 +147,7 @@ class FerryServer:
             self.budget,
             self.regions,
             self.control,
+            self.capture,
         )
         add_inference_service(servicer, server, self.budget)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -292,6 +295,8 @@ class FerryServer:
             await asyncio.to_thread(telemetry.tracing.shutdown)  # flushes unexported spans
         if telemetry.access_log is not None:
             telemetry.access_log.close()
+        if self.capture is not None:
+            await asyncio.to_thread(self.capture.close)  # writes what was sampled
         if self.config.unix_socket:
             _remove_stale_socket(Path(self.config.unix_socket))
         log.info("stopped")

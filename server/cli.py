@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ferry.server.capture import CaptureConfig
 from ferry.server.config import ServerConfig
 from ferry.server.tls import TlsConfig
 from ferry.telemetry.tracing import TracingConfig
@@ -137,6 +138,21 @@ def _parser() -> argparse.ArgumentParser:
         "--access-log-sample", type=float, default=1.0, help="share of requests logged (default 1)"
     )
     serve.add_argument(
+        "--capture",
+        type=Path,
+        metavar="DIR",
+        help="write a sample of request inputs per model to DIR (for ferry build --calibration)",
+    )
+    serve.add_argument(
+        "--capture-sample", type=float, default=0.01, help="share of requests captured (0.01)"
+    )
+    serve.add_argument(
+        "--capture-max-bytes",
+        type=int,
+        default=1 << 30,
+        help="stop capturing after this many bytes of inputs (1 GiB)",
+    )
+    serve.add_argument(
         "--workers",
         default="1",
         help="server processes sharing the TCP port (SO_REUSEPORT): N, or 'gpu' for one per GPU "
@@ -153,6 +169,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write dlrm_large (0.69 GB, 172M weights; a GPU model, KIND_GPU)",
     )
+    from ferry.builder.cli import add_parser as add_build
+
+    add_build(commands)
     health = commands.add_parser(
         "health", help="ask a running server's gRPC health service; exit 0 when SERVING"
     )
@@ -186,6 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in write_example_repo(args.directory, large=args.large):
             print(path)
         return 0
+
+    if args.command == "build":
+        from ferry.builder.cli import run as run_build
+
+        return run_build(args)
 
     if args.command == "health":
         from ferry.server.health_probe import check
@@ -222,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_control_mode=args.model_control_mode,
             load_models=tuple(args.load_model),
             repository_poll_secs=args.repository_poll_secs,
+            capture=None
+            if args.capture is None
+            else CaptureConfig(args.capture, args.capture_sample, args.capture_max_bytes),
         )
     except ValueError as exc:
         print(f"ferry: {exc}", file=sys.stderr)

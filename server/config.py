@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ferry.server.capture import CaptureConfig
 from ferry.server.tls import TlsConfig
 from ferry.telemetry.tracing import TracingConfig
 
@@ -44,6 +45,8 @@ class ServerConfig:
     tracing: where spans go and which share of requests is traced (telemetry/tracing.py).
     access_log: write one JSON line per sampled request here ("-" = stderr); None = off.
     access_log_sample: the share of requests the access log records.
+    capture: where and how much of the request inputs to keep for `ferry build --calibration`
+        (server/capture.py); None = off.
     """
 
     model_repository: Path
@@ -68,6 +71,7 @@ class ServerConfig:
     model_control_mode: str = "none"
     load_models: tuple[str, ...] = ()
     repository_poll_secs: float = 15.0
+    capture: CaptureConfig | None = None  # a sample of request inputs for ferry build
 
     def __post_init__(self) -> None:
         if self.grpc_port > 65535:

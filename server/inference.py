@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.scheduler.request import InferenceResult
+from ferry.server.capture import Capture
 from ferry.server.codec import Buffer, decode, encode
 from ferry.server.errors import to_status
 from ferry.server.memory import MemoryBudget
@@ -31,11 +32,13 @@ class Inference:
         observer: RequestObserver | None = None,
         budget: MemoryBudget | None = None,
         regions: SharedMemoryRegistry | None = None,
+        capture: Capture | None = None,
     ) -> None:
         self._repository = repository
         self._observer = observer or RequestObserver()
         self._budget = budget or MemoryBudget(0)
         self.regions = regions or SharedMemoryRegistry()
+        self._capture = capture
 
     async def infer(
         self,
@@ -76,6 +79,8 @@ class Inference:
                 data = cast("Sequence[Buffer] | None", raw)
             targets = regions.outputs(request) if request.outputs else None
             decoded = decode(request, sig, data)
+            if self._capture is not None:
+                self._capture.offer(served.name, decoded.inputs)
             cost = MemoryBudget.cost(decoded.nbytes, decoded.rows * sig.output_row_bytes)
             budget.hold(cost)
             held = cost

@@ -88,19 +88,20 @@ class RequestObserver:
             self.tracing.end_request(record.span, result, enqueued, error, code)
         log = self.access_log
         if log is not None and log.wanted():
-            log.write(
-                {
-                    "id": record.request_id,
-                    "model": record.model,
-                    "version": served.version if served else record.version,
-                    "sha256": served.sha256 if served else "",
-                    "status": code,
-                    "rows": record.rows,
-                    "batch": -1 if result is None else result.batch_id,
-                    "queue_us": 0 if result is None else result.queue_ns // 1000,
-                    "compute_us": 0
-                    if result is None
-                    else (result.finished_ns - result.started_ns) // 1000,
-                    "total_us": total // 1000,
-                }
-            )
+            entry = {
+                "id": record.request_id,
+                "model": record.model,
+                "version": served.version if served else record.version,
+                "sha256": served.sha256 if served else "",
+                "status": code,
+                "rows": record.rows,
+                "batch": -1 if result is None else result.batch_id,
+                "queue_us": 0 if result is None else result.queue_ns // 1000,
+                "compute_us": 0
+                if result is None
+                else (result.finished_ns - result.started_ns) // 1000,
+                "total_us": total // 1000,
+            }
+            if served is not None and "manifest_sha256" in served.build:
+                entry["manifest_sha256"] = served.build["manifest_sha256"]  # ferry build made it
+            log.write(entry)

@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ferry.builder import manifest
+from ferry.builder.manifest import PARAMETER_PREFIX
 from ferry.common.errors import FerryError, ModelLoadError, ModelNotFound, ModelNotReady, shown
 from ferry.common.memory import release_freed_memory
 from ferry.engines.backends import default_registry
@@ -67,6 +69,7 @@ class ServedVersion:
     scheduler: ModelScheduler
     started: float = field(default_factory=time.monotonic)
     active: int = 0  # requests holding this version (server/inference.py counts them)
+    build: dict[str, str] = field(default_factory=dict)  # its manifest's summary, if built
 
     @property
     def sha256(self) -> str:
@@ -394,6 +397,9 @@ class ModelRepository:
 
         loaded = await loader.load(source, plan, self._gpus)
         settings = completed[-1]
+        build = await asyncio.to_thread(manifest.summary, folder / version)
+        for key, value in build.items():  # ModelConfig shows how the version was made
+            settings.config.parameters[PARAMETER_PREFIX + key].string_value = value
         scheduler = ModelScheduler(
             f"{folder.name}:{version}",
             loaded.instances,
@@ -401,7 +407,7 @@ class ModelRepository:
             padding=settings.padding,
             observers=self._options.observers,
         )
-        return ServedVersion(folder.name, version, settings, loaded, scheduler)
+        return ServedVersion(folder.name, version, settings, loaded, scheduler, build=build)
 
     async def stop(self) -> None:
         """Close every version; versions still retiring get a moment to see their last

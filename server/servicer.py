@@ -22,6 +22,7 @@ from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 from ferry.server import answers
 from ferry.server.admission import Admission
+from ferry.server.capture import Capture
 from ferry.server.errors import log_if_unexpected, to_status
 from ferry.server.inference import Inference
 from ferry.server.live_settings import LogSettings, TraceSettings
@@ -81,6 +82,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         budget: MemoryBudget | None = None,
         regions: SharedMemoryRegistry | None = None,
         control: ModelControl | None = None,
+        capture: Capture | None = None,
     ) -> None:
         self._repository = repository
         tracing = observer.tracing if observer is not None else None
@@ -88,7 +90,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._log_settings = LogSettings()
         self._control = control or ModelControl(repository)
         self._readiness = readiness
-        self.inference = Inference(repository, observer, budget, regions)
+        self.inference = Inference(repository, observer, budget, regions, capture)
         self._admission = admission or Admission()
         self._stream_limits = stream_limits or StreamLimits()
 

@@ -1,7 +1,8 @@
 """The structured access log: one JSON line per sampled request, written off the event loop.
 
 Fields: time (UTC, ISO 8601), id, model, version, sha256 (of the model artifact), status (gRPC
-status code name), rows, batch (batch id), queue_us, compute_us, total_us. A logging
+status code name), rows, batch (batch id), queue_us, compute_us, total_us, and manifest_sha256
+when `ferry build` made the version (builder/manifest.py). A logging
 QueueHandler hands each line to a QueueListener thread, so the loop never waits on the disk.
 """
 

@@ -21,7 +21,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "engines": {"common"},
     "scheduler": {"engines", "common"},
     "telemetry": {"scheduler", "engines", "common"},
-    "server": {"scheduler", "engines", "common", "proto", "telemetry"},
+    "builder": {"common"},
+    "server": {"scheduler", "engines", "common", "proto", "telemetry", "builder"},
     "proto": set(),
     "loadtest": {"proto"},
     "__main__": {"server"},
@@ -35,9 +36,11 @@ MAY_NOT_USE: dict[str, set[str]] = {
     "scheduler": {"grpc", "google", "onnxruntime", "cuda", "opentelemetry", "prometheus_client",
                   "aiohttp"},
     "telemetry": {"grpc", "google", "aiohttp"},
+    "builder": {"grpc", "google", "opentelemetry", "prometheus_client", "aiohttp", "uvloop"},
 }
 """Libraries a layer must not touch: the scheduler knows no gRPC, protobuf or backend library;
-engines know no wire protocol; errors and datatypes are plain Python."""
+engines know no wire protocol; errors and datatypes are plain Python; the build tool serves
+nothing."""
 
 SCHEDULER_SEES_OF_ENGINES = {"ferry.engines.base"}
 """The scheduler knows backends only through the contract."""

@@ -1,0 +1,107 @@
+"""The build loop with real parts: a server captures real request inputs, `ferry build` turns
+them into an INT8 version's calibration, and a server serving that version names how it was
+made (ModelConfig parameters over gRPC and HTTP, the artifact digest in every answer, the
+manifest digest in the access log)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as tc
+import tritonclient.http as th
+
+from tests.conftest import ROOT, start_server, stop_server
+
+
+def dlrm_inputs(rows: int, seed: int) -> list[tc.InferInput]:
+    rng = np.random.default_rng(seed)
+    dense = tc.InferInput("dense", [rows, 13], "FP32")
+    dense.set_data_from_numpy(rng.standard_normal((rows, 13)).astype(np.float32))
+    sparse = tc.InferInput("sparse", [rows, 26], "INT64")
+    sparse.set_data_from_numpy(rng.integers(0, 10**6, (rows, 26)).astype(np.int64))
+    return [dense, sparse]
+
+
+def access_entry(log: Path, request_id: str) -> dict[str, str]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["id"] == request_id:
+                return entry  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError(f"no access log line for {request_id}")
+
+
+def test_captured_traffic_calibrates_a_build_whose_answers_lead_to_its_manifest(
+    model_repo: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repo / "dlrm", repo / "dlrm")
+    captured = tmp_path / "captured"
+    work = tmp_path / "capture-server"
+    work.mkdir()
+    server = start_server(repo, work, "--capture", str(captured), "--capture-sample", "1")
+    try:
+        client = tc.InferenceServerClient(server.address)
+        for seed in range(12):
+            client.infer("dlrm", dlrm_inputs(16, seed))
+    finally:
+        stop_server(server)  # the writer finishes what was sampled
+    files = sorted((captured / "dlrm").glob("*.npz"))
+    assert len(files) == 12
+    with np.load(files[0]) as first:
+        assert first["dense"].shape == (16, 13) and first["sparse"].dtype == np.int64
+
+    built = tmp_path / "built"
+    command = [sys.executable, "-m", "ferry", "build", str(repo / "dlrm" / "1" / "model.onnx"),
+               "--repository", str(built), "--name", "dlrm_int8", "--precision", "int8",
+               "--calibration", str(captured / "dlrm"), "--max-error", "0.05",
+               "--batch-sizes", "16", "--speed-seconds", "0.1"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "built " in done.stdout and "ratio" in done.stdout
+    manifest_path = built / "dlrm_int8" / "1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["calibration"]["source"] == str(captured / "dlrm")
+    assert manifest["calibration"]["rows"] + manifest["held_out_rows"] == 12 * 16
+
+    work = tmp_path / "serve-built"
+    work.mkdir()
+    server = start_server(built, work)
+    try:
+        client = tc.InferenceServerClient(server.address)
+        answer = client.infer("dlrm_int8", dlrm_inputs(4, 99), request_id="built-1")
+        digest = answer.get_response().parameters["model_sha256"].string_param
+        assert digest == manifest["artifact_sha256"]
+        parameters = client.get_model_config("dlrm_int8").config.parameters
+        manifest_digest = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
+        assert parameters["ferry.build.manifest_sha256"].string_value == manifest_digest
+        assert parameters["ferry.build.precision"].string_value == "int8"
+        assert parameters["ferry.build.source_sha256"].string_value == manifest["source_sha256"]
+        http = th.InferenceServerClient(server.http_url.removeprefix("http://"))
+        shown = http.get_model_config("dlrm_int8")["parameters"]
+        assert shown["ferry.build.manifest_sha256"]["string_value"] == manifest_digest
+        entry = access_entry(work / "access.log", "built-1")
+        assert entry["manifest_sha256"] == manifest_digest and entry["sha256"] == digest
+    finally:
+        stop_server(server)
+
+
+def test_a_failed_build_exits_2_saying_why_and_writes_nothing(
+    model_repo: Path, tmp_path: Path
+) -> None:
+    command = [sys.executable, "-m", "ferry", "build",
+               str(model_repo / "dlrm" / "1" / "model.onnx"), "--repository",
+               str(tmp_path / "built"), "--name", "x", "--precision", "int8"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "ferry build: --precision int8 needs --calibration" in done.stderr
+    assert not (tmp_path / "built").exists()
