@@ -27,6 +27,7 @@ COPY common common
 COPY proto proto
 COPY loadtest loadtest
 COPY telemetry telemetry
+COPY builder builder
 
 # ---- CPU ----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS cpu-build

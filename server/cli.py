@@ -169,6 +169,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write dlrm_large (0.69 GB, 172M weights; a GPU model, KIND_GPU)",
     )
+    example.add_argument(
+        "--no-int8",
+        action="store_true",
+        help="leave out dlrm_int8 (dlrm built to INT8 by ferry build; seconds to make)",
+    )
     from ferry.builder.cli import add_parser as add_build
 
     add_build(commands)
@@ -200,9 +205,12 @@ def _tls(args: argparse.Namespace) -> TlsConfig | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "example-repo":
-        from ferry.server.example_repo import write_example_repo
+        from ferry.server.example_repo import write_example_repo, write_int8_dlrm
 
-        for path in write_example_repo(args.directory, large=args.large):
+        written = write_example_repo(args.directory, large=args.large)
+        if not args.no_int8:
+            written += write_int8_dlrm(args.directory)
+        for path in written:
             print(path)
         return 0
 

@@ -8,6 +8,8 @@ odd id can never fail a whole batch of other callers' rows.
 from __future__ import annotations
 
 import itertools
+import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -481,3 +483,47 @@ def write_example_repo(root: Path, large: bool = False) -> list[Path]:
             extra.write_text(text, encoding="utf-8")
             written.append(extra)
     return written
+
+
+INT8_CALIBRATION_ROWS = 4096
+
+
+def write_int8_dlrm(root: Path) -> list[Path]:
+    """`dlrm_int8`: `dlrm` (already in `root`) built to INT8 by `ferry build`, with entropy
+    calibration on inputs drawn as the example clients draw theirs, behind a gate of 0.01 on
+    `ctr`. Skipped when the version there was built from this very `dlrm` (its manifest says
+    so): the build takes seconds and its manifest records the time."""
+    from ferry.builder.build import build
+    from ferry.builder.manifest import MANIFEST_FILE, file_sha256
+    from ferry.builder.options import BuildOptions, Precision
+
+    source = root / "dlrm" / "1" / "model.onnx"
+    folder = root / "dlrm_int8" / "1"
+    try:
+        made = json.loads((folder / MANIFEST_FILE).read_text())
+        if made.get("source_sha256") == file_sha256(source):
+            return []
+    except (OSError, ValueError):
+        pass
+    rng = np.random.default_rng(11)
+    with tempfile.TemporaryDirectory(prefix="ferry-calibration-") as work:
+        data = Path(work) / "calibration.npz"
+        np.savez(
+            data,
+            dense=rng.standard_normal((INT8_CALIBRATION_ROWS, 13)).astype(np.float32),
+            sparse=rng.integers(0, 10**6, (INT8_CALIBRATION_ROWS, DLRM_TABLES)).astype(np.int64),
+        )
+        options = BuildOptions(
+            source=source,
+            repository=root,
+            name="dlrm_int8",
+            version=1,
+            precision=Precision.INT8,
+            calibration=data,
+            max_error=0.01,
+            batch_sizes=(256,),
+            speed_seconds=0.2,
+            overwrite=True,
+        )
+        result = build(options)
+    return sorted(p for p in result.folder.parent.rglob("*") if p.is_file())

@@ -203,3 +203,14 @@ def test_the_cpu_image_steps_work_outside_the_image(tmp_path: Path) -> None:
         server.wait(timeout=30)
         log.close()
 
+
+
+def test_the_source_stage_copies_every_folder_the_package_links() -> None:
+    copied = {
+        path
+        for key, rest in STAGES["source"].instructions
+        if key == "COPY"
+        for path in rest.split()[:-1]
+    }
+    linked = {p.name for p in (ROOT / "ferry").iterdir() if p.is_symlink()}
+    assert linked <= copied, f"not copied into the image: {sorted(linked - copied)}"
