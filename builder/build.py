@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from google.protobuf import text_format
 
-from ferry.builder import manifest, publish, samples, speed, transforms
+from ferry.builder import manifest, publish, samples, speed, tensorrt_plan, transforms
 from ferry.builder.gate import Accuracy, compare, enforce
 from ferry.builder.options import BuildOptions, Precision, Target
 from ferry.builder.samples import Samples
 from ferry.builder.speed import SpeedRow
 from ferry.common.errors import BuildError
+from ferry.proto import model_config_pb2 as mc
 
 SYNTHETIC_ROWS = 2048
 """Rows made up for a build given no data (FP32: nothing to calibrate; the gate checks that the
@@ -32,14 +35,12 @@ class BuildResult:
     manifest: dict[str, Any]
 
 
-def build(options: BuildOptions) -> BuildResult:
+def build(options: BuildOptions, trt: types.ModuleType | None = None) -> BuildResult:
+    """`trt`: the TensorRT module for the tensorrt target (default: imported; tests pass a
+    double of its builder API)."""
     options.check()
     if options.target is Target.TENSORRT:
-        raise BuildError(
-            "--target tensorrt builds a plan with the TensorRT builder, which is not part of "
-            "this build of ferry; run ferry build in NVIDIA's TensorRT container "
-            "(nvcr.io/nvidia/tensorrt), or build the plan with trtexec"
-        )
+        trt = trt or tensorrt_plan.tensorrt()  # no builder: refused before any work
     started = manifest.now()
     specs = samples.model_inputs(options.source)
     data = (
@@ -54,13 +55,24 @@ def build(options: BuildOptions) -> BuildResult:
     options.repository.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".building-{options.name}-", dir=options.repository))
     try:
-        artifact = staging / "model.onnx"
-        _make(options, calibration, artifact)
+        converted = staging / "model.onnx"
+        kept_fp32 = _make(options, calibration, converted)
         quantized = options.precision is Precision.INT8
+        # The gate runs the graph in its new precision on this host's CPU (ONNX Runtime): for
+        # TensorRT, what the conversion or quantization changed, before TensorRT's kernels.
         accuracy = compare(
-            options.source, artifact, held_out, options.threads, held_labels, layers=quantized
+            options.source, converted, held_out, options.threads, held_labels, layers=quantized
         )
         enforce(accuracy, options.max_error, options.max_auc_drop)
+        artifact, plan = converted, None
+        if options.target is Target.TENSORRT:
+            assert trt is not None
+            artifact = staging / "model.plan"
+            shapes = _profiles(options, specs)
+            plan = tensorrt_plan.build_plan(
+                converted, artifact, shapes, _plan_options(options), trt
+            )
+            converted.unlink()
         speeds = (
             speed.measure(
                 options.source,
@@ -93,6 +105,11 @@ def build(options: BuildOptions) -> BuildResult:
                 manifest.arrays_sha256(dict(calibration.arrays)) if quantized else ""
             ),
             "held_out_rows": held_out.rows,
+            "kept_in_fp32": kept_fp32,
+            "gate": "the converted ONNX graph on this host's CPU (ONNX Runtime)"
+            if options.target is Target.TENSORRT
+            else "the built model on this host's CPU (ONNX Runtime)",
+            "tensorrt": plan,
             "settings": manifest.settings(options),
             "accuracy": accuracy.as_dict(),
             "speed": [row.as_dict() for row in speeds],
@@ -117,8 +134,10 @@ def build(options: BuildOptions) -> BuildResult:
     return BuildResult(folder, accuracy, speeds, record)
 
 
-def _make(options: BuildOptions, calibration: Samples, artifact: Path) -> None:
+def _make(options: BuildOptions, calibration: Samples, artifact: Path) -> list[str]:
+    """The ONNX graph in its new precision; the nodes an FP16 build keeps in FP32."""
     if options.precision is Precision.INT8:
+        # GPU targets take symmetric INT8 (TensorRT's explicit quantization needs zero points 0)
         symmetric = options.symmetric or options.target is not Target.ONNXRUNTIME_CPU
         transforms.quantize_int8(
             options.source,
@@ -129,10 +148,54 @@ def _make(options: BuildOptions, calibration: Samples, artifact: Path) -> None:
             symmetric,
             options.per_channel,
         )
+    elif options.precision is Precision.FP16:
+        return transforms.to_fp16(options.source, artifact, calibration)
     elif options.target is Target.ONNXRUNTIME_CPU:
         transforms.optimize(options.source, artifact)
-    else:  # ONNX Runtime on CUDA optimizes for the GPU it loads on: the source as it is
+    else:  # a GPU backend optimizes for the GPU it loads on: the source as it is
         shutil.copyfile(options.source, artifact)
+    return []
+
+
+def _plan_options(options: BuildOptions) -> tensorrt_plan.PlanOptions:
+    return tensorrt_plan.PlanOptions(
+        optimization_level=options.optimization_level,
+        timing_cache=options.timing_cache,
+        version_compatible=options.version_compatible,
+        exclude_lean_runtime=options.exclude_lean_runtime,
+    )
+
+
+def _profiles(
+    options: BuildOptions, specs: list[samples.InputSpec]
+) -> list[tensorrt_plan.ProfileShapes]:
+    """`--profile`, else the source model's config (`ferry.profile.<N>` beside the version
+    folder the source sits in), else one profile over the fixed dims; rows 1..max_batch_size,
+    optimal at the largest speed-report batch size."""
+    texts = list(options.profiles) or _config_profiles(options.source)
+    dims = {s.name: s.dims for s in specs}
+    best = min(max(options.batch_sizes), options.max_batch_size)
+    return [
+        tensorrt_plan.profile_shapes(text, dims, options.max_batch_size, best)
+        for text in (texts or [""])
+    ]
+
+
+def _config_profiles(source: Path) -> list[str]:
+    config = source.parent.parent / "config.pbtxt"
+    if not config.is_file():
+        return []
+    parsed = mc.ModelConfig()
+    try:
+        text_format.Parse(config.read_text(), parsed)
+    except text_format.ParseError as exc:
+        raise BuildError(f"{config}: {exc}") from exc
+    found = {
+        int(key.rsplit(".", 1)[1]): value.string_value
+        for key, value in parsed.parameters.items()
+        if key.startswith("ferry.profile.") and key.rsplit(".", 1)[1].isdigit()
+    }
+    return [found[i] for i in sorted(found)]
 
 
 def _labels(options: BuildOptions, data: Samples) -> np.ndarray | None:

@@ -63,6 +63,18 @@ def add_parser(commands: Any) -> None:
     build.add_argument("--threads", type=int, default=1, help="intra-op threads when measuring")
     build.add_argument("--instances", type=int, default=1, help="instance count of a new config")
     build.add_argument("--overwrite", action="store_true")
+    trt = build.add_argument_group("tensorrt target")
+    trt.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        help="an optimization profile, e.g. 'history:1..64..512' (repeat for more; default: "
+        "the source config's ferry.profile.*)",
+    )
+    trt.add_argument("--optimization-level", type=int, default=3, help="TensorRT's 0..5")
+    trt.add_argument("--timing-cache", type=Path, help="read if present, updated after the build")
+    trt.add_argument("--version-compatible", action="store_true")
+    trt.add_argument("--exclude-lean-runtime", action="store_true")
 
 
 def options(args: argparse.Namespace) -> BuildOptions:
@@ -93,6 +105,11 @@ def options(args: argparse.Namespace) -> BuildOptions:
         threads=args.threads,
         instance_count=args.instances,
         overwrite=args.overwrite,
+        profiles=tuple(args.profile),
+        optimization_level=args.optimization_level,
+        timing_cache=args.timing_cache,
+        version_compatible=args.version_compatible,
+        exclude_lean_runtime=args.exclude_lean_runtime,
     )
 
 

@@ -1,14 +1,17 @@
 """What turns the source ONNX file into the served one: ONNX Runtime's graph optimizations
-applied once, offline, and INT8 static quantization in QDQ form (ONNX Runtime's quantizer)."""
+applied once, offline; INT8 static quantization in QDQ form (ONNX Runtime's quantizer); FP16
+with the nodes that would overflow kept in FP32 (ONNX Runtime's converter)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -97,3 +100,86 @@ def quantize_int8(
         ) from exc
     finally:
         logging.getLogger().setLevel(quiet)
+
+
+FP16_LIMIT = 65504.0 / 4
+"""An activation whose magnitude comes within 4x of FP16's largest value on the sample keeps
+its node in FP32: traffic beyond the sample would overflow it."""
+
+FP16_SAMPLE_ROWS = 256
+
+
+def to_fp16(source: Path, target: Path, sample: Samples) -> list[str]:
+    """FP16 weights and compute, inputs and outputs left FP32 (casts inside), except the nodes
+    that make or take a tensor that would overflow FP16 on the sample's rows, which stay FP32;
+    returns their names."""
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        modify_model_output_intermediate_tensors,
+    )
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(source))
+    for index, node in enumerate(model.graph.node):
+        node.name = node.name or f"{node.op_type}_{index}"  # the converter keeps nodes by name
+    with tempfile.TemporaryDirectory(prefix="ferry-fp16-") as work:
+        named, augmented = Path(work) / "named.onnx", Path(work) / "augmented.onnx"
+        onnx.save(model, str(named))
+        modify_model_output_intermediate_tensors(str(named), str(augmented))
+        rows = sample.take(np.arange(min(FP16_SAMPLE_ROWS, sample.rows)))
+        activations = collect_activations(str(augmented), reader(rows))
+    largest = {
+        name: max(float(np.abs(v).max(initial=0.0)) for v in values)
+        for name, values in activations.items()
+        if values and all(np.issubdtype(v.dtype, np.floating) for v in values)
+    }
+    kept = [  # a node that makes or takes such a tensor: FP16 cannot hold it either way
+        node.name
+        for node in model.graph.node
+        if any(largest.get(name, 0.0) > FP16_LIMIT for name in (*node.input, *node.output))
+    ]
+    try:
+        converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=kept)
+    except Exception as exc:  # the converter raises what its steps raise
+        raise BuildError(f"{source}: FP16 conversion failed: {type(exc).__name__}: {exc}") from exc
+    _drop_round_trips(converted)
+    onnx.save(converted, str(target))
+    return kept
+
+
+def _drop_round_trips(model: onnx.ModelProto) -> None:
+    """Remove FP32 -> FP16 -> FP32 cast pairs: the converter puts them on every edge between
+    two nodes it kept in FP32 (and after an FP32 input that feeds one), where they would round,
+    or overflow, exactly the tensor that was kept in FP32."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+
+    def casts_to(node: onnx.NodeProto, kind: int) -> bool:
+        return node.op_type == "Cast" and any(
+            a.name == "to" and a.i == kind for a in node.attribute
+        )
+
+    dropped: set[int] = set()
+    renamed: dict[str, str] = {}
+    for node in graph.node:
+        if not casts_to(node, onnx.TensorProto.FLOAT16) or node.output[0] in outputs:
+            continue
+        back = users.get(node.output[0], [])
+        if not back or not all(casts_to(u, onnx.TensorProto.FLOAT) for u in back):
+            continue
+        if any(u.output[0] in outputs for u in back):
+            continue
+        dropped.add(id(node))
+        for u in back:
+            dropped.add(id(u))
+            renamed[u.output[0]] = node.input[0]
+    kept = [n for n in graph.node if id(n) not in dropped]
+    for node in kept:
+        for index, name in enumerate(node.input):
+            node.input[index] = renamed.get(name, name)
+    del graph.node[:]
+    graph.node.extend(kept)

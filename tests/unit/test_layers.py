@@ -21,7 +21,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "engines": {"common"},
     "scheduler": {"engines", "common"},
     "telemetry": {"scheduler", "engines", "common"},
-    "builder": {"common"},
+    "builder": {"common", "proto"},
     "server": {"scheduler", "engines", "common", "proto", "telemetry", "builder"},
     "proto": set(),
     "loadtest": {"proto"},
@@ -36,7 +36,7 @@ MAY_NOT_USE: dict[str, set[str]] = {
     "scheduler": {"grpc", "google", "onnxruntime", "cuda", "opentelemetry", "prometheus_client",
                   "aiohttp"},
     "telemetry": {"grpc", "google", "aiohttp"},
-    "builder": {"grpc", "google", "opentelemetry", "prometheus_client", "aiohttp", "uvloop"},
+    "builder": {"grpc", "opentelemetry", "prometheus_client", "aiohttp", "uvloop"},
 }
 """Libraries a layer must not touch: the scheduler knows no gRPC, protobuf or backend library;
 engines know no wire protocol; errors and datatypes are plain Python; the build tool serves

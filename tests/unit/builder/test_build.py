@@ -264,21 +264,6 @@ def test_labels_that_do_not_match_the_data_are_refused(
         build(options(dlrm, tmp_path, calibration=inputs, labels=labels))
 
 
-def test_the_tensorrt_target_without_the_builder_says_where_it_runs(
-    dlrm: Path, tmp_path: Path
-) -> None:
-    pytest.importorskip("ferry.builder.build")
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("TensorRT is installed here")
-    with pytest.raises(BuildError, match=r"NVIDIA's TensorRT container"):
-        build(options(dlrm, tmp_path, target=Target.TENSORRT))
-    assert not (tmp_path / "repo").exists()
-
-
 @pytest.mark.parametrize("seed", range(5))
 def test_auc_is_the_chance_a_positive_outscores_a_negative(seed: int) -> None:
     rng = np.random.default_rng(seed)
@@ -288,3 +273,34 @@ def test_auc_is_the_chance_a_positive_outscores_a_negative(seed: int) -> None:
     pairs = positives[:, None] - negatives[None, :]
     expected = ((pairs > 0).sum() + 0.5 * (pairs == 0).sum()) / pairs.size
     assert _auc(labels, scores) == pytest.approx(expected)
+
+
+def test_the_cuda_target_takes_fp16_weights_and_symmetric_int8_on_gpu_instances(
+    dlrm: Path, inputs: Path, tmp_path: Path
+) -> None:
+    half = build(
+        options(
+            dlrm, tmp_path, target=Target.ONNXRUNTIME_CUDA, precision=Precision.FP16, max_error=0.01
+        )
+    )
+    config = (half.folder.parent / "config.pbtxt").read_text()
+    assert "KIND_GPU" in config and 'platform: "onnxruntime_onnx"' in config
+    model = onnx.load(str(half.folder / "model.onnx"))
+    kinds = {i.data_type for i in model.graph.initializer if i.name.endswith("_w")}
+    assert kinds == {onnx.TensorProto.FLOAT16}
+    assert {i.type.tensor_type.elem_type for i in model.graph.input} == {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.INT64,
+    }
+    assert half.speed == []  # a GPU's speed is not this host's CPU's
+    int8 = build(
+        options(
+            dlrm,
+            tmp_path,
+            target=Target.ONNXRUNTIME_CUDA,
+            precision=Precision.INT8,
+            calibration=inputs,
+        )
+    )
+    points, _ = _zero_points_and_scales(int8.folder / "model.onnx")
+    assert points and all(p.dtype == np.int8 and not p.any() for p in points)
