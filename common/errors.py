@@ -54,6 +54,15 @@ class QueueFull(Unavailable):
     """The model's queue is at its bound; refused at once instead of waiting."""
 
 
+class Overloaded(Unavailable):
+    """Refused at arrival: predicted to miss the model's latency budget or its own deadline
+    (scheduler/slo.py). Retryable, and it cost no compute. `reason`: "budget" or "deadline"."""
+
+    def __init__(self, message: str, reason: str = "budget") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class QueueTimeout(Unavailable):
     """The request's queue policy timeout passed before it could start (action REJECT)."""
 

@@ -19,7 +19,12 @@ import heapq
 import itertools
 import weakref
 
-from ferry.common.errors import DeadlineExceeded, QueueFull, QueueTimeout, ShuttingDown
+from ferry.common.errors import (
+    DeadlineExceeded,
+    QueueFull,
+    QueueTimeout,
+    ShuttingDown,
+)
 from ferry.engines.base import Profile
 from ferry.scheduler.batch import Batch
 from ferry.scheduler.clock import MONOTONIC, Clock, Timer
@@ -27,6 +32,7 @@ from ferry.scheduler.config import BatchingConfig, TimeoutAction
 from ferry.scheduler.queue import RequestQueue
 from ferry.scheduler.request import InferenceRequest, set_exception_if_pending
 from ferry.scheduler.shapes import Padding
+from ferry.scheduler.slo import SloController
 
 
 class Batcher:
@@ -36,6 +42,7 @@ class Batcher:
         profile: Profile,
         padding: Padding | None = None,
         clock: Clock = MONOTONIC,
+        instances: int = 1,
     ) -> None:
         self._config = config
         self._profile = profile
@@ -56,6 +63,12 @@ class Batcher:
         self._timer_at = 0
         # Callers of next_batch(levels) waiting now, by `levels` (reserved instances' pumps).
         self._reserved_waiting: dict[int, int] = {}
+        # With a latency budget, the delay and the batch cap follow the load (scheduler/slo.py).
+        self.slo = (
+            SloController(config.slo, instances, self.max_rows, clock.now())
+            if config.slo is not None and config.batched
+            else None
+        )
 
     @property
     def profile(self) -> Profile:
@@ -77,6 +90,14 @@ class Batcher:
         if limit and self._queue.waiting_at(request.level) >= limit:
             raise QueueFull(f"Exceeds maximum queue size ({limit} requests waiting)")
         now = self._now()
+        slo = self.slo
+        if slo is not None:
+            slo.arrived(request.rows, now)
+            refusal = slo.refusal(
+                self._queue.total_rows, request.rows, now, request.deadline_ns
+            )
+            if refusal is not None:
+                raise refusal
         request.enqueued_ns = now
         self._queue.push(request)
         for when in (request.deadline_ns, request.queue_deadline_ns):
@@ -92,10 +113,10 @@ class Batcher:
         away: no batching delay to wait out (or it fills a batch), and nothing to pad."""
         if self._closed or self._padding.inputs:
             return False
-        if not self._config.batched or self._delay_ns <= 0:
+        if not self._config.batched or self._delay() <= 0:
             return True
         rows = request.rows
-        return rows >= self.max_rows or bool(
+        return rows >= self._cap() or bool(
             self._largest_preferred and rows >= self._largest_preferred
         )
 
@@ -147,18 +168,24 @@ class Batcher:
         if not self._config.batched:
             return 0
         rows = self._queue.rows(head.level, head.batch_key)
-        if rows >= self.max_rows:
+        if rows >= self._cap():
             return 0
         if self._largest_preferred and rows >= self._largest_preferred:
             return 0
         oldest = self._queue.oldest(head.level, head.batch_key) or head
-        return oldest.enqueued_ns + self._delay_ns - now
+        return oldest.enqueued_ns + self._delay() - now
+
+    def _delay(self) -> int:
+        return self._delay_ns if self.slo is None else self.slo.delay_ns(self._delay_ns)
+
+    def _cap(self) -> int:
+        return self.max_rows if self.slo is None else self.slo.cap_rows(self.max_rows)
 
     def _take(self, head: InferenceRequest) -> Batch:
         if not self._config.batched:
             return Batch(self._queue.take_one(head))
         rows = self._queue.rows(head.level, head.batch_key)
-        limit = self.max_rows
+        limit = self._cap()
         if self._config.preferred_batch_sizes and rows < limit:
             fitting = [p for p in self._config.preferred_batch_sizes if p <= rows]
             if fitting:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ferry.common.errors import InvalidInput
+from ferry.scheduler.slo import SloConfig
 
 
 class TimeoutAction(enum.Enum):
@@ -81,6 +82,9 @@ class BatchingConfig:
         running batch. Default 0. Needs priority_levels >= 2, and each profile keeps at least
         one instance for every level. Cost: a reserved instance idles while no high-priority
         request waits. Tuning: 1, when high-priority p99 matters more than peak throughput.
+    slo: a p99 latency budget (scheduler/slo.py): the queue delay and batch cap then follow the
+        load, within max_queue_delay_s when that is set, and requests that cannot make it are
+        refused at once. None: the fixed settings above, as Triton.
     """
 
     max_batch_size: int = 0
@@ -95,6 +99,7 @@ class BatchingConfig:
     split_oversized: bool = True
     max_queue_bytes: int = 0
     reserved_instances: int = 0
+    slo: SloConfig | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 0:

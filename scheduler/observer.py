@@ -14,6 +14,7 @@ from typing import Protocol
 from ferry.engines.base import Timings
 from ferry.scheduler.batch import Batch
 from ferry.scheduler.request import InferenceRequest
+from ferry.scheduler.slo import Decision
 
 
 @dataclass(slots=True)
@@ -34,6 +35,7 @@ class BatchRecord:
     timings: Timings
     error: BaseException | None = None
     isolation: str = ""  # "batch": failed, its culprits looked for; "culprit": one found
+    slo: Decision | None = None  # the latency controller's settings when the batch formed
     @property
     def name_and_version(self) -> tuple[str, str]:
         """`model` split at its last ':' (a model's name may hold one, its version does not)."""

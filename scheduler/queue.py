@@ -29,6 +29,7 @@ class RequestQueue:
         self._per_level = [0] * levels
         self._per_slot = [0] * (2 * levels)
         self.nbytes = 0
+        self.total_rows = 0  # rows waiting, every level and key
 
     def __len__(self) -> int:
         """Requests waiting (those that left early excluded)."""
@@ -45,6 +46,7 @@ class RequestQueue:
         self._append(request, 2 * request.level)
         lane = (request.level, request.batch_key)
         self._rows[lane] = self._rows.get(lane, 0) + request.rows
+        self.total_rows += request.rows
         self._per_level[request.level] += 1
         self.nbytes += request.nbytes
         request.future.add_done_callback(functools.partial(self._on_done, request))
@@ -72,6 +74,7 @@ class RequestQueue:
         if slot is not None:
             self._per_slot[slot] -= 1
             self._rows[(request.level, request.batch_key)] -= request.rows
+            self.total_rows -= request.rows
             self._per_level[request.level] -= 1
             self.nbytes -= request.nbytes
 

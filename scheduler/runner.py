@@ -373,7 +373,12 @@ class ProfileRunner:
             int(time.time() * 1000),
             parts=len(batch.requests),
         )
+        slo = self.batcher.slo
+        if slo is not None:
+            slo.batch_ran(rows, (finished - start_ns) / 1e9, finished)
         for request, outputs in zip(batch.requests, answers, strict=True):
+            if slo is not None:
+                slo.answered((finished - request.enqueued_ns) / 1e9, finished)
             set_result_if_pending(
                 request.future,
                 InferenceResult(
@@ -413,6 +418,7 @@ class ProfileRunner:
             timings or Timings(),
             error,
             isolation,
+            None if self.batcher.slo is None else self.batcher.slo.decision,
         )
         for observer in self._observers:
             try:

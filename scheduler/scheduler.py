@@ -76,7 +76,7 @@ class ModelScheduler:
         self._runners = {
             index: ProfileRunner(
                 f"{name}/profile{index}" if len(groups) > 1 else name,
-                Batcher(config, profiles[index], self._padding, clock),
+                Batcher(config, profiles[index], self._padding, clock, instances=len(members)),
                 members,
                 self.stats,
                 clock,

@@ -105,6 +105,7 @@ class FerryServer:
                 observers,
                 loaders or default_registry(),
                 discover or find_gpus,
+                config.slo_p99_ms,
             ),
         )
         self.metrics_port: int | None = None

@@ -138,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
         "--access-log-sample", type=float, default=1.0, help="share of requests logged (default 1)"
     )
     serve.add_argument(
+        "--slo-p99-ms",
+        type=float,
+        help="a p99 latency budget for every batched model (its ferry.slo.p99_ms wins): batching "
+        "adapts to hold it and refuses early what cannot make it",
+    )
+    serve.add_argument(
         "--capture",
         type=Path,
         metavar="DIR",
@@ -254,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_control_mode=args.model_control_mode,
             load_models=tuple(args.load_model),
             repository_poll_secs=args.repository_poll_secs,
+            slo_p99_ms=args.slo_p99_ms,
             capture=None
             if args.capture is None
             else CaptureConfig(args.capture, args.capture_sample, args.capture_max_bytes),

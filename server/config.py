@@ -47,6 +47,8 @@ class ServerConfig:
     access_log_sample: the share of requests the access log records.
     capture: where and how much of the request inputs to keep for `ferry build --calibration`
         (server/capture.py); None = off.
+    slo_p99_ms: every batched model's p99 latency budget unless its config sets
+        `ferry.slo.p99_ms`; None = fixed batching settings, as Triton.
     """
 
     model_repository: Path
@@ -72,6 +74,7 @@ class ServerConfig:
     load_models: tuple[str, ...] = ()
     repository_poll_secs: float = 15.0
     capture: CaptureConfig | None = None  # a sample of request inputs for ferry build
+    slo_p99_ms: float | None = None  # default latency budget (scheduler/slo.py)
 
     def __post_init__(self) -> None:
         if self.grpc_port > 65535:
@@ -92,6 +95,8 @@ class ServerConfig:
             raise ValueError(f"http_port must be <= 65535, got {self.http_port}")
         if self.metrics_port > 65535:
             raise ValueError(f"metrics_port must be <= 65535, got {self.metrics_port}")
+        if self.slo_p99_ms is not None and not self.slo_p99_ms > 0:
+            raise ValueError(f"slo_p99_ms must be > 0, got {self.slo_p99_ms}")
         if not 0.0 < self.access_log_sample <= 1.0:
             raise ValueError(f"access_log_sample must be in (0, 1], got {self.access_log_sample}")
         if self.max_stream_requests < 1 or self.max_stream_bytes < 1:

@@ -151,6 +151,7 @@ def complete(
     gpus: Discovery | None = None,
     where: str,
     folder: Path | None = None,
+    default_slo_p99_ms: float | None = None,
 ) -> ModelSettings:
     """Fill what the config leaves out from the model file, and check the two agree.
 
@@ -199,7 +200,9 @@ def complete(
         raise ModelLoadError(f"{where}: the model needs input(s) {missing} that the config lacks")
     parameters = {k: v.string_value for k, v in config.parameters.items()}
     scheduling.check_keys(parameters, where)
-    batching = scheduling.batching(config, parameters, default_max_queue_bytes, where)
+    batching = scheduling.batching(
+        config, parameters, default_max_queue_bytes, where, default_slo_p99_ms
+    )
     by_name = {s.name: s for s in inputs}
     profiles = scheduling.profiles(parameters, by_name, where)
     engine_profiles = artifact.own_profiles

@@ -107,6 +107,7 @@ class RepositoryOptions:
     observers: tuple[BatchObserver, ...] = ()  # told about every batch (tracing, metrics)
     loaders: Registry = field(default_factory=default_registry)
     discover: Callable[[], Discovery] = discover
+    slo_p99_ms: float | None = None  # every model's latency budget unless its config sets one
 
 
 class ModelRepository:
@@ -391,6 +392,7 @@ class ModelRepository:
                 gpus=await self._gpus() if artifact.gpu_only or _wants_gpu(config) else None,
                 where=where,
                 folder=folder,
+                default_slo_p99_ms=self._options.slo_p99_ms,
             )
             completed.append(settings)
             return settings.instances, settings.batching.max_batch_size

@@ -17,6 +17,11 @@ defines them. What Triton has no field for lives in `parameters` under keys star
                                server's --max-queue-bytes)
     ferry.in_flight            batches one GPU instance holds at once (default 2): gathering the
                                next batch overlaps computing this one
+    ferry.slo.p99_ms           a p99 latency budget in ms (default: the server's --slo-p99-ms):
+                               the queue delay and batch cap follow the load to hold it, within
+                               max_queue_delay_microseconds when that is set (scheduler/slo.py)
+    ferry.slo.refuse           "false": requests predicted to miss the budget still queue
+                               (default "true": refused at once, UNAVAILABLE)
     ferry.reserved_instances   instances of each profile that run only batches of priority level
                                1 (default 0), so high-priority requests never wait for a running
                                lower-level batch; needs priority_levels >= 2 and leaves at least
@@ -36,10 +41,18 @@ from ferry.engines.loading import PlannedInstance
 from ferry.proto import model_config_pb2 as mc
 from ferry.scheduler.config import BatchingConfig, QueuePolicy, TimeoutAction
 from ferry.scheduler.shapes import CutOutput, PaddedInput, Padding
+from ferry.scheduler.slo import SloConfig
 
 PREFIX = "ferry."
 _KEYS = ("profile.", "pad.", "pad_buckets.", "cut.")
-_FLAGS = ("split_oversized", "max_queue_bytes", "in_flight", "reserved_instances")
+_FLAGS = (
+    "split_oversized",
+    "max_queue_bytes",
+    "in_flight",
+    "reserved_instances",
+    "slo.p99_ms",
+    "slo.refuse",
+)
 
 
 def check_keys(parameters: Mapping[str, str], where: str) -> None:
@@ -54,9 +67,14 @@ def check_keys(parameters: Mapping[str, str], where: str) -> None:
 
 
 def batching(
-    config: mc.ModelConfig, parameters: Mapping[str, str], default_max_queue_bytes: int, where: str
+    config: mc.ModelConfig,
+    parameters: Mapping[str, str],
+    default_max_queue_bytes: int,
+    where: str,
+    default_slo_p99_ms: float | None = None,
 ) -> BatchingConfig:
     dyn = config.dynamic_batching
+    slo = _slo(parameters, default_slo_p99_ms, dyn.max_queue_delay_microseconds, where)
     try:
         return BatchingConfig(
             max_batch_size=config.max_batch_size,
@@ -73,9 +91,36 @@ def batching(
             split_oversized=_flag(parameters, "split_oversized", True, where),
             max_queue_bytes=_count(parameters, "max_queue_bytes", default_max_queue_bytes, where),
             reserved_instances=_count(parameters, "reserved_instances", 0, where),
+            slo=slo,
         )
     except ValueError as exc:
         raise ModelLoadError(f"{where}: dynamic_batching: {exc}") from None
+
+
+def _slo(
+    parameters: Mapping[str, str], default_p99_ms: float | None, delay_us: int, where: str
+) -> SloConfig | None:
+    """`ferry.slo.p99_ms` (else the server's --slo-p99-ms); `ferry.slo.refuse` false keeps
+    requests that are predicted to miss it queued. A configured max_queue_delay is a limit."""
+    text = parameters.get(PREFIX + "slo.p99_ms")
+    p99_ms = default_p99_ms
+    if text is not None:
+        try:
+            p99_ms = float(text)
+        except ValueError:
+            p99_ms = -1.0
+        if not p99_ms > 0:
+            raise ModelLoadError(
+                f"{where}: parameter '{PREFIX}slo.p99_ms' must be a number of milliseconds > 0"
+            )
+    refuse = _flag(parameters, "slo.refuse", True, where)
+    if p99_ms is None:
+        if PREFIX + "slo.refuse" in parameters:
+            raise ModelLoadError(
+                f"{where}: '{PREFIX}slo.refuse' needs a budget ('{PREFIX}slo.p99_ms')"
+            )
+        return None
+    return SloConfig(p99_ms / 1e3, refuse, delay_us / 1e6 if delay_us > 0 else None)
 
 
 def _policy(policy: mc.ModelQueuePolicy) -> QueuePolicy:

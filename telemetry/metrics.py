@@ -34,12 +34,14 @@ from ferry.common.errors import (
     DeadlineExceeded,
     EngineError,
     FerryError,
+    Overloaded,
     QueueFull,
     QueueTimeout,
     ShuttingDown,
 )
 from ferry.scheduler.observer import BatchRecord
 from ferry.scheduler.request import InferenceResult
+from ferry.scheduler.slo import Decision
 from ferry.telemetry.endpoint import MetricsEndpoint, Probe
 from ferry.telemetry.histogram import Histogram, HistogramFamily
 
@@ -114,6 +116,8 @@ class _ModelMetrics:
         "queue_us",
         "request_us",
         "rows",
+        "slo",
+        "slo_refused",
         "success",
     )
 
@@ -122,12 +126,15 @@ class _ModelMetrics:
         self.isolated_batches = self.culprits = 0
         self.request_us = self.queue_us = self.input_us = self.infer_us = self.output_us = 0.0
         self.failures: dict[str, int] = {}
+        self.slo_refused: dict[str, int] = {}  # by reason: budget, deadline
+        self.slo: dict[int, Decision] = {}  # the latency controller's last settings, by profile
         self.latency, self.queue, self.compute, self.batch_rows = histograms
 
 
 def failure_reason(error: BaseException) -> str:
-    """Triton's failure reasons: REJECTED (refused by a queue), CANCELED, BACKEND, OTHER."""
-    if isinstance(error, QueueFull | QueueTimeout | ShuttingDown):
+    """Triton's failure reasons: REJECTED (refused by a queue, or early by the latency
+    controller), CANCELED, BACKEND, OTHER."""
+    if isinstance(error, QueueFull | QueueTimeout | ShuttingDown | Overloaded):
         return "REJECTED"
     if isinstance(error, DeadlineExceeded | asyncio.CancelledError):
         return "CANCELED"
@@ -142,6 +149,33 @@ StateReader = Callable[[], Iterable[tuple[str, str, dict[int, int], dict[str, in
 ProcessReader = Callable[[], dict[str, tuple[str, float]]]
 """The process's own gauges at scrape time: name -> (help, value)."""
 """Yields (model, version, queue depth per profile, busy ns per instance, seconds served)."""
+
+
+_SLO_GAUGES = (
+    ("ferry_slo_queue_delay_seconds", "delay_s", "Queue delay the latency controller chose"),
+    ("ferry_slo_batch_rows_cap", "cap_rows", "Batch row cap the latency controller chose"),
+    ("ferry_slo_predicted_p99_seconds", "predicted_p99_s", "Predicted p99 (delay + two runs)"),
+    ("ferry_slo_observed_p99_seconds", "observed_p99_s", "p99 over the last second's answers"),
+    ("ferry_slo_safety", "safety", "Share of the budget the controller plans with"),
+)
+
+
+def _slo_metrics(models: list[tuple[tuple[str, str], _ModelMetrics]]) -> Iterator[Metric]:
+    """The latency controller's settings per profile, and its refusals by reason."""
+    for name, field, doc in _SLO_GAUGES:
+        gauge = GaugeMetricFamily(name, doc, labels=["model", "version", "profile"])
+        for (model, version), m in models:
+            for profile, decision in list(m.slo.items()):
+                gauge.add_metric([model, version, str(profile)], getattr(decision, field))
+        yield gauge
+    refused = Metric(
+        "ferry_slo_refused", "Requests refused at arrival by the latency controller", "counter"
+    )
+    for (model, version), m in models:
+        for reason, count in list(m.slo_refused.items()):
+            labels = {"model": model, "version": version, "reason": reason}
+            refused.add_sample("ferry_slo_refused_total", labels, count)
+    yield refused
 
 
 class Metrics(Collector):
@@ -189,6 +223,8 @@ class Metrics(Collector):
         if error is not None or result is None:
             reason = failure_reason(error) if error is not None else "OTHER"
             m.failures[reason] = m.failures.get(reason, 0) + 1
+            if isinstance(error, Overloaded):
+                m.slo_refused[error.reason] = m.slo_refused.get(error.reason, 0) + 1
             return
         m.success += 1
         m.queue_us += result.queue_ns / 1e3
@@ -220,6 +256,8 @@ class Metrics(Collector):
         m.rows += rows
         m.executions += 1
         m.batch_rows.observe(rows)
+        if record.slo is not None:
+            m.slo[record.profile] = record.slo
 
     # ---- scrape, on the HTTP thread -------------------------------------------------------
 
@@ -240,6 +278,7 @@ class Metrics(Collector):
                 labels = {"model": model, "version": version, "reason": reason}
                 failures.add_sample(name, labels, count)
         yield failures
+        yield from _slo_metrics(models)
         if self._process is not None:
             for name, (doc, value) in self._process().items():
                 gauge = GaugeMetricFamily(name, doc)

@@ -208,6 +208,16 @@ class Tracing:
                 "ferry.batch_id": record.batch_id,
             },
         )
+        if record.slo is not None:  # the latency controller's settings this batch formed under
+            span.set_attributes(
+                {
+                    "ferry.slo.delay_us": round(record.slo.delay_s * 1e6),
+                    "ferry.slo.cap_rows": record.slo.cap_rows,
+                    "ferry.slo.predicted_p99_us": round(record.slo.predicted_p99_s * 1e6),
+                    "ferry.slo.observed_p99_us": round(record.slo.observed_p99_s * 1e6),
+                    "ferry.slo.safety": record.slo.safety,
+                }
+            )
         if record.error is not None:
             span.set_status(Status(StatusCode.ERROR, str(record.error)))
         span.end(end_time=record.finished_ns + self._offset)

@@ -1,0 +1,207 @@
+"""The latency controller (scheduler/slo.py): it learns what a batch costs, sets the queue delay
+and the batch cap from the budget and the arrival rate, backs off when the observed p99 crosses
+the budget, and refuses at arrival what would miss it. Driven by a simulated engine whose run
+time grows with the rows, on simulated time; then through the real batcher."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from ferry.common.errors import Overloaded
+from ferry.scheduler import BatchingConfig
+from ferry.scheduler.clock import FakeClock
+from ferry.scheduler.slo import LEARNED_AFTER, RunTimeModel, SloConfig, SloController
+from tests.unit.scheduler.conftest import MS, ask, settle, started
+
+BUDGET_S = 0.010
+
+
+def run_time(rows: int) -> float:
+    """The simulated engine: 0.5 ms per batch plus 20 µs per row."""
+    return 0.0005 + 0.00002 * rows
+
+
+CAPACITY = 40_000
+"""Rows/s the simulated engine serves with every batch within half the budget (2 runs of a
+225-row batch fill 10 ms: 45,000 rows/s at the edge; a little under it)."""
+
+
+@dataclass
+class Outcome:
+    latencies: list[float]
+    refused: int
+    offered: int
+
+    @property
+    def p99(self) -> float:
+        return float(np.percentile(self.latencies, 99))
+
+
+def simulate(
+    rate_rows_s: float, seconds: float, controller: SloController, rows: int = 16, seed: int = 0
+) -> Outcome:
+    """Poisson arrivals of `rows`-row requests onto one instance, batches formed as the batcher
+    forms them (leave when the cap is reached or the oldest has waited the delay)."""
+    rng = np.random.default_rng(seed)
+    now = 0.0
+    arrivals = deque[float]()
+    t = 0.0
+    while t < seconds:
+        t += rng.exponential(rows / rate_rows_s)
+        arrivals.append(t)
+    queue: deque[float] = deque()  # arrival times, rows each
+    free_at = 0.0
+    latencies: list[float] = []
+    refused = 0
+    offered = len(arrivals)
+    while arrivals or queue:
+        # next thing: an arrival, or the instance deciding
+        next_arrival = arrivals[0] if arrivals else float("inf")
+        if queue and free_at <= next_arrival:
+            now = max(now, free_at)
+            cap = controller.cap_rows(1024)
+            delay = controller.delay_ns(0) / 1e9
+            leave_at = queue[0] + delay
+            if len(queue) * rows >= cap or now >= leave_at or not arrivals:
+                take = max(1, min(len(queue), cap // rows))
+                batch = [queue.popleft() for _ in range(take)]
+                took = run_time(take * rows)
+                free_at = now + took
+                controller.batch_ran(take * rows, took, int(free_at * 1e9))
+                for arrived in batch:
+                    latencies.append(free_at - arrived)
+                    controller.answered(free_at - arrived, int(free_at * 1e9))
+                continue
+            if leave_at < next_arrival:
+                now = leave_at
+                free_at = leave_at
+                continue
+        now = arrivals.popleft()
+        controller.arrived(rows, int(now * 1e9))
+        if controller.refusal(len(queue) * rows, rows, int(now * 1e9), None) is not None:
+            refused += 1
+            continue
+        queue.append(now)
+    return Outcome(latencies, refused, offered)
+
+
+def controller(**kw: object) -> SloController:
+    return SloController(SloConfig(BUDGET_S, **kw), instances=1, max_rows=1024, now_ns=0)  # type: ignore[arg-type]
+
+
+def test_the_cost_model_learns_a_line_and_follows_drift() -> None:
+    model = RunTimeModel()
+    for rows in (16, 64, 256, 32, 128) * 10:
+        model.observe(rows, run_time(rows))
+    assert model.predict(512) == pytest.approx(run_time(512), rel=1e-6)
+    for rows in (16, 64, 256, 32, 128) * 40:  # the machine got twice as slow
+        model.observe(rows, 2 * run_time(rows))
+    assert model.predict(512) == pytest.approx(2 * run_time(512), rel=0.02)
+
+
+def test_until_it_has_learned_the_configured_settings_apply() -> None:
+    slo = controller()
+    for _ in range(LEARNED_AFTER - 1):
+        slo.batch_ran(64, run_time(64), 0)
+    assert slo.delay_ns(200_000) == 200_000 and slo.cap_rows(1024) == 1024
+    assert slo.refusal(10**6, 16, 0, None) is None  # no refusal on a guess
+    slo.batch_ran(64, run_time(64), 0)
+    assert slo.cap_rows(1024) < 1024
+
+
+@pytest.mark.parametrize("load", [0.3, 0.6, 0.9])
+def test_steady_load_converges_within_the_budget(load: float) -> None:
+    slo = controller()
+    outcome = simulate(load * CAPACITY, 4.0, slo)
+    steady = outcome.latencies[len(outcome.latencies) // 4 :]
+    assert float(np.percentile(steady, 99)) <= BUDGET_S
+    within = sum(1 for latency in outcome.latencies if latency <= BUDGET_S)
+    assert within >= 0.95 * outcome.offered  # goodput: answered within the budget
+    decision = slo.decision
+    assert 2 * run_time(decision.cap_rows) <= BUDGET_S * decision.safety + 1e-9
+    assert decision.delay_s + 2 * run_time(decision.cap_rows) <= BUDGET_S
+
+
+def test_light_load_waits_for_nothing_and_heavy_load_batches() -> None:
+    light, heavy = controller(), controller()
+    simulate(0.05 * CAPACITY, 2.0, light)
+    simulate(0.9 * CAPACITY, 2.0, heavy)
+    assert light.decision.delay_s == 0.0
+    assert heavy.decision.delay_s > 0.0
+
+
+def test_overload_is_refused_at_arrival_and_what_is_admitted_holds_the_budget() -> None:
+    slo = controller()
+    outcome = simulate(1.3 * CAPACITY, 3.0, slo)
+    assert outcome.refused > 0.1 * outcome.offered
+    assert outcome.p99 <= BUDGET_S
+    assert slo.refused["budget"] == outcome.refused
+
+
+def test_without_early_refusal_overload_queues_as_before() -> None:
+    slo = controller(refuse_early=False)
+    outcome = simulate(1.3 * CAPACITY, 1.0, slo)
+    assert outcome.refused == 0 and outcome.p99 > BUDGET_S
+
+
+def test_it_backs_off_when_the_observed_p99_crosses_the_budget_and_creeps_back() -> None:
+    slo = controller()
+    for _ in range(LEARNED_AFTER):
+        slo.batch_ran(64, run_time(64), 0)
+    before = slo.decision.safety
+    for i in range(100):  # a second of answers far over the budget (the engine stalled)
+        slo.answered(3 * BUDGET_S, i * 10 * MS)
+    slo.batch_ran(64, run_time(64), 1000 * MS)
+    assert slo.decision.safety == pytest.approx(before * 0.75)
+    assert slo.decision.observed_p99_s == pytest.approx(3 * BUDGET_S)
+    now = 1000 * MS
+    for _ in range(20):  # calm seconds: the safety creeps back up, never past its ceiling
+        now += 1000 * MS
+        for i in range(50):
+            slo.answered(0.2 * BUDGET_S, now - i * MS)
+        slo.batch_ran(64, run_time(64), now)
+    assert before * 0.75 < slo.decision.safety <= 0.9
+
+
+def test_a_deadline_that_cannot_be_met_is_refused_at_arrival() -> None:
+    slo = controller()
+    for _ in range(LEARNED_AFTER):
+        slo.batch_ran(256, run_time(256), 0)
+    refusal = slo.refusal(0, 16, 0, deadline_ns=100_000)  # 0.1 ms left
+    assert refusal is not None and refusal.reason == "deadline"
+    assert "after its deadline (0.1 ms left)" in str(refusal)
+    assert slo.refused == {"deadline": 1}
+    assert slo.refusal(0, 16, 0, deadline_ns=50 * MS) is None
+
+
+@pytest.mark.asyncio
+async def test_the_batcher_refuses_with_unavailable_and_caps_batches(clock: FakeClock) -> None:
+    config = BatchingConfig(
+        max_batch_size=64, dynamic=True, max_queue_delay_s=0.001, slo=SloConfig(BUDGET_S)
+    )
+    scheduler, engine = await started(config, clock=clock)
+    runner = next(iter(scheduler._runners.values()))
+    slo = runner.batcher.slo
+    assert slo is not None
+    for _ in range(LEARNED_AFTER):  # taught that a row costs 1 ms: 4 rows fit 2 runs in 10 ms
+        slo.batch_ran(8, 0.008, clock.now())
+    assert slo.decision.cap_rows < 8
+    engine.gate = asyncio.Event()
+    first = [ask(scheduler, float(i), 1) for i in range(3)]
+    await settle()
+    late = ask(scheduler, 99.0, 8)
+    await settle()
+    with pytest.raises(Overloaded, match="over the model's p99 budget of 10 ms"):
+        await late
+    engine.gate.set()
+    clock.advance(10 * MS)
+    await settle()
+    for task in first:
+        await task
+    assert max(engine.batch_log) <= slo.decision.cap_rows
+    await scheduler.stop()
