@@ -32,6 +32,18 @@ from ferry.common.errors import Overloaded
 LEARNED_AFTER = 8
 """Batches seen before the controller's decisions replace the configured ones."""
 
+FIRST_SKIPPED = 2
+"""The first batches are not learned from: they carry one-time costs (allocations, cold caches)
+that would make every later batch look dear."""
+
+OUTLIER = 4.0
+"""A batch that took this many times its predicted run (a pause, a noisy neighbour) is not
+learned from, unless the next ones agree (then the machine really got slower)."""
+
+PROBE_S = 0.5
+"""However dear the model thinks batches are, one request is admitted this often, so that a
+wrong estimate meets a measurement instead of refusing everything for good."""
+
 DECAY = 0.97
 """Weight kept by past batches at each new one (a half-life of about 23 batches)."""
 
@@ -80,8 +92,18 @@ class RunTimeModel:
     def __init__(self) -> None:
         self._w = self._x = self._y = self._xx = self._xy = 0.0
         self.batches = 0
+        self._seen = 0
+        self._outliers = 0  # in a row
 
     def observe(self, rows: int, seconds: float) -> None:
+        self._seen += 1
+        if self._seen <= FIRST_SKIPPED:
+            return
+        if self.batches >= LEARNED_AFTER and seconds > OUTLIER * self.predict(rows) + 1e-4:
+            self._outliers += 1
+            if self._outliers < 3:
+                return
+        self._outliers = 0
         d = DECAY
         self._w = self._w * d + 1.0
         self._x = self._x * d + rows
@@ -116,6 +138,7 @@ class SloController:
         self._reviewed_ns = now_ns
         self._observed_p99 = 0.0
         self.refused: dict[str, int] = {}
+        self._admitted_ns = now_ns
         self.decision = Decision(0.0, self._max_rows, 0.0, 0.0, self._safety, False)
 
     @property
@@ -203,6 +226,9 @@ class SloController:
         admit it."""
         if not self.config.refuse_early or not self.learned:
             return None
+        if now_ns - self._admitted_ns >= PROBE_S * 1e9:
+            self._admitted_ns = now_ns  # a probe: whatever the estimate says
+            return None
         predicted = self.predicted_latency_s(queued_rows, rows)
         if deadline_ns is not None and now_ns + predicted * 1e9 > deadline_ns:
             reason = "deadline"
@@ -217,6 +243,7 @@ class SloController:
                 f"budget of {self.config.p99_s * 1e3:g} ms"
             )
         else:
+            self._admitted_ns = now_ns
             return None
         self.refused[reason] = self.refused.get(reason, 0) + 1
         return Overloaded(message, reason)

@@ -15,10 +15,18 @@ import pytest
 from ferry.common.errors import Overloaded
 from ferry.scheduler import BatchingConfig
 from ferry.scheduler.clock import FakeClock
-from ferry.scheduler.slo import LEARNED_AFTER, RunTimeModel, SloConfig, SloController
+from ferry.scheduler.slo import (
+    FIRST_SKIPPED,
+    LEARNED_AFTER,
+    PROBE_S,
+    RunTimeModel,
+    SloConfig,
+    SloController,
+)
 from tests.unit.scheduler.conftest import MS, ask, settle, started
 
 BUDGET_S = 0.010
+LEARN = FIRST_SKIPPED + LEARNED_AFTER  # batches until the controller decides
 
 
 def run_time(rows: int) -> float:
@@ -106,7 +114,7 @@ def test_the_cost_model_learns_a_line_and_follows_drift() -> None:
 
 def test_until_it_has_learned_the_configured_settings_apply() -> None:
     slo = controller()
-    for _ in range(LEARNED_AFTER - 1):
+    for _ in range(LEARN - 1):
         slo.batch_ran(64, run_time(64), 0)
     assert slo.delay_ns(200_000) == 200_000 and slo.cap_rows(1024) == 1024
     assert slo.refusal(10**6, 16, 0, None) is None  # no refusal on a guess
@@ -151,7 +159,7 @@ def test_without_early_refusal_overload_queues_as_before() -> None:
 
 def test_it_backs_off_when_the_observed_p99_crosses_the_budget_and_creeps_back() -> None:
     slo = controller()
-    for _ in range(LEARNED_AFTER):
+    for _ in range(LEARN):
         slo.batch_ran(64, run_time(64), 0)
     before = slo.decision.safety
     for i in range(100):  # a second of answers far over the budget (the engine stalled)
@@ -170,7 +178,7 @@ def test_it_backs_off_when_the_observed_p99_crosses_the_budget_and_creeps_back()
 
 def test_a_deadline_that_cannot_be_met_is_refused_at_arrival() -> None:
     slo = controller()
-    for _ in range(LEARNED_AFTER):
+    for _ in range(LEARN):
         slo.batch_ran(256, run_time(256), 0)
     refusal = slo.refusal(0, 16, 0, deadline_ns=100_000)  # 0.1 ms left
     assert refusal is not None and refusal.reason == "deadline"
@@ -188,7 +196,7 @@ async def test_the_batcher_refuses_with_unavailable_and_caps_batches(clock: Fake
     runner = next(iter(scheduler._runners.values()))
     slo = runner.batcher.slo
     assert slo is not None
-    for _ in range(LEARNED_AFTER):  # taught that a row costs 1 ms: 4 rows fit 2 runs in 10 ms
+    for _ in range(LEARN):  # taught that a row costs 1 ms: 4 rows fit 2 runs in 10 ms
         slo.batch_ran(8, 0.008, clock.now())
     assert slo.decision.cap_rows < 8
     engine.gate = asyncio.Event()
@@ -205,3 +213,27 @@ async def test_the_batcher_refuses_with_unavailable_and_caps_batches(clock: Fake
         await task
     assert max(engine.batch_log) <= slo.decision.cap_rows
     await scheduler.stop()
+
+
+def test_cold_first_batches_and_a_lone_pause_do_not_teach_it_that_batches_are_dear() -> None:
+    model = RunTimeModel()
+    model.observe(1, 0.050)  # the first run: allocations, cold caches
+    model.observe(2, 0.030)
+    for rows in (16, 64, 256, 32, 128) * 4:
+        model.observe(rows, run_time(rows))
+    assert model.predict(64) == pytest.approx(run_time(64), rel=1e-6)
+    model.observe(64, 0.100)  # one pause
+    assert model.predict(64) == pytest.approx(run_time(64), rel=1e-6)
+    for _ in range(3):  # but a lasting change is learned
+        model.observe(64, 0.100)
+    assert model.predict(64) > 2 * run_time(64)
+
+
+def test_a_request_is_let_through_now_and_then_however_dear_it_looks() -> None:
+    slo = controller()
+    for _ in range(LEARN):
+        slo.batch_ran(8, 0.008, 0)  # 1 ms a row: any big request is predicted to miss
+    assert slo.refusal(0, 64, 1 * MS, None) is not None
+    probe_at = int(PROBE_S * 1e9) + 1 * MS
+    assert slo.refusal(0, 64, probe_at, None) is None  # a probe: the estimate meets a measurement
+    assert slo.refusal(0, 64, probe_at + 1 * MS, None) is not None
