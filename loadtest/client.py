@@ -17,6 +17,7 @@ from typing import Protocol
 import grpc
 import numpy as np
 
+from ferry.loadtest.profile import RateProfile
 from ferry.loadtest.stats import Tally
 from ferry.loadtest.workload import Prepared, with_id
 from ferry.proto import grpc_service_pb2 as pb
@@ -158,6 +159,7 @@ async def open_loop(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     seed: int = 0,
     max_outstanding: int = 20_000,
+    profile: RateProfile | None = None,
 ) -> None:
     """Send at Poisson times; count what was sent after the warm-up.
 
@@ -167,7 +169,12 @@ async def open_loop(
     rng = np.random.default_rng(seed)
     begin = now()
     measured_from = begin + warmup_s
-    times = arrival_times(rate, begin, measured_from + duration_s, rng)
+    if profile is None:
+        times = arrival_times(rate, begin, measured_from + duration_s, rng)
+    else:  # the warm-up at the profile's first rate, then the profile
+        first = profile.segments[0].start_rate or profile.peak
+        warm = arrival_times(first, begin, measured_from, rng) if warmup_s > 0 else np.empty(0)
+        times = np.concatenate([warm, measured_from + profile.arrivals(rng)])
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(index: int, intended: float, counted: bool) -> None:
@@ -176,6 +183,7 @@ async def open_loop(
         status = await senders[index % len(senders)](request)
         latency = now() - min(intended, sent)
         if counted:
+            tally.timeline.append((intended - measured_from, latency, status is None))
             if status is None:
                 tally.latencies_s.append(latency)
                 tally.rows += request.rows

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import grpc
 
 from ferry.loadtest.client import Sender, StreamSender, UnarySender, closed_loop, open_loop
+from ferry.loadtest.profile import RateProfile
 from ferry.loadtest.stats import Tally
 from ferry.loadtest.workload import Workload, prepare
 
@@ -37,6 +38,7 @@ class Plan:
     channels: int = 1
     streaming: bool = False
     processes: int = 1
+    profile: RateProfile | None = None  # open loop: the rate changes along it (loadtest/profile.py)
 
     def targets(self) -> list[str]:
         """The replicas to load: `address` holds one or several, comma-separated."""
@@ -52,6 +54,7 @@ class Plan:
             self,
             concurrency=concurrency,
             rate=self.rate / n,
+            profile=None if self.profile is None else self.profile.scaled(1 / n),
             channels=channels,
             processes=1,
             workload=workload,
@@ -98,6 +101,7 @@ async def run_here(
                     plan.duration_s,
                     tally,
                     seed=plan.workload.seed,
+                    profile=plan.profile,
                 )
             elif plan.concurrency > 0:
                 await closed_loop(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+import numpy as np
 
 from ferry.loadtest.stats import LoadResult, Tally, percentiles
 from ferry.proto import grpc_service_pb2 as pb
@@ -24,8 +25,11 @@ def result_of(
     target_rate: float = 0.0,
     processes: int = 1,
     server: dict[str, float] | None = None,
+    budget_ms: float = 0.0,
 ) -> LoadResult:
     done = len(tally.latencies_s)
+    budget_s = budget_ms / 1e3
+    within = sum(1 for t, latency, ok in tally.timeline if ok and latency <= budget_s)
     return LoadResult(
         model=model,
         mode=mode,
@@ -44,7 +48,42 @@ def result_of(
         late_sends=tally.late_sends,
         server=server or {},
         replicas=_shares(tally),
+        budget_ms=budget_ms,
+        goodput_per_s=within / duration_s if budget_ms else 0.0,
+        timeline=timeline(tally.timeline, duration_s, budget_s),
     )
+
+
+WINDOW_S = 1.0
+STEP_S = 0.25
+
+
+def timeline(
+    events: list[tuple[float, float, bool]], duration_s: float, budget_s: float = 0.0
+) -> list[dict[str, float]]:
+    """The run second by second: for each 1-second window ending every 0.25 s (by intended
+    send time), requests sent, answered, the p99 of the answered and, with a budget, how many
+    were answered within it."""
+    if not events:
+        return []
+    data = np.array(events, dtype=np.float64)
+    sent_at, latency, ok = data[:, 0], data[:, 1], data[:, 2].astype(bool)
+    rows = []
+    end = WINDOW_S
+    while end <= duration_s + 1e-9:
+        inside = (sent_at >= end - WINDOW_S) & (sent_at < end)
+        answered = latency[inside & ok]
+        row = {
+            "t": round(end, 3),
+            "sent": float(inside.sum()),
+            "answered": float(len(answered)),
+            "p99_ms": float(np.percentile(answered, 99) * 1e3) if len(answered) else 0.0,
+        }
+        if budget_s:
+            row["within_budget"] = float((answered <= budget_s).sum())
+        rows.append(row)
+        end += STEP_S
+    return rows
 
 
 def _shares(tally: Tally) -> dict[str, float]:
@@ -116,6 +155,18 @@ def table(result: LoadResult) -> str:
             "  replicas    "
             + "  ".join(f"{t} {share:.1%}" for t, share in result.replicas.items())
         )
+    if result.budget_ms:
+        lines.append(
+            f"  goodput     {result.goodput_per_s:.1f} requests/s answered within "
+            f"{result.budget_ms:g} ms"
+        )
+    if result.timeline:
+        lines.append("  timeline    t(s)  sent/s  answered/s  p99 ms (each second)")
+        for row in result.timeline[:: int(WINDOW_S / STEP_S)]:
+            lines.append(
+                f"              {row['t']:4.0f} {row['sent']:7.0f} {row['answered']:11.0f} "
+                f"{row['p99_ms']:7.2f}"
+            )
     for warning in warnings(result):
         lines.append(f"  WARNING     {warning}")
     return "\n".join(lines)
@@ -136,6 +187,31 @@ def warnings(result: LoadResult) -> list[str]:
             "cannot keep the rate (latencies still count from the intended times)"
         )
     return out
+
+
+def plot_timeline(result: LoadResult, path: str) -> str:
+    """The rolling 1-second p99 and the answered rate over the run, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no plot: matplotlib is not installed (pip install matplotlib)"
+    t = [row["t"] for row in result.timeline]
+    figure, latency = plt.subplots(figsize=(8, 4))
+    latency.plot(t, [row["p99_ms"] for row in result.timeline], label="p99 ms (1 s window)")
+    if result.budget_ms:
+        latency.axhline(result.budget_ms, linestyle="--", color="grey", label="budget")
+    latency.set_xlabel("seconds")
+    latency.set_ylabel("p99 ms")
+    rate = latency.twinx()
+    rate.plot(t, [row["sent"] for row in result.timeline], color="tab:orange", label="sent/s")
+    rate.set_ylabel("requests/s")
+    latency.legend(loc="upper left")
+    rate.legend(loc="upper right")
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    return f"plot: {path}"
 
 
 def plot(steps: list[tuple[float, bool, LoadResult]], path: str, percentile: str) -> str:

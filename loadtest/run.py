@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from ferry.loadtest import processes, report
 from ferry.loadtest.processes import Plan
+from ferry.loadtest.profile import ProfileError, RateProfile
 from ferry.loadtest.search import Slo, search
 from ferry.loadtest.stats import LoadResult, percentiles
 from ferry.loadtest.workload import Choice, Workload, WorkloadError
@@ -79,6 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     load = parser.add_argument_group("load (closed loop unless --rate or --slo-ms)")
     load.add_argument("--concurrency", type=int, default=8, help="closed loop: requests in flight")
     load.add_argument("--rate", type=float, help="open loop: requests/s, Poisson arrivals")
+    load.add_argument(
+        "--rate-profile",
+        help="open loop whose rate changes: step:300@10,900@10 or ramp:100-1000@20 "
+        "(requests/s @ seconds; the run lasts the profile)",
+    )
+    load.add_argument(
+        "--budget-ms",
+        type=float,
+        default=0.0,
+        help="latency budget: report goodput (answered within it, per second) and count it in "
+        "the timeline",
+    )
     load.add_argument("--duration", type=float, default=10.0, help="seconds measured (per step)")
     load.add_argument("--warmup", type=float, default=1.0, help="seconds sent but not measured")
     load.add_argument("--processes", type=int, default=1, help="client processes")
@@ -101,7 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     slo.add_argument("--start-rate", type=float, default=100.0)
     slo.add_argument("--max-rate", type=float, default=100_000.0)
     slo.add_argument("--search-steps", type=int, default=5, help="bisection steps")
-    slo.add_argument("--plot", help="search: write latency against rate to this PNG")
+    slo.add_argument(
+        "--plot",
+        help="write a PNG: latency against rate (search), or the rolling p99 over time (open loop)",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--json", type=Path, help="write the result(s) here")
     out.add_argument("--no-server-stats", action="store_true", help="skip ModelStatistics")
@@ -128,14 +144,22 @@ def main(argv: list[str] | None = None) -> int:
         )
     except WorkloadError as exc:
         parser.error(str(exc))
-    mode = "open" if args.rate or args.slo_ms else "closed"
+    try:
+        profile = RateProfile.parse(args.rate_profile) if args.rate_profile else None
+    except ProfileError as exc:
+        parser.error(str(exc))
+    if profile is not None and (args.rate or args.slo_ms):
+        parser.error("--rate-profile sets the rate: leave out --rate and --slo-ms")
+    duration = profile.duration_s if profile is not None else args.duration
+    mode = "open" if args.rate or args.slo_ms or profile else "closed"
     plan = Plan(
         args.address,
         workload,
         mode,
         concurrency=args.concurrency,
-        rate=args.rate or 0.0,
-        duration_s=args.duration,
+        rate=args.rate or (profile.peak if profile else 0.0),
+        duration_s=duration,
+        profile=profile,
         warmup_s=args.warmup,
         channels=args.channels,
         streaming=args.streaming,
@@ -164,11 +188,12 @@ def main(argv: list[str] | None = None) -> int:
             tally,
             model=args.model,
             mode=step.mode,
-            duration_s=args.duration,
+            duration_s=duration,
             concurrency=step.concurrency if step.mode == "closed" else 0,
             target_rate=step.rate,
             processes=step.processes,
             server=view,
+            budget_ms=args.budget_ms,
         )
 
     try:
@@ -210,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loadtest: {exc}", file=sys.stderr)
         return 2
     print(report.table(result))
+    if args.plot and result.timeline:
+        print(report.plot_timeline(result, args.plot))
     if args.json:
         args.json.write_text(json.dumps(asdict(result), indent=2) + "\n")
     return 0 if result.requests else 1

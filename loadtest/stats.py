@@ -32,9 +32,12 @@ class Tally:
     cpu_s: float = 0.0
     late_sends: int = 0  # open loop: requests sent more than 1 ms after their intended time
     by_target: Counter[str] = field(default_factory=Counter)  # answered, per replica
+    # open loop: (intended send time from the measured start, latency s, answered OK)
+    timeline: list[tuple[float, float, bool]] = field(default_factory=list)
 
     def merge(self, other: Tally) -> None:
         self.by_target.update(other.by_target)
+        self.timeline.extend(other.timeline)
         self.latencies_s.extend(other.latencies_s)
         self.errors.update(other.errors)
         self.sent += other.sent
@@ -64,3 +67,6 @@ class LoadResult:
     late_sends: int = 0
     server: dict[str, float] = field(default_factory=dict)
     replicas: dict[str, float] = field(default_factory=dict)  # share of answers, per target
+    budget_ms: float = 0.0  # with a budget: goodput and the per-second timeline below
+    goodput_per_s: float = 0.0  # requests answered within the budget, per second
+    timeline: list[dict[str, float]] = field(default_factory=list)

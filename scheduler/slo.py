@@ -117,10 +117,12 @@ class RunTimeModel:
             return 0.0
         mean_x, mean_y = self._x / self._w, self._y / self._w
         spread = self._xx / self._w - mean_x * mean_x
-        slope = (self._xy / self._w - mean_x * mean_y) / spread if spread > 1e-9 else 0.0
-        if slope < 0 or spread <= 1e-9:  # one batch size seen so far: proportional to rows
-            slope = mean_y / mean_x if mean_x > 0 else 0.0
-            return max(0.0, slope * rows)
+        if spread < (0.25 * mean_x) ** 2:
+            # Batches of about one size say nothing of the line's slope: proportional to rows.
+            return mean_y / mean_x * rows if mean_x > 0 else 0.0
+        slope = (self._xy / self._w - mean_x * mean_y) / spread
+        if slope <= 0:  # noise: a bigger batch cannot cost less
+            return mean_y / mean_x * rows
         return max(0.0, mean_y + slope * (rows - mean_x))
 
 

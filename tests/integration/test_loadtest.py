@@ -216,3 +216,27 @@ def test_several_replicas_share_the_load_evenly(model_repo: Path, tmp_path: Path
     served = [a - b for a, b in zip(after, before, strict=True)]
     for count in served:
         assert abs(count / sum(served) - 1 / 3) <= 0.1 / 3, served
+
+
+def test_a_step_profile_shows_in_the_timeline_with_goodput(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    result = run_tool(
+        server,
+        tmp_path,
+        "--model",
+        "echo",
+        "--rate-profile",
+        "step:50@1,300@1,50@1",
+        "--budget-ms",
+        "1000",
+        "--warmup",
+        "0",
+    )
+    assert result["mode"] == "open" and result["duration_s"] == 3.0 and result["errors"] == {}
+    by_second = {row["t"]: row for row in result["timeline"]}
+    assert by_second[1.0]["sent"] == pytest.approx(50, rel=0.4)
+    assert by_second[2.0]["sent"] == pytest.approx(300, rel=0.2)
+    assert by_second[3.0]["sent"] == pytest.approx(50, rel=0.4)
+    assert all(row["within_budget"] == row["answered"] for row in result["timeline"])
+    assert result["goodput_per_s"] == pytest.approx(result["requests_per_s"])
