@@ -56,12 +56,12 @@ def build(options: BuildOptions, trt: types.ModuleType | None = None) -> BuildRe
     staging = Path(tempfile.mkdtemp(prefix=f".building-{options.name}-", dir=options.repository))
     try:
         converted = staging / "model.onnx"
-        kept_fp32 = _make(options, calibration, converted)
+        kept_fp32, checked = _make(options, calibration, converted)
         quantized = options.precision is Precision.INT8
         # The gate runs the graph in its new precision on this host's CPU (ONNX Runtime): for
         # TensorRT, what the conversion or quantization changed, before TensorRT's kernels.
         accuracy = compare(
-            options.source, converted, held_out, options.threads, held_labels, layers=quantized
+            options.source, checked, held_out, options.threads, held_labels, layers=quantized
         )
         enforce(accuracy, options.max_error, options.max_auc_drop)
         artifact, plan = converted, None
@@ -72,7 +72,8 @@ def build(options: BuildOptions, trt: types.ModuleType | None = None) -> BuildRe
             plan = tensorrt_plan.build_plan(
                 converted, artifact, shapes, _plan_options(options), trt
             )
-            converted.unlink()
+            for made in staging.glob("*.onnx"):
+                made.unlink()
         speeds = (
             speed.measure(
                 options.source,
@@ -106,9 +107,7 @@ def build(options: BuildOptions, trt: types.ModuleType | None = None) -> BuildRe
             ),
             "held_out_rows": held_out.rows,
             "kept_in_fp32": kept_fp32,
-            "gate": "the converted ONNX graph on this host's CPU (ONNX Runtime)"
-            if options.target is Target.TENSORRT
-            else "the built model on this host's CPU (ONNX Runtime)",
+            "gate": _gate_description(options),
             "tensorrt": plan,
             "settings": manifest.settings(options),
             "accuracy": accuracy.as_dict(),
@@ -134,8 +133,13 @@ def build(options: BuildOptions, trt: types.ModuleType | None = None) -> BuildRe
     return BuildResult(folder, accuracy, speeds, record)
 
 
-def _make(options: BuildOptions, calibration: Samples, artifact: Path) -> list[str]:
-    """The ONNX graph in its new precision; the nodes an FP16 build keeps in FP32."""
+def _make(options: BuildOptions, calibration: Samples, artifact: Path) -> tuple[list[str], Path]:
+    """The ONNX graph in its new precision; the nodes an FP16 build keeps in FP32, and the
+    graph the gate runs (the artifact, or for BF16 its emulation in FP32: the weights rounded)."""
+    if options.precision is Precision.BF16:
+        emulation = artifact.with_name("bf16-emulated.onnx")
+        transforms.to_bf16(options.source, artifact, emulation)
+        return [], emulation
     if options.precision is Precision.INT8:
         # GPU targets take symmetric INT8 (TensorRT's explicit quantization needs zero points 0)
         symmetric = options.symmetric or options.target is not Target.ONNXRUNTIME_CPU
@@ -149,12 +153,12 @@ def _make(options: BuildOptions, calibration: Samples, artifact: Path) -> list[s
             options.per_channel,
         )
     elif options.precision is Precision.FP16:
-        return transforms.to_fp16(options.source, artifact, calibration)
+        return transforms.to_fp16(options.source, artifact, calibration), artifact
     elif options.target is Target.ONNXRUNTIME_CPU:
         transforms.optimize(options.source, artifact)
     else:  # a GPU backend optimizes for the GPU it loads on: the source as it is
         shutil.copyfile(options.source, artifact)
-    return []
+    return [], artifact
 
 
 def _plan_options(options: BuildOptions) -> tensorrt_plan.PlanOptions:
@@ -211,3 +215,14 @@ def _labels(options: BuildOptions, data: Samples) -> np.ndarray | None:
     if not np.isin(labels, (0, 1)).all():
         raise BuildError("--labels must hold 0 or 1 per row")
     return labels
+
+
+def _gate_description(options: BuildOptions) -> str:
+    if options.precision is Precision.BF16:
+        return (
+            "the FP32 graph with its weights rounded to BF16, on this host's CPU (ONNX Runtime "
+            "has no BF16 kernels for most operators; BF16 arithmetic is not emulated)"
+        )
+    if options.target is Target.TENSORRT:
+        return "the converted ONNX graph on this host's CPU (ONNX Runtime), before TensorRT"
+    return "the built model on this host's CPU (ONNX Runtime)"

@@ -1,6 +1,6 @@
 """What turns the source ONNX file into the served one: ONNX Runtime's graph optimizations
 applied once, offline; INT8 static quantization in QDQ form (ONNX Runtime's quantizer); FP16
-with the nodes that would overflow kept in FP32 (ONNX Runtime's converter)."""
+with the nodes that would overflow kept in FP32 (ONNX Runtime's converter); BF16 for TensorRT."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import helper, numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -183,3 +184,92 @@ def _drop_round_trips(model: onnx.ModelProto) -> None:
             node.input[index] = renamed.get(name, name)
     del graph.node[:]
     graph.node.extend(kept)
+
+
+def bf16_bits(values: np.ndarray) -> np.ndarray:
+    """FP32 values as BF16 bit patterns (uint16), rounded to nearest, ties to even."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+    return (rounded >> np.uint32(16)).astype(np.uint16)
+
+
+def bf16_rounded(values: np.ndarray) -> np.ndarray:
+    """FP32 values rounded to what BF16 holds, kept as FP32."""
+    return (bf16_bits(values).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def to_bf16(source: Path, target: Path, emulation: Path) -> None:
+    """A BF16 graph for TensorRT: every FP32 weight and constant stored as BF16, FP32 inputs cast
+    to BF16 where they enter and outputs cast back where they leave, casts to FP32 inside the
+    graph made casts to BF16. BF16 keeps FP32's exponent range: nothing overflows that FP32 holds.
+
+    `emulation`: the FP32 graph with every weight rounded to BF16, which ONNX Runtime on this
+    host's CPU can run (it has no BF16 kernels for most operators): what the gate checks."""
+    model = onnx.load(str(source))
+    rounded = onnx.load(str(source))
+    for initializer in rounded.graph.initializer:
+        if initializer.data_type == onnx.TensorProto.FLOAT:
+            values = numpy_helper.to_array(initializer)
+            initializer.CopyFrom(numpy_helper.from_array(bf16_rounded(values), initializer.name))
+    onnx.save(rounded, str(emulation))
+
+    graph = model.graph
+    bf16 = onnx.TensorProto.BFLOAT16
+    for index, initializer in enumerate(graph.initializer):
+        if initializer.data_type == onnx.TensorProto.FLOAT:
+            graph.initializer[index].CopyFrom(_bf16_tensor(initializer))
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.name == "value" and attribute.t.data_type == onnx.TensorProto.FLOAT:
+                attribute.t.CopyFrom(_bf16_tensor(attribute.t))
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == 1:
+                attribute.i = bf16
+    renamed: dict[str, str] = {}
+    casts_in = []
+    for value in graph.input:
+        if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            inner = f"{value.name}_bf16"
+            renamed[value.name] = inner
+            casts_in.append(
+                helper.make_node(
+                    "Cast", [value.name], [inner], to=bf16, name=f"{value.name}_to_bf16"
+                )
+            )
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name in renamed:
+                node.input[index] = renamed[name]
+    casts_out = []
+    for value in graph.output:
+        if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            inner = f"{value.name}_bf16"
+            for node in graph.node:
+                for index, name in enumerate(node.output):
+                    if name == value.name:
+                        node.output[index] = inner
+            casts_out.append(
+                helper.make_node(
+                    "Cast",
+                    [inner],
+                    [value.name],
+                    to=onnx.TensorProto.FLOAT,
+                    name=f"{value.name}_to_fp32",
+                )
+            )
+    nodes = [*casts_in, *graph.node, *casts_out]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    kept = [v for v in graph.value_info if v.type.tensor_type.elem_type != onnx.TensorProto.FLOAT]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)  # intermediate FP32 types are BF16 now: let the parser infer
+    onnx.save(model, str(target))
+
+
+def _bf16_tensor(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    values = numpy_helper.to_array(tensor)
+    converted = onnx.TensorProto()
+    converted.name = tensor.name
+    converted.data_type = onnx.TensorProto.BFLOAT16
+    converted.dims.extend(values.shape)
+    converted.raw_data = bf16_bits(values).tobytes()
+    return converted

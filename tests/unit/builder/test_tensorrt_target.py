@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ferry.builder.build import build
 from ferry.builder.options import BuildOptions, Precision, Target
 from ferry.builder.samples import model_inputs, synthetic
-from ferry.builder.transforms import to_fp16
+from ferry.builder.transforms import bf16_rounded, to_bf16, to_fp16
 from ferry.common.errors import BuildError
 from ferry.engines.tensorrt.engine import TensorRTEngine
 from ferry.engines.tensorrt.options import TensorRTOptions
@@ -209,3 +209,36 @@ def test_without_tensorrt_the_target_is_refused_saying_where_it_runs(
     ):
         build(options)
     assert not (tmp_path / "repo").exists()
+
+
+def test_bf16_reaches_tensorrt_as_a_bf16_graph_and_the_gate_checks_its_rounded_weights(
+    examples: Path, tmp_path: Path
+) -> None:
+    source = examples / "dlrm" / "1" / "model.onnx"
+    graph_path, emulation = tmp_path / "bf16.onnx", tmp_path / "emulated.onnx"
+    to_bf16(source, graph_path, emulation)
+    model = onnx.load(str(graph_path))
+    onnx.checker.check_model(model, full_check=True)  # every operator takes BF16 where it gets it
+    floats = {i.data_type for i in model.graph.initializer} - {TensorProto.INT64}
+    assert floats == {TensorProto.BFLOAT16}
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [
+        TensorProto.FLOAT,
+        TensorProto.INT64,
+    ]
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    casts = {n.name for n in model.graph.node if n.op_type == "Cast"}
+    assert {"dense_to_bf16", "ctr_to_fp32"} <= casts
+    weights = {i.name: i for i in onnx.load(str(emulation)).graph.initializer}
+    rounded = numpy_helper.to_array(weights["tables"])
+    assert np.array_equal(bf16_rounded(rounded), rounded)  # already BF16 values, kept FP32
+    result = plan_build(examples, tmp_path, precision=Precision.BF16, max_error=0.01)
+    assert result.manifest["precision"] == "bf16" and "BF16" in result.manifest["gate"]
+    assert 0 < result.accuracy.max_error < 0.01
+    assert sorted(p.name for p in result.folder.iterdir()) == ["manifest.json", "model.plan"]
+
+
+def test_bf16_bits_round_to_nearest_even() -> None:
+    values = np.array([1.0, 1.00390625, 1.01171875, -3.0, 1e38], np.float32)
+    # 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even pattern (1.0)
+    assert bf16_rounded(values).tolist()[:4] == [1.0, 1.0, 1.015625, -3.0]
+    assert np.isfinite(bf16_rounded(values)).all()
