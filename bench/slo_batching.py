@@ -1,0 +1,181 @@
+"""SLO-driven batching against fixed settings: `dlrm` with a p99 budget (ferry.slo.p99_ms) and
+copies of it with fixed (queue delay, max batch) settings, one server, Poisson arrivals.
+
+    python -m bench.slo_batching [--budget-ms 50] [--rows 64] [--seconds 8]
+
+Capacity: requests/s of a closed loop (16 in flight) on the default `dlrm`. Then, at 30%, 60%,
+90% and 130% of it, an open loop on every model: goodput (answered within the budget, per
+second), p99 of the answered, refusals; the SLO model against the best fixed setting at each
+load. Then a step 30% -> 90% -> 30% on the SLO model and on the fixed setting best at 90%: the
+rolling 1-second p99 (loadtest's timeline), the seconds it stays over the budget after each
+step, and the share of requests over the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.harness import ferry, record, stop
+from ferry.loadtest.processes import Plan, run
+from ferry.loadtest.profile import RateProfile
+from ferry.loadtest.report import result_of
+from ferry.loadtest.workload import Choice, Workload
+from ferry.server.example_repo import write_example_repo
+
+FIXED = [(delay, cap) for delay in (0, 2000, 8000) for cap in (256, 1024)]
+LOADS = (0.3, 0.6, 0.9, 1.3)
+
+
+def fixed_name(delay_us: int, cap: int) -> str:
+    return f"dlrm_d{delay_us}_c{cap}"
+
+
+def repository(work: Path, budget_ms: float) -> Path:
+    examples = work / "examples"
+    write_example_repo(examples)
+    repo = work / "repo"
+    source = examples / "dlrm"
+    text = (source / "config.pbtxt").read_text()
+    for delay, cap in FIXED:
+        folder = repo / fixed_name(delay, cap)
+        shutil.copytree(source, folder)
+        config = text.replace('name: "dlrm"', f'name: "{folder.name}"')
+        config = config.replace("max_batch_size: 1024", f"max_batch_size: {cap}")
+        config = config.replace(
+            "max_queue_delay_microseconds: 200", f"max_queue_delay_microseconds: {delay}"
+        )
+        (folder / "config.pbtxt").write_text(config)
+    slo = repo / "dlrm_slo"
+    shutil.copytree(source, slo)
+    config = text.replace('name: "dlrm"', 'name: "dlrm_slo"')
+    config = config.replace("max_queue_delay_microseconds: 200", "")
+    config += f'parameters {{ key: "ferry.slo.p99_ms" value: {{ string_value: "{budget_ms}" }} }}\n'
+    (slo / "config.pbtxt").write_text(config)
+    shutil.copytree(source, repo / "dlrm")
+    return repo
+
+
+def open_loop(
+    address: str,
+    model: str,
+    rows: int,
+    rate: float,
+    seconds: float,
+    budget_ms: float,
+    profile: RateProfile | None = None,
+) -> dict[str, Any]:
+    plan = Plan(
+        address,
+        Workload(model, rows=Choice((rows,), (1.0,))),
+        "open",
+        rate=rate,
+        duration_s=seconds,
+        warmup_s=1.0,
+        profile=profile,
+    )
+    tally = run(plan)
+    duration = profile.duration_s if profile else seconds
+    result = result_of(
+        tally, model=model, mode="open", duration_s=duration, target_rate=rate, budget_ms=budget_ms
+    )
+    return {
+        "model": model,
+        "rate": rate,
+        "goodput_per_s": result.goodput_per_s,
+        "answered_per_s": result.requests_per_s,
+        "p99_ms": result.latency_ms.get("p99", 0.0),
+        "errors": result.errors,
+        "timeline": result.timeline if profile else [],
+    }
+
+
+def over_budget_after_steps(
+    timeline: list[dict[str, float]], steps: list[float], budget_ms: float
+) -> list[float]:
+    """Seconds from each step until the rolling p99 is back within the budget for good."""
+    out = []
+    for index, at in enumerate(steps):
+        end = steps[index + 1] if index + 1 < len(steps) else float("inf")
+        rows = [r for r in timeline if at < r["t"] <= end]
+        last_over = max((r["t"] for r in rows if r["p99_ms"] > budget_ms), default=at)
+        out.append(max(0.0, last_over - at))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--budget-ms", type=float, default=50.0)
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ferry-slo-"))
+    repo = repository(work, args.budget_ms)
+    server, address = ferry(repo, work / "ferry.log")
+    results: dict[str, Any] = {"loads": []}
+    try:
+        closed = run(
+            Plan(
+                address,
+                Workload("dlrm", rows=Choice((args.rows,), (1.0,))),
+                "closed",
+                concurrency=16,
+                duration_s=10.0,
+                warmup_s=1.0,
+            )
+        )
+        capacity = len(closed.latencies_s) / 10.0
+        results["capacity_requests_per_s"] = capacity
+        print(f"capacity (closed loop, 16 in flight): {capacity:.0f} requests/s")
+        for load in LOADS:
+            rate = load * capacity
+            fixed = [
+                open_loop(address, fixed_name(d, c), args.rows, rate, args.seconds, args.budget_ms)
+                for d, c in FIXED
+            ]
+            slo = open_loop(address, "dlrm_slo", args.rows, rate, args.seconds, args.budget_ms)
+            best = max(fixed, key=lambda r: r["goodput_per_s"])
+            entry = {
+                "load": load,
+                "rate": rate,
+                "slo": slo,
+                "fixed": fixed,
+                "best_fixed": best,
+                "goodput_ratio": slo["goodput_per_s"] / max(best["goodput_per_s"], 1e-9),
+            }
+            results["loads"].append(entry)
+            print(
+                f"{load:.0%} ({rate:.0f}/s): SLO goodput {slo['goodput_per_s']:.0f}/s, p99 "
+                f"{slo['p99_ms']:.1f} ms, refused {sum(slo['errors'].values())}; best fixed "
+                f"{best['model']} {best['goodput_per_s']:.0f}/s, p99 {best['p99_ms']:.1f} ms "
+                f"(ratio {entry['goodput_ratio']:.2f})"
+            )
+        low, high = 0.3 * capacity, 0.9 * capacity
+        profile = RateProfile.parse(f"step:{low}@6,{high}@6,{low}@6")
+        best_at_90 = next(e for e in results["loads"] if e["load"] == 0.9)["best_fixed"]["model"]
+        results["step"] = {}
+        for model in ("dlrm_slo", best_at_90):
+            step = open_loop(address, model, args.rows, high, 18.0, args.budget_ms, profile)
+            recovery = over_budget_after_steps(step["timeline"], [6.0, 12.0], args.budget_ms)
+            sent = sum(r["sent"] for r in step["timeline"][::4])
+            within = sum(r["within_budget"] for r in step["timeline"][::4])
+            step["seconds_over_budget_after_steps"] = recovery
+            step["share_over_budget"] = 1 - within / max(sent, 1)
+            results["step"][model] = step
+            print(
+                f"step 30%->90%->30% on {model}: back within budget {recovery} s after the "
+                f"steps, {step['share_over_budget']:.1%} of requests over it"
+            )
+    finally:
+        stop(server)
+    path = record("slo_batching", vars(args), results)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
