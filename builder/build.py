@@ -19,6 +19,7 @@ from ferry.builder.gate import Accuracy, compare, enforce
 from ferry.builder.options import BuildOptions, Precision, Target
 from ferry.builder.samples import Samples
 from ferry.builder.speed import SpeedRow
+from ferry.common.digests import sha256_of
 from ferry.common.errors import BuildError
 from ferry.proto import model_config_pb2 as mc
 
@@ -94,9 +95,9 @@ def build(options: BuildOptions, trt: types.ModuleType | None = None) -> BuildRe
             "target": str(options.target),
             "precision": str(options.precision),
             "source": str(options.source),
-            "source_sha256": manifest.file_sha256(options.source),
+            "source_sha256": sha256_of(options.source),
             "artifact": artifact.name,
-            "artifact_sha256": manifest.file_sha256(artifact),
+            "artifact_sha256": sha256_of(artifact),
             "calibration": {
                 "source": data.source,
                 "rows": calibration.rows if quantized else 0,

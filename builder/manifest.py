@@ -24,14 +24,6 @@ PARAMETER_PREFIX = "ferry.build."
 SUMMARY_FIELDS = ("target", "precision", "source_sha256", "calibration_sha256", "built_at")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def arrays_sha256(arrays: dict[str, Any]) -> str:
     """Of calibration data as the build saw it: names, dtypes, shapes and bytes, in name order
     (the same rows from other files give the same digest)."""

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ferry.common.datatypes import DATATYPES
+from ferry.common.digests import sha256_of
 from ferry.common.errors import EngineError
 from ferry.engines.base import (
     UNBOUNDED,
@@ -24,7 +25,7 @@ from ferry.engines.base import (
     TensorSpec,
     Timings,
 )
-from ferry.engines.loading import Artifact, GpuLookup, Loaded, Planner, VersionFiles, sha256_of
+from ferry.engines.loading import Artifact, GpuLookup, Loaded, Planner, VersionFiles
 from ferry.engines.staging import gather
 
 FP32 = DATATYPES["FP32"]

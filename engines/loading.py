@@ -18,7 +18,6 @@ in the backend: thread counts, GPU engines, what a reserved instance gets.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -162,15 +161,6 @@ class Registry:
                 return loader
         names = ", ".join(loader.filename for loader in self._by_backend.values())
         raise ModelLoadError(f"{where}: no platform or backend given and no model file ({names})")
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a model artifact, read in 1 MiB pieces (every response names it)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 LOADING_NICE = 19

@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from ferry.common.cpus import usable_cpus
+from ferry.common.digests import sha256_of
 from ferry.common.errors import ModelLoadError
 from ferry.engines.base import Engine, Instance
 from ferry.engines.loading import (
@@ -23,7 +24,6 @@ from ferry.engines.loading import (
     Planner,
     VersionFiles,
     in_background,
-    sha256_of,
 )
 from ferry.engines.onnxruntime import (
     RESERVED_INLINE_BUDGET_NS,

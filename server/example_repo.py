@@ -494,14 +494,15 @@ def write_int8_dlrm(root: Path) -> list[Path]:
     `ctr`. Skipped when the version there was built from this very `dlrm` (its manifest says
     so): the build takes seconds and its manifest records the time."""
     from ferry.builder.build import build
-    from ferry.builder.manifest import MANIFEST_FILE, file_sha256
+    from ferry.builder.manifest import MANIFEST_FILE
     from ferry.builder.options import BuildOptions, Precision
+    from ferry.common.digests import sha256_of
 
     source = root / "dlrm" / "1" / "model.onnx"
     folder = root / "dlrm_int8" / "1"
     try:
         made = json.loads((folder / MANIFEST_FILE).read_text())
-        if made.get("source_sha256") == file_sha256(source):
+        if made.get("source_sha256") == sha256_of(source):
             return []
     except (OSError, ValueError):
         pass

@@ -7,10 +7,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from ferry.common.digests import sha256_of
 from ferry.common.errors import ModelLoadError
 from ferry.engines.cuda import toolkit
 from ferry.engines.cuda.toolkit import CudaToolkit
-from ferry.engines.loading import Artifact, GpuLookup, Loaded, Planner, VersionFiles, sha256_of
+from ferry.engines.loading import Artifact, GpuLookup, Loaded, Planner, VersionFiles
 from ferry.engines.tensorrt.engine import TensorRTEngine
 from ferry.engines.tensorrt.options import TensorRTOptions
 from ferry.engines.tensorrt.runtime import import_tensorrt

@@ -17,28 +17,7 @@ from ferry.builder.build import build
 from ferry.builder.gate import _auc
 from ferry.builder.options import BuildOptions, Calibration, Precision, Target
 from ferry.common.errors import BuildError
-from ferry.server.example_repo import write_example_repo
-
-ROWS = 1200
-
-
-@pytest.fixture(scope="module")
-def dlrm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("examples")
-    write_example_repo(root)
-    return root / "dlrm" / "1" / "model.onnx"
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = np.random.default_rng(4)
-    path = tmp_path_factory.mktemp("data") / "inputs.npz"
-    np.savez(
-        path,
-        dense=rng.standard_normal((ROWS, 13)).astype(np.float32),
-        sparse=rng.integers(0, 10**6, (ROWS, 26)).astype(np.int64),
-    )
-    return path
+from tests.unit.builder.conftest import ROWS
 
 
 def options(dlrm: Path, tmp_path: Path, **changes: object) -> BuildOptions:

@@ -21,29 +21,9 @@ from ferry.builder.transforms import bf16_rounded, to_bf16, to_fp16
 from ferry.common.errors import BuildError
 from ferry.engines.tensorrt.engine import TensorRTEngine
 from ferry.engines.tensorrt.options import TensorRTOptions
-from ferry.server.example_repo import write_example_repo
 from tests.doubles import cuda_host, tensorrt_builder
 from tests.doubles.tensorrt_api import VERSION
 from tests.doubles.tensorrt_builder import Builder, read_plan
-
-
-@pytest.fixture(scope="module")
-def examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("examples")
-    write_example_repo(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = np.random.default_rng(4)
-    path = tmp_path_factory.mktemp("data") / "inputs.npz"
-    np.savez(
-        path,
-        dense=rng.standard_normal((600, 13)).astype(np.float32),
-        sparse=rng.integers(0, 10**6, (600, 26)).astype(np.int64),
-    )
-    return path
 
 
 def plan_build(examples: Path, tmp_path: Path, model: str = "dlrm", **changes: object):  # type: ignore[no-untyped-def]
