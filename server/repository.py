@@ -400,6 +400,9 @@ class ModelRepository:
         loaded = await loader.load(source, plan, self._gpus)
         settings = completed[-1]
         build = await asyncio.to_thread(manifest.summary, folder / version)
+        shown = settings.config.parameters
+        for key in [k for k in shown if k.startswith(PARAMETER_PREFIX)]:
+            del shown[key]  # a config's own claims (a copy of another ModelConfig) do not count
         for key, value in build.items():  # ModelConfig shows how the version was made
             settings.config.parameters[PARAMETER_PREFIX + key].string_value = value
         scheduler = ModelScheduler(

@@ -26,6 +26,9 @@ defines them. What Triton has no field for lives in `parameters` under keys star
                                1 (default 0), so high-priority requests never wait for a running
                                lower-level batch; needs priority_levels >= 2 and leaves at least
                                one instance per profile for every level
+    ferry.build.<field>        shown, not read: the server sets these from a built version's
+                               manifest (builder/manifest.py); given in a config (one copied
+                               from ModelConfig) they are dropped at load
 
 An unknown `ferry.` key is a load error naming it; any other parameter belongs to the backend.
 """
@@ -44,7 +47,7 @@ from ferry.scheduler.shapes import CutOutput, PaddedInput, Padding
 from ferry.scheduler.slo import SloConfig
 
 PREFIX = "ferry."
-_KEYS = ("profile.", "pad.", "pad_buckets.", "cut.")
+_KEYS = ("profile.", "pad.", "pad_buckets.", "cut.", "build.")
 _FLAGS = (
     "split_oversized",
     "max_queue_bytes",

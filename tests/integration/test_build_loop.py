@@ -61,10 +61,27 @@ def test_captured_traffic_calibrates_a_build_whose_answers_lead_to_its_manifest(
         assert first["dense"].shape == (16, 13) and first["sparse"].dtype == np.int64
 
     built = tmp_path / "built"
-    command = [sys.executable, "-m", "ferry", "build", str(repo / "dlrm" / "1" / "model.onnx"),
-               "--repository", str(built), "--name", "dlrm_int8", "--precision", "int8",
-               "--calibration", str(captured / "dlrm"), "--max-error", "0.05",
-               "--batch-sizes", "16", "--speed-seconds", "0.1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "ferry",
+        "build",
+        str(repo / "dlrm" / "1" / "model.onnx"),
+        "--repository",
+        str(built),
+        "--name",
+        "dlrm_int8",
+        "--precision",
+        "int8",
+        "--calibration",
+        str(captured / "dlrm"),
+        "--max-error",
+        "0.05",
+        "--batch-sizes",
+        "16",
+        "--speed-seconds",
+        "0.1",
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "built " in done.stdout and "ratio" in done.stdout
@@ -98,10 +115,74 @@ def test_captured_traffic_calibrates_a_build_whose_answers_lead_to_its_manifest(
 def test_a_failed_build_exits_2_saying_why_and_writes_nothing(
     model_repo: Path, tmp_path: Path
 ) -> None:
-    command = [sys.executable, "-m", "ferry", "build",
-               str(model_repo / "dlrm" / "1" / "model.onnx"), "--repository",
-               str(tmp_path / "built"), "--name", "x", "--precision", "int8"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "ferry",
+        "build",
+        str(model_repo / "dlrm" / "1" / "model.onnx"),
+        "--repository",
+        str(tmp_path / "built"),
+        "--name",
+        "x",
+        "--precision",
+        "int8",
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "ferry build: --precision int8 needs --calibration" in done.stderr
     assert not (tmp_path / "built").exists()
+
+
+def test_a_config_copied_from_model_config_loads_and_cannot_claim_a_build(
+    model_repo: Path, tmp_path: Path
+) -> None:
+    """ModelConfig shows `ferry.build.*`; a config copied from it loads again (they are dropped
+    and set anew from the manifest), and a version without a manifest cannot claim one."""
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repo / "dlrm", repo / "dlrm")
+    rng = np.random.default_rng(3)
+    data = tmp_path / "calibration.npz"
+    np.savez(
+        data,
+        dense=rng.standard_normal((300, 13)).astype(np.float32),
+        sparse=rng.integers(0, 1000, (300, 26)).astype(np.int64),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "ferry",
+        "build",
+        str(repo / "dlrm" / "1" / "model.onnx"),
+        "--repository",
+        str(repo),
+        "--name",
+        "dlrm_int8",
+        "--precision",
+        "int8",
+        "--calibration",
+        str(data),
+        "--batch-sizes",
+        "16",
+        "--speed-seconds",
+        "0.1",
+    ]
+    assert subprocess.run(command, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
+    server = start_server(repo, tmp_path, "--model-control-mode", "explicit", "--load-model", "*")
+    try:
+        http = th.InferenceServerClient(server.http_url.removeprefix("http://"))
+        built = http.get_model_config("dlrm_int8")
+        assert built["parameters"]["ferry.build.precision"]["string_value"] == "int8"
+        http.load_model("dlrm_int8", config=json.dumps(built))
+        again = http.get_model_config("dlrm_int8")["parameters"]
+        assert (
+            again["ferry.build.manifest_sha256"]
+            == built["parameters"]["ferry.build.manifest_sha256"]
+        )
+        plain = http.get_model_config("dlrm")
+        plain.setdefault("parameters", {})["ferry.build.precision"] = {"string_value": "int8"}
+        http.load_model("dlrm", config=json.dumps(plain))
+        shown = http.get_model_config("dlrm").get("parameters", {})
+        assert not any(key.startswith("ferry.build.") for key in shown)
+    finally:
+        stop_server(server)
