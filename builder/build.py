@@ -121,7 +121,7 @@ def build(options: BuildOptions, trt: types.ModuleType | None = None) -> BuildRe
         manifest.write(staging, record)
         config = publish.config_text(
             options.name,
-            str(options.target),
+            options.target,
             options.max_batch_size,
             options.queue_delay_us,
             options.instance_count,

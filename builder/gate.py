@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ferry.builder.samples import Samples
+from ferry.builder.transforms import reader
 from ferry.common.errors import BuildError
 
 LAYER_ROWS = 256
@@ -157,8 +158,6 @@ def _worst_layers(source: Path, built: Path, held_out: Samples) -> list[LayerLos
         create_activation_matching,
         modify_model_output_intermediate_tensors,
     )
-
-    from ferry.builder.transforms import reader
 
     rows = held_out.take(np.arange(min(LAYER_ROWS, held_out.rows)))
     with tempfile.TemporaryDirectory(prefix="ferry-layers-") as work:

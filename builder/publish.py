@@ -9,29 +9,27 @@ import os
 import shutil
 from pathlib import Path
 
+from ferry.builder.options import Target
 from ferry.common.errors import BuildError
 
 PLATFORMS = {
-    "onnxruntime-cpu": "onnxruntime_onnx",
-    "onnxruntime-cuda": "onnxruntime_onnx",
-    "tensorrt": "tensorrt_plan",
+    Target.ONNXRUNTIME_CPU: "onnxruntime_onnx",
+    Target.ONNXRUNTIME_CUDA: "onnxruntime_onnx",
+    Target.TENSORRT: "tensorrt_plan",
 }
-FILENAMES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 
 
 def next_version(model_folder: Path) -> int:
-    versions = (
-        [int(p.name) for p in model_folder.iterdir() if p.is_dir() and p.name.isdigit()]
-        if model_folder.is_dir()
-        else []
-    )
+    if not model_folder.is_dir():
+        return 1
+    versions = [int(p.name) for p in model_folder.iterdir() if p.is_dir() and p.name.isdigit()]
     return max(versions, default=0) + 1
 
 
 def config_text(
-    name: str, target: str, max_batch_size: int, queue_delay_us: int, instances: int
+    name: str, target: Target, max_batch_size: int, queue_delay_us: int, instances: int
 ) -> str:
-    kind = "KIND_CPU" if target == "onnxruntime-cpu" else "KIND_GPU"
+    kind = "KIND_CPU" if target is Target.ONNXRUNTIME_CPU else "KIND_GPU"
     return (
         f'name: "{name}"\n'
         f'platform: "{PLATFORMS[target]}"\n'

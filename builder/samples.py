@@ -11,19 +11,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from ferry.common.datatypes import DATATYPES, ONNX_TYPES
 from ferry.common.errors import BuildError
 
-_ORT_DTYPES = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int16)": np.int16,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
+SAMPLED = ("BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64")
+"""Datatypes the build can read from .npz files and make up: not strings, not BF16 (numpy has
+no such type)."""
 
 
 @dataclass(frozen=True)
@@ -41,12 +34,13 @@ def model_inputs(path: Path) -> list[InputSpec]:
         raise BuildError(f"{path}: onnxruntime cannot load it: {exc}") from exc
     specs = []
     for arg in session.get_inputs():
-        if arg.type not in _ORT_DTYPES:
+        name = ONNX_TYPES.get(arg.type, "")
+        if name not in SAMPLED:
             raise BuildError(
                 f"{path}: input {arg.name} has type {arg.type}, which ferry build cannot sample"
             )
         dims = tuple(d if isinstance(d, int) and d > 0 else None for d in arg.shape[1:])
-        specs.append(InputSpec(arg.name, np.dtype(_ORT_DTYPES[arg.type]), dims))
+        specs.append(InputSpec(arg.name, DATATYPES[name].numpy, dims))
     return specs
 
 

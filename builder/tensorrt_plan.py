@@ -57,7 +57,7 @@ def build_plan(
         raise BuildError("--exclude-lean-runtime needs --version-compatible")
     if not 0 <= options.optimization_level <= 5:
         raise BuildError(f"--optimization-level must be in 0..5, got {options.optimization_level}")
-    logger = _Collecting(trt)
+    logger = _collecting_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
@@ -137,7 +137,7 @@ def _checked(index: int, shapes: ProfileShapes, inputs: Mapping[str, Shape]) -> 
     return shapes
 
 
-def _Collecting(trt: types.ModuleType) -> Any:
+def _collecting_logger(trt: types.ModuleType) -> Any:
     """A TensorRT logger that keeps warnings and errors, to say why a build failed."""
 
     class Collecting(trt.ILogger):  # type: ignore[misc, name-defined]

@@ -93,8 +93,6 @@ def quantize_int8(
                 calibrate_method=_METHODS[method],
                 extra_options=extra,
             )
-    except BuildError:
-        raise
     except Exception as exc:  # the quantizer raises what its steps raise
         raise BuildError(
             f"{source}: INT8 quantization failed: {type(exc).__name__}: {exc}"

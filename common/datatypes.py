@@ -51,6 +51,24 @@ DATATYPES: dict[str, DataType] = {
     )
 }
 
+ONNX_TYPES: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+    "tensor(bfloat16)": "BF16",
+}
+"""The tensor types ONNX Runtime reports (`NodeArg.type`), as protocol datatype names."""
+
 _BY_CONFIG = {d.config_name: d for d in DATATYPES.values()}
 def from_config_type(config_name: str) -> DataType:
     """The datatype for a model config enum name such as TYPE_FP32; KeyError otherwise."""

@@ -35,28 +35,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from ferry.common.datatypes import DATATYPES, DataType
+from ferry.common.datatypes import DATATYPES, ONNX_TYPES, DataType
 from ferry.common.errors import EngineError, ModelLoadError
 from ferry.engines.base import Device, ExecutionResult, Feed, Profile, TensorSpec, Timings
 from ferry.engines.loading import in_background
 from ferry.engines.staging import gather
 
-_ORT_TYPES: dict[str, str] = {
-    "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(string)": "BYTES",
-    "tensor(bfloat16)": "BF16",
-}
 _ONNX_BF16 = 16  # TensorProto.BFLOAT16: fed as uint16 bit patterns through OrtValue
 
 
@@ -94,7 +78,7 @@ class OnnxRuntimeOptions:
 
 
 def _spec(arg: Any) -> TensorSpec:
-    name = _ORT_TYPES.get(arg.type)
+    name = ONNX_TYPES.get(arg.type)
     if name is None:
         raise ModelLoadError(f"tensor '{arg.name}' has type {arg.type}, which Ferry cannot serve")
     dims = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)

@@ -19,12 +19,7 @@ import heapq
 import itertools
 import weakref
 
-from ferry.common.errors import (
-    DeadlineExceeded,
-    QueueFull,
-    QueueTimeout,
-    ShuttingDown,
-)
+from ferry.common.errors import DeadlineExceeded, QueueFull, QueueTimeout, ShuttingDown
 from ferry.engines.base import Profile
 from ferry.scheduler.batch import Batch
 from ferry.scheduler.clock import MONOTONIC, Clock, Timer

@@ -29,6 +29,15 @@ def dlrm_inputs(rows: int, seed: int) -> list[tc.InferInput]:
     return [dense, sparse]
 
 
+def ferry_build(
+    source: Path, repository: Path, name: str, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """`ferry build` as a user runs it: its own process."""
+    command = [sys.executable, "-m", "ferry", "build", str(source), "--repository",
+               str(repository), "--name", name, *options]  # fmt: skip
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
 def access_entry(log: Path, request_id: str) -> dict[str, str]:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -61,15 +70,9 @@ def test_captured_traffic_calibrates_a_build_whose_answers_lead_to_its_manifest(
         assert first["dense"].shape == (16, 13) and first["sparse"].dtype == np.int64
 
     built = tmp_path / "built"
-    command = [
-        sys.executable,
-        "-m",
-        "ferry",
-        "build",
-        str(repo / "dlrm" / "1" / "model.onnx"),
-        "--repository",
-        str(built),
-        "--name",
+    done = ferry_build(
+        repo / "dlrm" / "1" / "model.onnx",
+        built,
         "dlrm_int8",
         "--precision",
         "int8",
@@ -81,8 +84,7 @@ def test_captured_traffic_calibrates_a_build_whose_answers_lead_to_its_manifest(
         "16",
         "--speed-seconds",
         "0.1",
-    ]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    )
     assert done.returncode == 0, done.stderr
     assert "built " in done.stdout and "ratio" in done.stdout
     manifest_path = built / "dlrm_int8" / "1" / "manifest.json"
@@ -115,20 +117,9 @@ def test_captured_traffic_calibrates_a_build_whose_answers_lead_to_its_manifest(
 def test_a_failed_build_exits_2_saying_why_and_writes_nothing(
     model_repo: Path, tmp_path: Path
 ) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "ferry",
-        "build",
-        str(model_repo / "dlrm" / "1" / "model.onnx"),
-        "--repository",
-        str(tmp_path / "built"),
-        "--name",
-        "x",
-        "--precision",
-        "int8",
-    ]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = ferry_build(
+        model_repo / "dlrm" / "1" / "model.onnx", tmp_path / "built", "x", "--precision", "int8"
+    )
     assert done.returncode == 2
     assert "ferry build: --precision int8 needs --calibration" in done.stderr
     assert not (tmp_path / "built").exists()
@@ -148,15 +139,9 @@ def test_a_config_copied_from_model_config_loads_and_cannot_claim_a_build(
         dense=rng.standard_normal((300, 13)).astype(np.float32),
         sparse=rng.integers(0, 1000, (300, 26)).astype(np.int64),
     )
-    command = [
-        sys.executable,
-        "-m",
-        "ferry",
-        "build",
-        str(repo / "dlrm" / "1" / "model.onnx"),
-        "--repository",
-        str(repo),
-        "--name",
+    done = ferry_build(
+        repo / "dlrm" / "1" / "model.onnx",
+        repo,
         "dlrm_int8",
         "--precision",
         "int8",
@@ -166,8 +151,8 @@ def test_a_config_copied_from_model_config_loads_and_cannot_claim_a_build(
         "16",
         "--speed-seconds",
         "0.1",
-    ]
-    assert subprocess.run(command, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
+    )
+    assert done.returncode == 0, done.stderr
     server = start_server(repo, tmp_path, "--model-control-mode", "explicit", "--load-model", "*")
     try:
         http = th.InferenceServerClient(server.http_url.removeprefix("http://"))
