@@ -283,3 +283,15 @@ def test_the_cuda_target_takes_fp16_weights_and_symmetric_int8_on_gpu_instances(
     )
     points, _ = _zero_points_and_scales(int8.folder / "model.onnx")
     assert points and all(p.dtype == np.int8 and not p.any() for p in points)
+
+
+def test_hostile_files_are_refused_without_running_them(dlrm: Path, tmp_path: Path) -> None:
+    garbage = tmp_path / "model.onnx"
+    garbage.write_bytes(b"\x00not an onnx model" * 64)
+    with pytest.raises(BuildError, match="onnxruntime cannot load it"):
+        build(options(garbage, tmp_path))
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, dense=np.array([object()] * 20, dtype=object), sparse=np.zeros((20, 26)))
+    with pytest.raises(BuildError, match=r"not a readable \.npz"):  # never unpickled
+        build(options(dlrm, tmp_path, precision=Precision.INT8, calibration=pickled))
+    assert not (tmp_path / "repo").exists()

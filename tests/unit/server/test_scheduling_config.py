@@ -118,6 +118,11 @@ def test_instance_groups_choose_their_profiles() -> None:
         (params(ferry__cut__seq="user"), "'user' is not a padded input"),
         (params(ferry__split_oversized="maybe"), "must be true or false"),
         (params(ferry__max_queue_bytes="-1"), "must be an integer >= 0"),
+        (params(ferry__slo__p99_ms="fast"), "'ferry.slo.p99_ms' must be a number of milliseconds"),
+        (params(ferry__slo__p99_ms="0"), "'ferry.slo.p99_ms' must be a number of milliseconds"),
+        (params(ferry__slo__p99_ms="-5"), "'ferry.slo.p99_ms' must be a number of milliseconds"),
+        (params(ferry__slo__p99_ms="10", ferry__slo__refuse="maybe"), "must be true or false"),
+        (params(ferry__slo__refuse="false"), "'ferry.slo.refuse' needs a budget"),
         (
             params(ferry__profile__0="history:1x1..2x2") + '\ninstance_group { profile: ["3"] }',
             "instance_group profile ['3'] names no profile",
@@ -206,3 +211,13 @@ def test_reserved_instances_are_read_and_checked() -> None:
         ModelLoadError, match=r"'ferry\.reserved_instances' must be an integer >= 0"
     ):
         settle(levels + two + params(ferry__reserved_instances="one"))
+
+
+def test_a_latency_budget_is_read_with_the_configured_delay_as_its_limit() -> None:
+    budget = settle(
+        "dynamic_batching { max_queue_delay_microseconds: 500 }\n"
+        + params(ferry__slo__p99_ms="12.5", ferry__slo__refuse="false")
+    ).batching.slo
+    assert budget is not None
+    assert (budget.p99_s, budget.refuse_early, budget.delay_limit_s) == (0.0125, False, 0.0005)
+    assert settle("dynamic_batching { }").batching.slo is None
