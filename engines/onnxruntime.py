@@ -110,12 +110,13 @@ class OnnxRuntimeEngine(OnnxSignature):
     def __init__(self, path: Path, options: OnnxRuntimeOptions = OnnxRuntimeOptions()) -> None:
         self._path = path
         self._options = options
-        # A one-thread session just to read the tensors; each instance opens its own session in
-        # its own (lower-priority) thread, whose thread pool inherits that priority.
-        described = self._open(threads=1)
+        # The session that reads the tensors is kept for the first instance that would open
+        # one just like it: opening a session costs CPU, and dropping one holds the GIL (so the
+        # event loop) while ONNX Runtime frees it; a reload under load pays neither twice.
+        described = self._open()
         self._inputs = tuple(_spec(a) for a in described.get_inputs())
         self._outputs = tuple(_spec(a) for a in described.get_outputs())
-        del described
+        self._spare: ort.InferenceSession | None = described
         kinds = {s.datatype.name for s in (*self._inputs, *self._outputs)}
         if {"BF16", "BYTES"} <= kinds:
             # BF16 needs OrtValues, which ONNX Runtime's Python API cannot make from strings.
@@ -154,9 +155,14 @@ class OnnxRuntimeEngine(OnnxSignature):
             raise ModelLoadError(
                 f"instance {name}: the ONNX Runtime CPU backend cannot use {device}"
             )
+        open_session: Callable[[], ort.InferenceSession] = functools.partial(self._open, threads)
+        if self._spare is not None and threads is None and not idle_class:
+            # Opened with the engine's settings on the loading thread, as this one would be (an
+            # idle-class instance opens its own on its own thread, for its pool's priority).
+            open_session, self._spare = functools.partial(_given, self._spare), None
         return OnnxRuntimeInstance(
             name,
-            functools.partial(self._open, threads),
+            open_session,
             self._inputs,
             self._outputs,
             profile,
@@ -166,7 +172,11 @@ class OnnxRuntimeEngine(OnnxSignature):
         )
 
     def close(self) -> None:
-        return None
+        self._spare = None
+
+
+def _given(session: ort.InferenceSession) -> ort.InferenceSession:
+    return session
 
 
 INLINE_BUDGET_NS = 100_000

@@ -157,9 +157,12 @@ async def test_a_warming_instance_works_at_the_loading_priority_and_serves_at_it
     """A version loading beside serving ones must take little of their CPU: the session (and
     ONNX Runtime's pool threads, which take the opener's priority) is opened on the loading
     thread, and a warm-up batch runs there too; serving batches run on the instance's thread."""
-    engine = OnnxRuntimeEngine(examples / "dlrm" / "1" / "model.onnx", OnnxRuntimeOptions(2, 0, 7))
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     before = _threads()
+    # As the loader does: the engine, whose session the first instance takes, opens there too.
+    engine = await in_background(
+        OnnxRuntimeEngine, examples / "dlrm" / "1" / "model.onnx", OnnxRuntimeOptions(2, 0, 7)
+    )
     instance = await in_background(engine.create_instance, "w", Device(), UNBOUNDED)
     pool = _threads() - before - {t.native_id for t in threading.enumerate()}
     assert pool  # two intra-op threads: ONNX Runtime starts one beside the caller
@@ -185,3 +188,41 @@ async def test_a_warming_instance_works_at_the_loading_priority_and_serves_at_it
     assert warm_thread.startswith("ferry-loading") and warm_nice == min(mine + LOADING_NICE, 19)
     assert serve_thread.startswith("ferry-w") and serve_nice == min(mine + 7, 19)
     await instance.close()
+
+
+async def test_the_first_instance_takes_the_session_that_described_the_model(
+    examples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a session costs CPU and dropping one holds the GIL: a load (a reload under
+    traffic) opens one session per instance, not one more to read the tensors."""
+    opened: list[int | None] = []
+    real_open = OnnxRuntimeEngine._open
+
+    def counting(self: OnnxRuntimeEngine, threads: int | None = None) -> object:
+        opened.append(threads)
+        return real_open(self, threads)
+
+    monkeypatch.setattr(OnnxRuntimeEngine, "_open", counting)
+    engine = OnnxRuntimeEngine(examples / "echo" / "1" / "model.onnx", OnnxRuntimeOptions(1))
+    first = engine.create_instance("a", Device(), UNBOUNDED)
+    assert opened == [None]
+    second = engine.create_instance("b", Device(), UNBOUNDED)
+    own_threads = engine.create_instance("c", Device(), UNBOUNDED, threads=1)
+    assert opened == [None, None, 1]  # the spare went once; later instances open their own
+    for instance in (first, second, own_threads):
+        await instance.close()
+    engine.close()
+
+
+async def test_an_idle_class_instance_opens_its_own_session(
+    examples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its pool threads must take the idle class from its own thread, so it never takes the
+    session opened on another."""
+    engine = OnnxRuntimeEngine(examples / "echo" / "1" / "model.onnx", OnnxRuntimeOptions(1))
+    spare = engine._spare
+    instance = engine.create_instance("i", Device(), UNBOUNDED, idle_class=True)
+    assert spare is not None and instance._session is not spare
+    await instance.close()
+    engine.close()
+    assert engine._spare is None
