@@ -3,12 +3,12 @@ copies of it with fixed (queue delay, max batch) settings, one server, Poisson a
 
     python -m bench.slo_batching [--budget-ms 50] [--rows 64] [--seconds 8]
 
-Capacity: requests/s of a closed loop (16 in flight) on the default `dlrm`. Then, at 30%, 60%,
-90% and 130% of it, an open loop on every model: goodput (answered within the budget, per
-second), p99 of the answered, refusals; the SLO model against the best fixed setting at each
+Capacity: requests/s of a closed loop (16 in flight) on the default `dlrm`, the best of three. Then,
+at 30%, 60%, 90% and 130% of it, an open loop on every model: goodput (answered within the budget,
+per second), p99 of the answered, refusals; the SLO model against the best fixed setting at each
 load. Then a step 30% -> 90% -> 30% on the SLO model and on the fixed setting best at 90%: the
-rolling 1-second p99 (loadtest's timeline), the seconds it stays over the budget after each
-step, and the share of requests over the budget.
+rolling 1-second p99 (loadtest's timeline), the seconds it stays over the budget after each step,
+and the share of requests over the budget.
 """
 
 from __future__ import annotations
@@ -118,17 +118,24 @@ def main() -> int:
     server, address = ferry(repo, work / "ferry.log")
     results: dict[str, Any] = {"loads": []}
     try:
-        closed = run(
-            Plan(
-                address,
-                Workload("dlrm", rows=Choice((args.rows,), (1.0,))),
-                "closed",
-                concurrency=16,
-                duration_s=10.0,
-                warmup_s=1.0,
+        # The best of three closed loops: one disturbed by the machine (a noisy neighbour)
+        # would set every load below what it claims to be.
+        capacity = max(
+            len(
+                run(
+                    Plan(
+                        address,
+                        Workload("dlrm", rows=Choice((args.rows,), (1.0,))),
+                        "closed",
+                        concurrency=16,
+                        duration_s=6.0,
+                        warmup_s=1.0,
+                    )
+                ).latencies_s
             )
+            / 6.0
+            for _ in range(3)
         )
-        capacity = len(closed.latencies_s) / 10.0
         results["capacity_requests_per_s"] = capacity
         print(f"capacity (closed loop, 16 in flight): {capacity:.0f} requests/s")
         for load in LOADS:
@@ -162,13 +169,18 @@ def main() -> int:
             step = open_loop(address, model, args.rows, high, 18.0, args.budget_ms, profile)
             recovery = over_budget_after_steps(step["timeline"], [6.0, 12.0], args.budget_ms)
             sent = sum(r["sent"] for r in step["timeline"][::4])
+            answered = sum(r["answered"] for r in step["timeline"][::4])
             within = sum(r["within_budget"] for r in step["timeline"][::4])
             step["seconds_over_budget_after_steps"] = recovery
-            step["share_over_budget"] = 1 - within / max(sent, 1)
+            step["share_over_budget"] = 1 - within / max(sent, 1)  # refused ones included
+            step["share_answered_over_budget"] = (answered - within) / max(sent, 1)
+            step["share_refused"] = (sent - answered) / max(sent, 1)
             results["step"][model] = step
             print(
                 f"step 30%->90%->30% on {model}: back within budget {recovery} s after the "
-                f"steps, {step['share_over_budget']:.1%} of requests over it"
+                f"steps, {step['share_over_budget']:.1%} of requests not answered within it "
+                f"({step['share_answered_over_budget']:.1%} answered late, "
+                f"{step['share_refused']:.1%} refused)"
             )
     finally:
         stop(server)

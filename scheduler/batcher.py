@@ -88,11 +88,14 @@ class Batcher:
         slo = self.slo
         if slo is not None:
             slo.arrived(request.rows, now)
-            refusal = slo.refusal(
-                self._queue.total_rows, request.rows, now, request.deadline_ns
+            oldest = self._queue.oldest(request.level, request.batch_key)
+            request.planned_s = slo.admit(
+                self._queue.total_rows,
+                request.rows,
+                now,
+                request.deadline_ns,
+                0.0 if oldest is None else (now - oldest.enqueued_ns) / 1e9,
             )
-            if refusal is not None:
-                raise refusal
         request.enqueued_ns = now
         self._queue.push(request)
         for when in (request.deadline_ns, request.queue_deadline_ns):

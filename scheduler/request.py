@@ -49,6 +49,7 @@ class InferenceRequest:
     queue_deadline_ns: int | None = None  # monotonic; the queue policy's timeout; None = none
     timeout_action: TimeoutAction = TimeoutAction.REJECT
     enqueued_ns: int = 0
+    planned_s: float = 0.0  # the latency controller's raw prediction at admission; 0.0: none
     id: str = ""
     chunk_index: int = -1
     trace: object = None  # the caller's span context, opaque here (batch observers link it)

@@ -326,10 +326,14 @@ class ProfileRunner:
         if not self._running[name]:
             self._busy_since[name] = start_ns
         self._running[name] += 1
+        if self.batcher.slo is not None:
+            self.batcher.slo.running += 1
 
     def _end(self, instance: Instance, finished_ns: int) -> None:
         name = instance.name
         self._running[name] -= 1
+        if self.batcher.slo is not None:
+            self.batcher.slo.running -= 1
         if not self._running[name]:
             self.busy_ns[name] += finished_ns - self._busy_since[name]
 
@@ -374,12 +378,11 @@ class ProfileRunner:
             parts=len(batch.requests),
         )
         slo = self.batcher.slo
-        if slo is not None:  # the engine's own time: hand-offs and waits for a CPU are not cost
-            t = result.timings
-            slo.batch_ran(rows, (t.input_ns + t.infer_ns + t.output_ns) / 1e9, finished)
+        if slo is not None:  # the instance's time, hand-offs and waits for a CPU included
+            slo.batch_ran(rows, (finished - start_ns) / 1e9, finished)
         for request, outputs in zip(batch.requests, answers, strict=True):
             if slo is not None:
-                slo.answered((finished - request.enqueued_ns) / 1e9, finished)
+                slo.answered((finished - request.enqueued_ns) / 1e9, request.planned_s, finished)
             set_result_if_pending(
                 request.future,
                 InferenceResult(

@@ -1,22 +1,29 @@
 """SLO-driven batching: a latency budget per model instead of a fixed queue delay and batch cap.
 
-For one profile the controller learns what a batch costs (run time = a + b * rows, an
-exponentially weighted least-squares fit over the batches that ran, so it follows drift) and how
-fast rows arrive, and from them sets, as load changes:
+For one profile the controller learns what a batch costs (time on the instance = a + b * rows,
+an exponentially weighted least-squares fit over the batches that ran, so it follows drift) and
+how fast rows arrive, and from them sets, as load changes:
 
-- the batch row cap: the largest batch whose run fits half the usable budget (a request may wait
-  for a running batch, then run in its own);
-- the queue delay: the time to gather the rows the arrival rate needs per batch to keep the
-  instances below saturation, never more than the budget leaves after two runs (0 under light
-  load, where batching buys nothing);
-- the usable share of the budget (`safety`): cut back when the observed p99 over the last second
-  crosses the budget, raised slowly while it stays well under.
+- the batch row cap: the largest batch whose run takes at most `CAP_SHARE` of the budget (a
+  request may wait for a running batch, then run in its own);
+- the queue delay: the time to gather the rows per batch that keep the instances below
+  saturation at the current arrival rate (0 under light load, where batching buys nothing),
+  never more than `DELAY_SHARE` of the budget;
+- the admission share (`safety`): the share of the budget a new request's predicted latency may
+  take. Cut back when the observed p99 over the last second crosses the budget, raised slowly
+  while it stays well under. It acts on admission only: shrinking batches when latency is high
+  would cut throughput exactly when the queue needs it most.
 
-It also predicts a new request's completion (the queue ahead of it in batches of the cap, spread
-over the instances, plus the batch running now and its own) and refuses at once a request that
-cannot make its budget or deadline (UNAVAILABLE, retryable) instead of letting it wait to fail:
-refused requests cost no compute. Before it has seen enough batches it neither refuses nor
-shrinks anything: the configured delay and cap apply.
+It predicts a new request's completion (what is left of the delay or of the batch running, the queue
+ahead of it in batches of the cap spread over the instances, then its own batch; scaled by what
+answered requests took against their predictions) and refuses at once a request that cannot make its
+budget or deadline (UNAVAILABLE, retryable) instead of letting it wait to fail: refused requests
+cost no compute. Before it has seen enough batches it neither refuses nor shrinks anything: the
+configured delay and cap apply.
+
+What a batch costs is its time on the instance (dispatch to finish, hand-offs and waits for a CPU
+included), not the engine's compute alone: on cores shared with the front end that is the time
+the instance is really taken, and what capacity is made of.
 
 Everything runs on the event loop with the scheduler's clock, in O(1) per request and batch.
 """
@@ -53,12 +60,29 @@ WINDOW_S = 1.0
 UTILIZATION = 0.85
 """Batch size is chosen so that the instances stay this busy at the current arrival rate."""
 
-ADMIT = 0.9
-"""A request is admitted when its predicted latency is within this share of the budget: the
-prediction does not see the arrivals that will share its batches."""
+CAP_SHARE = 0.4
+"""The largest batch runs within this share of the budget."""
 
-SAFETY_START, SAFETY_MIN, SAFETY_MAX = 0.7, 0.2, 0.9
+DELAY_SHARE = 0.1
+"""The queue delay never takes more than this share of the budget."""
+
+SAFETY_START, SAFETY_MIN, SAFETY_MAX = 0.8, 0.3, 0.9
+"""The admission share: where it starts, and its bounds."""
+
+CALIBRATION = 0.02
+"""Weight of each answered request in the calibration of predictions (answered / planned)."""
+
+CALIBRATION_S = 0.5
+"""...or, when answers are sparse, the time constant of the calibration."""
+
+CALIBRATION_LIMIT = math.log(4.0)
+"""One request moves the calibration by a ratio of at most this (in log terms): a stalled
+batch must not make every later prediction absurd."""
+
 REVIEW_S = 0.25  # how often the observed p99 is compared with the budget
+MIN_JUDGED = 20  # answers in the window before a p99 over the budget cuts the admission share
+RECOVER_BELOW = 0.8  # the share grows back while the observed p99 is under this share of it
+BACK_OFF, RECOVER = 0.85, 1.05  # the admission share's steps down and back up, per review
 
 
 @dataclass(frozen=True)
@@ -133,12 +157,15 @@ class SloController:
         self._max_rows = max(1, max_rows)
         self.cost = RunTimeModel()
         self._rate = 0.0  # rows per second, exponentially weighted
-        self._request_rows = 1.0  # mean rows per request, exponentially weighted
+        self._request_rows = 1.0  # mean rows per request, exponentially weighted (first: its own)
         self._last_arrival_ns = now_ns
         self._answered: deque[tuple[int, float]] = deque()  # (answered at, latency s)
         self._safety = SAFETY_START
         self._reviewed_ns = now_ns
         self._observed_p99 = 0.0
+        self._bias = 0.0  # log of answered / planned latency, exponentially weighted
+        self.running = 0  # batches running now (the runner counts them)
+        self._calibrated_ns = now_ns
         self.refused: dict[str, int] = {}
         self._admitted_ns = now_ns
         self.decision = Decision(0.0, self._max_rows, 0.0, 0.0, self._safety, False)
@@ -155,15 +182,27 @@ class SloController:
         # A rate estimate that weighs the last ~0.1 s most: the step from one load to another
         # shows within a fraction of a second.
         keep = math.exp(-gap / 0.1)
+        first = self._rate == 0.0
         self._rate = self._rate * keep + (1 - keep) * (rows / gap)
-        self._request_rows = 0.95 * self._request_rows + 0.05 * rows
+        self._request_rows = rows if first else 0.95 * self._request_rows + 0.05 * rows
 
     def batch_ran(self, rows: int, seconds: float, now_ns: int) -> None:
         self.cost.observe(rows, seconds)
         self._decide(now_ns)
 
-    def answered(self, latency_s: float, now_ns: int) -> None:
+    def answered(self, latency_s: float, planned_s: float, now_ns: int) -> None:
+        """A request answered `latency_s` after it queued; `planned_s`: the raw prediction it
+        was admitted on (0.0: none). The ratio calibrates later predictions: the cost model
+        sees batches, not what else shares the cores or how batches really form."""
         self._answered.append((now_ns, latency_s))
+        if planned_s > 0.0 and latency_s > 0.0:
+            ratio = min(CALIBRATION_LIMIT, max(-CALIBRATION_LIMIT, math.log(latency_s / planned_s)))
+            # Per answer, or per half second when answers are few (a controller refusing most
+            # requests learns from its probes, or it could not reopen).
+            gap = max(0, now_ns - self._calibrated_ns) / 1e9
+            self._calibrated_ns = now_ns
+            weight = max(CALIBRATION, 1.0 - math.exp(-gap / CALIBRATION_S))
+            self._bias += weight * (ratio - self._bias)
 
     # ---- decisions -------------------------------------------------------------------------
 
@@ -172,39 +211,42 @@ class SloController:
             return
         if now_ns - self._reviewed_ns >= REVIEW_S * 1e9:
             self._review(now_ns)
-        budget = self.config.p99_s * self._safety
+        budget = self.config.p99_s
         cost = self.cost.predict
         cap = self._max_rows
-        while cap > 1 and 2 * cost(cap) > budget:  # largest batch that fits (few steps: halving)
+        while cap > 1 and cost(cap) > CAP_SHARE * budget:  # few steps: shrinking by a quarter
             cap = max(1, cap * 3 // 4)
-        need = 1
+        alone = max(1, round(self._request_rows))  # a batch of one request
+        need = alone
         throughput_wanted = self._rate / UTILIZATION
         while need < cap and self._instances * need / max(cost(need), 1e-9) < throughput_wanted:
             need = min(cap, need * 2)
-        rows_short = max(0.0, need - self._request_rows)
-        delay = rows_short / self._rate if self._rate > 0 else 0.0
-        delay = min(delay, max(0.0, budget - 2 * cost(cap)))
+        # Time to gather the rows beyond one request's, at the rate they arrive.
+        delay = (need - alone) / self._rate if need > alone and self._rate > 0 else 0.0
+        delay = min(delay, DELAY_SHARE * budget)
         if self.config.delay_limit_s is not None:
             delay = min(delay, self.config.delay_limit_s)
-        self.decision = Decision(
-            delay, cap, delay + 2 * cost(cap), self._observed_p99, self._safety, True
-        )
+        full = (max(delay, 0.5 * cost(cap)) + cost(cap)) * math.exp(self._bias)
+        self.decision = Decision(delay, cap, full, self._observed_p99, self._safety, True)
 
     def _review(self, now_ns: int) -> None:
-        """Back off when the last second's p99 crossed the budget; creep back when well under."""
+        """Back off when the last second's p99 crossed the budget; recover while it is well
+        under. Too few answers to judge a p99 may still show it is under: a controller that
+        refuses nearly everything sees few answers, and must not stay shut for want of them."""
         self._reviewed_ns = now_ns
         horizon = now_ns - int(WINDOW_S * 1e9)
         answered = self._answered
         while answered and answered[0][0] < horizon:
             answered.popleft()
-        if len(answered) < 20:
+        if not answered:
             return
         latencies = sorted(latency for _, latency in answered)
         self._observed_p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
         if self._observed_p99 > self.config.p99_s:
-            self._safety = max(SAFETY_MIN, self._safety * 0.75)
-        elif self._observed_p99 < 0.6 * self.config.p99_s:
-            self._safety = min(SAFETY_MAX, self._safety + 0.02)
+            if len(latencies) >= MIN_JUDGED:
+                self._safety = max(SAFETY_MIN, self._safety * BACK_OFF)
+        elif self._observed_p99 < RECOVER_BELOW * self.config.p99_s:
+            self._safety = min(SAFETY_MAX, self._safety * RECOVER)
 
     def delay_ns(self, configured_ns: int) -> int:
         return int(self.decision.delay_s * 1e9) if self.learned else configured_ns
@@ -212,33 +254,54 @@ class SloController:
     def cap_rows(self, configured: int) -> int:
         return min(configured, self.decision.cap_rows) if self.learned else configured
 
-    def predicted_latency_s(self, queued_rows: int, rows: int) -> float:
-        """A request's wait and run if it queued now: the delay it may wait out, the batch
-        running now, then the queue up to and including it in batches of the cap, spread over
-        the instances."""
-        cap = self.decision.cap_rows
-        batch = self.cost.predict(cap)
-        batches = math.ceil((queued_rows + rows) / cap)
-        return self.decision.delay_s + batch + batches / self._instances * batch
+    def predicted_latency_s(self, queued_rows: int, rows: int, waited_s: float = 0.0) -> float:
+        """A request's wait and run if it queued now, as the controller expects it: the raw
+        prediction (`_plan_s`) times what answered requests took against theirs."""
+        return self._plan_s(queued_rows, rows, waited_s) * math.exp(self._bias)
 
-    def refusal(
-        self, queued_rows: int, rows: int, now_ns: int, deadline_ns: int | None
-    ) -> Overloaded | None:
-        """The refusal of a request arriving now that would miss its budget or deadline; None:
-        admit it."""
-        if not self.config.refuse_early or not self.learned:
-            return None
-        if now_ns - self._admitted_ns >= PROBE_S * 1e9:
+    def _plan_s(self, queued_rows: int, rows: int, waited_s: float) -> float:
+        """The wait and run the cost model plans for: what is left of the queue delay (its
+        batch's oldest request has waited `waited_s` of it) or, when every instance is busy,
+        half a full batch (what is left of the one running, on average), whichever is longer
+        (the two overlap), the queue ahead of it in batches of the cap spread over the
+        instances, then its own batch. Busy or idle is known, not averaged into the
+        calibration: a calibration learned at light load must still hold at heavy load."""
+        cap = self.decision.cap_rows
+        cost = self.cost.predict
+        full = cost(cap)
+        ahead = queued_rows + rows
+        own = min(ahead, cap)
+        queue = (ahead - own) / cap * full / self._instances
+        delay_left = max(0.0, self.decision.delay_s - waited_s)
+        running = 0.5 * full if self.running >= self._instances else 0.0
+        return max(delay_left, running) + queue + cost(own)
+
+    def admit(
+        self,
+        queued_rows: int,
+        rows: int,
+        now_ns: int,
+        deadline_ns: int | None,
+        waited_s: float = 0.0,
+    ) -> float:
+        """Admit a request arriving now, or raise Overloaded when it would miss its budget or
+        deadline. Returns the raw prediction it was admitted on (0.0: none was made), which
+        `answered` compares with what it took. `waited_s`: how long the oldest request it
+        would share a batch with has waited."""
+        if not self.learned:
+            return 0.0
+        plan = self._plan_s(queued_rows, rows, waited_s)
+        if not self.config.refuse_early or now_ns - self._admitted_ns >= PROBE_S * 1e9:
             self._admitted_ns = now_ns  # a probe: whatever the estimate says
-            return None
-        predicted = self.predicted_latency_s(queued_rows, rows)
+            return plan
+        predicted = plan * math.exp(self._bias)
         if deadline_ns is not None and now_ns + predicted * 1e9 > deadline_ns:
             reason = "deadline"
             message = (
                 f"predicted to finish in {predicted * 1e3:.1f} ms, after its deadline "
                 f"({(deadline_ns - now_ns) / 1e6:.1f} ms left)"
             )
-        elif predicted > ADMIT * self.config.p99_s:
+        elif predicted > self._safety * self.config.p99_s:
             reason = "budget"
             message = (
                 f"predicted to finish in {predicted * 1e3:.1f} ms, over the model's p99 "
@@ -246,6 +309,6 @@ class SloController:
             )
         else:
             self._admitted_ns = now_ns
-            return None
+            return plan
         self.refused[reason] = self.refused.get(reason, 0) + 1
-        return Overloaded(message, reason)
+        raise Overloaded(message, reason)

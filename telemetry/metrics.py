@@ -154,9 +154,9 @@ ProcessReader = Callable[[], dict[str, tuple[str, float]]]
 _SLO_GAUGES = (
     ("ferry_slo_queue_delay_seconds", "delay_s", "Queue delay the latency controller chose"),
     ("ferry_slo_batch_rows_cap", "cap_rows", "Batch row cap the latency controller chose"),
-    ("ferry_slo_predicted_p99_seconds", "predicted_p99_s", "Predicted p99 (delay + two runs)"),
+    ("ferry_slo_predicted_p99_seconds", "predicted_p99_s", "Predicted latency in a full batch"),
     ("ferry_slo_observed_p99_seconds", "observed_p99_s", "p99 over the last second's answers"),
-    ("ferry_slo_safety", "safety", "Share of the budget the controller plans with"),
+    ("ferry_slo_safety", "safety", "Share of the budget a request may take"),
 )
 
 
