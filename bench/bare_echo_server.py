@@ -1,6 +1,7 @@
 """The floor for Python gRPC on this machine: a grpc.aio server (uvloop) whose ModelInfer only
 echoes its first input back. No validation, no queue, no model. bench/serving_core.py compares
-Ferry's `echo` model against it."""
+Ferry's `echo` model against it. It answers ServerMetadata, ModelMetadata, ModelConfig and
+ModelStatistics (a request count) as well, which perf_analyzer and bench/front_end_cost.py need."""
 
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 
 
 class Echo(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.answered = 0
+
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        self.answered += 1
         response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
         tensor = response.outputs.add(name="y", datatype="FP32")
         tensor.shape.extend(request.inputs[0].shape)
@@ -36,6 +41,21 @@ class Echo(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         response = pb.ModelConfigResponse()
         response.config.name = request.name
         response.config.max_batch_size = 1024
+        return response
+
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="bare", version="0")
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        response = pb.ModelStatisticsResponse()
+        stats = response.model_stats.add(name=request.name, version="1")
+        stats.inference_count = self.answered
+        stats.inference_stats.success.count = self.answered
         return response
 
 

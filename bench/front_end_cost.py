@@ -1,0 +1,323 @@
+"""What Ferry's own work costs a request, against the floor and against Triton's Python backend:
+one interleaved run, NVIDIA's perf_analyzer (C++) as the client.
+
+    python -m bench.front_end_cost --perf-analyzer PATH [--tritonserver DIR] [--rounds 3]
+
+Servers, each on loopback, started once and measured in turn, round after round:
+- `bare`: a grpc.aio server on uvloop that copies the input to the output
+  (bench/bare_echo_server.py), the floor for Python gRPC; echo only.
+- `ferry`: `ferry serve` on the same models (ONNX Runtime on the CPU, one instance, dynamic
+  batching with the example configs' queue delays).
+- `triton`: Triton's `tritonserver` with its Python backend (`--tritonserver`: the `tritonserver`
+  folder of the `nvidia-pytriton` wheel, which ships the server, the backend and a stub per
+  Python version), each model a `model.py` that runs ONNX Runtime (this Python's) on the same
+  model.onnx with the same threads, one instance, the same dynamic-batching config.
+
+Workloads: `echo` (16 FP32) at 1 in flight; `dlrm_light` (the DLRM shape at embedding width 16,
+about 0.74M parameters) and `dlrm` (the reference size) at 1 and at 64 rows per request, 64 in
+flight. Reported per server and workload: rows/s, p50 and p99 (perf_analyzer's), and server CPU
+per request (user + system CPU of the server's processes over the measurement, /proc, divided by
+the requests the server answered in it, from its statistics).
+perf_analyzer: the binary in the `tritonclient==2.50.0` wheel (`tritonclient-2.50.0.data/data/
+bin/perf_analyzer`); it needs `libcudart.so.12` on LD_LIBRARY_PATH (`--cuda-runtime-lib`, e.g.
+the `nvidia-cuda-runtime-cu12` wheel's `nvidia/cuda_runtime/lib`) and `libb64`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tritonclient.grpc as tc
+
+from bench.harness import ROOT, ferry, python, record, start, stop
+from ferry.server.example_repo import DLRM, DlrmShape, dlrm_model, write_example_repo
+
+DLRM_LIGHT = DlrmShape(DLRM.tables, 1000, 16, (13, 64, 16), (512, 256, 1))
+"""DLRM's architecture at embedding width 16: about 0.74M parameters, most in the tables. Light
+enough that a request's cost is mostly the server's own work, not the model's."""
+
+MODEL_PY = '''
+import json, os, sys
+sys.path[:0] = PATHS  # the bench's interpreter's packages: the stub starts with its own path
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = THREADS
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.inputs = [i["name"] for i in config["input"]]
+        self.outputs = [o["name"] for o in config["output"]]
+
+    def execute(self, requests):
+        parts = [[pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs]
+                 for r in requests]
+        rows = [p[0].shape[0] for p in parts]
+        feeds = {n: np.concatenate([p[i] for p in parts]) for i, n in enumerate(self.inputs)}
+        outputs = self.session.run(self.outputs, feeds)
+        answers, at = [], 0
+        for n in rows:
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[at:at + n]))
+                       for name, out in zip(self.outputs, outputs)]
+            answers.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            at += n
+        return answers
+'''
+
+
+@dataclass(frozen=True)
+class Workload:
+    model: str
+    rows: int
+    in_flight: int
+    shape: str = ""  # perf_analyzer --shape for a variable input
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} {self.rows} row{'s' if self.rows > 1 else ''} x{self.in_flight}"
+
+
+WORKLOADS = (
+    Workload("echo", 1, 1, "x:16"),
+    Workload("dlrm_light", 1, 64),
+    Workload("dlrm_light", 64, 64),
+    Workload("dlrm", 1, 64),
+    Workload("dlrm", 64, 64),
+)
+MODELS = ("echo", "dlrm_light", "dlrm")
+
+
+def repositories(work: Path) -> tuple[Path, Path]:
+    """Ferry's repository (the example configs) and Triton's (the same configs, the Python
+    backend, model.py beside the same model.onnx)."""
+    examples = work / "examples"
+    write_example_repo(examples)
+    ferry_repo, triton_repo = work / "ferry", work / "triton"
+    for name in ("echo", "dlrm"):
+        shutil.copytree(examples / name, ferry_repo / name)
+    light = ferry_repo / "dlrm_light"
+    (light / "1").mkdir(parents=True)
+    (light / "1" / "model.onnx").write_bytes(
+        dlrm_model(DLRM_LIGHT, "dlrm_light").SerializeToString()
+    )
+    config = (examples / "dlrm" / "config.pbtxt").read_text()
+    (light / "config.pbtxt").write_text(config.replace('name: "dlrm"', 'name: "dlrm_light"'))
+    threads = os.cpu_count() or 1  # what Ferry gives its one instance: every usable core
+    for name in MODELS:
+        source = ferry_repo / name
+        target = triton_repo / name
+        (target / "1").mkdir(parents=True)
+        os.link(source / "1" / "model.onnx", target / "1" / "model.onnx")
+        paths = repr([p for p in sys.path if p and "site-packages" in p])
+        text = MODEL_PY.replace("THREADS", str(threads)).replace("PATHS", paths)
+        (target / "1" / "model.py").write_text(text)
+        text = (source / "config.pbtxt").read_text()
+        text = text.replace('platform: "onnxruntime_onnx"', 'backend: "python"')
+        (target / "config.pbtxt").write_text(text)
+    return ferry_repo, triton_repo
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its descendants (Triton's Python stubs)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, family = 0.0, {pid}
+    changed = True
+    while changed:
+        changed = False
+        for child, parent in parents.items():
+            if parent in family and child not in family:
+                family.add(child)
+                changed = True
+    for member in family:
+        total += times.get(member, 0.0)
+    return total
+
+
+def answered(address: str, model: str) -> int:
+    """Requests the server has answered for `model` (its statistics)."""
+    client = tc.InferenceServerClient(address)
+    stats = client.get_inference_statistics(model, as_json=True)
+    return int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0))
+
+
+def perf_analyzer(
+    binary: Path, libs: Path, address: str, workload: Workload, out: Path, seconds: float
+) -> dict[str, float]:
+    command = [
+        str(binary), "-i", "grpc", "-u", address, "-m", workload.model,
+        "-b", str(workload.rows), "--concurrency-range", f"{workload.in_flight}",
+        "--measurement-interval", str(int(seconds * 1000)), "--stability-percentage", "25",
+        "--max-trials", "6", "-f", str(out),
+    ]  # fmt: skip
+    if workload.shape:
+        command += ["--shape", workload.shape]
+    env = dict(os.environ, LD_LIBRARY_PATH=str(libs))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"perf_analyzer failed:\n{done.stdout}\n{done.stderr}")
+    with out.open() as handle:
+        row = next(csv.DictReader(handle))
+    return {
+        "rows_per_s": float(row["Inferences/Second"]),
+        "p50_ms": float(row["p50 latency"]) / 1000,
+        "p99_ms": float(row["p99 latency"]) / 1000,
+    }
+
+
+def measure(
+    binary: Path, libs: Path, server: subprocess.Popen[bytes], address: str,
+    workload: Workload, work: Path, seconds: float,
+) -> dict[str, float]:  # fmt: skip
+    """One perf_analyzer run; server CPU per request over the whole run (its warm-up and
+    stabilization windows included, on both sides of the division)."""
+    counted = answered(address, workload.model)
+    cpu0 = tree_cpu_s(server.pid)
+    result = perf_analyzer(binary, libs, address, workload, work / "pa.csv", seconds)
+    cpu = tree_cpu_s(server.pid) - cpu0
+    requests = answered(address, workload.model) - counted
+    result["requests"] = requests
+    result["cpu_us_per_request"] = cpu / max(requests, 1) * 1e6
+    return result
+
+
+def triton(root: Path, repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """tritonserver from the nvidia-pytriton wheel's folder, on free ports; the Python stub for
+    this interpreter's version runs this interpreter's libpython and packages."""
+    backends = log.parent / "backends"
+    shutil.copytree(root / "backends", backends, dirs_exist_ok=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = backends / "python" / "triton_python_backend_stub"
+    shutil.copy(root / "python_backend_stubs" / version / "triton_python_backend_stub", stub)
+    stub.chmod(0o755)  # a wheel's files lose their modes when unzipped
+    ports = [str(_free_port()) for _ in range(3)]
+    env = dict(
+        os.environ,
+        # this Python's libpython, and the wheel's own libraries (the copied stub's relative
+        # search path no longer reaches them)
+        LD_LIBRARY_PATH=os.pathsep.join(
+            [str(sysconfig.get_config_var("LIBDIR")), str(root.parent.parent / "nvidia_pytriton.libs")]
+        ),
+        PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+    )
+    command = [
+        str(root / "bin" / "tritonserver"), "--model-repository", str(repo),
+        "--backend-directory", str(backends), "--grpc-port", ports[0], "--http-port", ports[1],
+        "--metrics-port", ports[2], "--log-verbose", "0",
+    ]  # fmt: skip
+    handle = log.open("wb")
+    process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{ports[0]}"
+    client = tc.InferenceServerClient(address)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            if client.is_server_ready() and all(client.is_model_ready(m) for m in MODELS):
+                return process, address
+        except Exception:  # not up yet
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"tritonserver did not start:\n{log.read_text()[-4000:]}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--perf-analyzer", type=Path, required=True)
+    parser.add_argument("--cuda-runtime-lib", type=Path, required=True)
+    parser.add_argument("--tritonserver", type=Path, default=None)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.0, help="perf_analyzer window")
+    parser.add_argument("--ferry-arg", action="append", default=[], help="extra serve flag")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ferry-front-end-"))
+    ferry_repo, triton_repo = repositories(work)
+    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    try:
+        servers["bare"] = start(
+            [*python(), str(ROOT / "bench" / "bare_echo_server.py")], work / "bare.log"
+        )
+        servers["ferry"] = ferry(ferry_repo, work / "ferry.log", *args.ferry_arg)
+        if args.tritonserver is not None:
+            servers["triton"] = triton(args.tritonserver, triton_repo, work / "triton.log")
+        runs: dict[str, dict[str, list[dict[str, float]]]] = {}
+        for round_index in range(args.rounds):
+            for workload in WORKLOADS:
+                order = [s for s in servers if s != "bare" or workload.model == "echo"]
+                if round_index % 2:
+                    order.reverse()
+                for name in order:
+                    process, address = servers[name]
+                    result = measure(
+                        args.perf_analyzer, args.cuda_runtime_lib, process, address,
+                        workload, work, args.seconds,
+                    )  # fmt: skip
+                    runs.setdefault(workload.name, {}).setdefault(name, []).append(result)
+                    print(
+                        f"round {round_index} {workload.name:22} {name:6}: "
+                        f"{result['rows_per_s']:9.0f} rows/s, p50 {result['p50_ms']:.3f} ms, "
+                        f"p99 {result['p99_ms']:.3f} ms, {result['cpu_us_per_request']:.0f} "
+                        "µs CPU/request",
+                        flush=True,
+                    )
+    finally:
+        for process, _ in servers.values():
+            stop(process)
+    summary: dict[str, Any] = {}
+    for workload_name, by_server in runs.items():
+        entry: dict[str, Any] = {}
+        for name, results in by_server.items():
+            entry[name] = {
+                key: {
+                    "median": statistics.median(r[key] for r in results),
+                    "min": min(r[key] for r in results),
+                    "max": max(r[key] for r in results),
+                }
+                for key in ("rows_per_s", "p50_ms", "p99_ms", "cpu_us_per_request")
+            }
+        summary[workload_name] = entry
+    settings = {"rounds": args.rounds, "seconds": args.seconds, "ferry_args": args.ferry_arg}
+    path = record("front_end_cost", settings, {"runs": runs, "summary": summary})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
