@@ -7,7 +7,9 @@ Servers, each on loopback, started once and measured in turn, round after round:
 - `bare`: a grpc.aio server on uvloop that copies the input to the output
   (bench/bare_echo_server.py), the floor for Python gRPC; echo only.
 - `ferry`: `ferry serve` on the same models (ONNX Runtime on the CPU, one instance, dynamic
-  batching with the example configs' queue delays).
+  batching with the example configs' queue delays); `ferry_spinning`: the same with ONNX
+  Runtime's intra-op threads spinning between parallel sections (`allow_spinning: "true"`,
+  ONNX Runtime's own default; Ferry's is off).
 - `triton`: Triton's `tritonserver` with its Python backend (`--tritonserver`: the `tritonserver`
   folder of the `nvidia-pytriton` wheel, which ships the server, the backend and a stub per
   Python version), each model a `model.py` that runs ONNX Runtime (this Python's) on the same
@@ -104,9 +106,13 @@ WORKLOADS = (
 MODELS = ("echo", "dlrm_light", "dlrm")
 
 
+SPINNING = 'parameters { key: "allow_spinning" value: { string_value: "true" } }\n'
+
+
 def repositories(work: Path) -> tuple[Path, Path]:
-    """Ferry's repository (the example configs) and Triton's (the same configs, the Python
-    backend, model.py beside the same model.onnx)."""
+    """Ferry's repository (the example configs), the same with ONNX Runtime's spinning on
+    (`ferry_spinning`) and Triton's (the same configs, the Python backend, model.py beside the
+    same model.onnx)."""
     examples = work / "examples"
     write_example_repo(examples)
     ferry_repo, triton_repo = work / "ferry", work / "triton"
@@ -119,6 +125,11 @@ def repositories(work: Path) -> tuple[Path, Path]:
     )
     config = (examples / "dlrm" / "config.pbtxt").read_text()
     (light / "config.pbtxt").write_text(config.replace('name: "dlrm"', 'name: "dlrm_light"'))
+    for name in MODELS:
+        source, target = ferry_repo / name, work / "ferry_spinning" / name
+        (target / "1").mkdir(parents=True)
+        os.link(source / "1" / "model.onnx", target / "1" / "model.onnx")
+        (target / "config.pbtxt").write_text((source / "config.pbtxt").read_text() + SPINNING)
     threads = os.cpu_count() or 1  # what Ferry gives its one instance: every usable core
     for name in MODELS:
         source = ferry_repo / name
@@ -223,7 +234,10 @@ def triton(root: Path, repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], 
         # this Python's libpython, and the wheel's own libraries (the copied stub's relative
         # search path no longer reaches them)
         LD_LIBRARY_PATH=os.pathsep.join(
-            [str(sysconfig.get_config_var("LIBDIR")), str(root.parent.parent / "nvidia_pytriton.libs")]
+            [
+                str(sysconfig.get_config_var("LIBDIR")),
+                str(root.parent.parent / "nvidia_pytriton.libs"),
+            ]
         ),
         PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
     )
@@ -275,6 +289,9 @@ def main() -> int:
             [*python(), str(ROOT / "bench" / "bare_echo_server.py")], work / "bare.log"
         )
         servers["ferry"] = ferry(ferry_repo, work / "ferry.log", *args.ferry_arg)
+        servers["ferry_spinning"] = ferry(
+            work / "ferry_spinning", work / "ferry_spinning.log", *args.ferry_arg
+        )
         if args.tritonserver is not None:
             servers["triton"] = triton(args.tritonserver, triton_repo, work / "triton.log")
         runs: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -291,7 +308,7 @@ def main() -> int:
                     )  # fmt: skip
                     runs.setdefault(workload.name, {}).setdefault(name, []).append(result)
                     print(
-                        f"round {round_index} {workload.name:22} {name:6}: "
+                        f"round {round_index} {workload.name:22} {name:12}: "
                         f"{result['rows_per_s']:9.0f} rows/s, p50 {result['p50_ms']:.3f} ms, "
                         f"p99 {result['p99_ms']:.3f} ms, {result['cpu_us_per_request']:.0f} "
                         "µs CPU/request",

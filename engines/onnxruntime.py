@@ -59,6 +59,11 @@ class OnnxRuntimeOptions:
     cuda_graphs: GPU instances capture the model once per batch size as a CUDA graph and replay
     it (config `optimization { cuda { graphs: true } }`): one launch instead of one per kernel,
     which is most of a small model's time. Batches are padded up to the next captured size.
+    spinning: whether ONNX Runtime's intra-op threads spin a while for more work after each
+    parallel section before they sleep (ONNX Runtime's own default; config
+    `allow_spinning: "true"`). Off by default: between many small batches the spinning costs a
+    core's worth of CPU that the front end on the same cores needs, for no more throughput
+    (bench/front_end_cost.py measures both).
     """
 
     intra_op_threads: int = 0
@@ -66,6 +71,7 @@ class OnnxRuntimeOptions:
     compute_nice: int = 10
     in_flight: int = 2
     cuda_graphs: bool = False
+    spinning: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.compute_nice <= 19:
@@ -129,6 +135,8 @@ class OnnxRuntimeEngine(OnnxSignature):
         opts.intra_op_num_threads = self._options.intra_op_threads if threads is None else threads
         opts.inter_op_num_threads = self._options.inter_op_threads
         opts.log_severity_level = 3
+        if not self._options.spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             return ort.InferenceSession(
                 str(self._path), sess_options=opts, providers=["CPUExecutionProvider"]
@@ -408,11 +416,18 @@ def options_from_parameters(parameters: Mapping[str, str]) -> OnnxRuntimeOptions
         except ValueError:
             raise ModelLoadError(f"parameter '{key}' must be an integer, got '{text}'") from None
 
+    def flag(key: str, default: bool) -> bool:
+        text = parameters.get(key, str(default)).strip().lower()
+        if text not in ("true", "false"):
+            raise ModelLoadError(f"parameter '{key}' must be \"true\" or \"false\", got '{text}'")
+        return text == "true"
+
     try:
         return OnnxRuntimeOptions(
             number("intra_op_thread_count"),
             number("inter_op_thread_count"),
             number("compute_thread_nice", OnnxRuntimeOptions.compute_nice),
+            spinning=flag("allow_spinning", OnnxRuntimeOptions.spinning),
         )
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from exc

@@ -13,10 +13,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from ferry.common.errors import ModelLoadError
 from ferry.engines import onnxruntime as backend
 from ferry.engines.base import UNBOUNDED, Device, ExecutionResult, Feed
 from ferry.engines.loading import LOADING_NICE, in_background
-from ferry.engines.onnxruntime import OnnxRuntimeEngine, OnnxRuntimeOptions
+from ferry.engines.onnxruntime import (
+    OnnxRuntimeEngine,
+    OnnxRuntimeOptions,
+    options_from_parameters,
+)
 from ferry.server.example_repo import write_example_repo
 
 pytestmark = pytest.mark.asyncio
@@ -226,3 +231,29 @@ async def test_an_idle_class_instance_opens_its_own_session(
     await instance.close()
     engine.close()
     assert engine._spare is None
+
+
+def _allows_spinning(session: ort.InferenceSession) -> bool:
+    try:
+        entry = session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning"
+        )
+    except Exception:  # not set: ONNX Runtime's default, which spins
+        return True
+    return entry != "0"
+
+
+async def test_intra_op_threads_do_not_spin_between_batches_unless_the_config_asks(
+    examples: Path,
+) -> None:
+    """Spinning burns a core between small batches on the cores the front end needs."""
+    path = examples / "echo" / "1" / "model.onnx"
+    default = OnnxRuntimeEngine(path, options_from_parameters({}))
+    spinning = OnnxRuntimeEngine(path, options_from_parameters({"allow_spinning": "TRUE"}))
+    assert default._spare is not None and not _allows_spinning(default._spare)
+    assert spinning._spare is not None and _allows_spinning(spinning._spare)
+
+
+async def test_a_spinning_setting_that_is_not_a_boolean_refuses_the_model() -> None:
+    with pytest.raises(ModelLoadError, match="parameter 'allow_spinning' must be \"true\" or"):
+        options_from_parameters({"allow_spinning": "sometimes"})
