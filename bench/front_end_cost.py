@@ -9,7 +9,8 @@ Servers, each on loopback, started once and measured in turn, round after round:
 - `ferry`: `ferry serve` on the same models (ONNX Runtime on the CPU, one instance, dynamic
   batching with the example configs' queue delays); `ferry_spinning`: the same with ONNX
   Runtime's intra-op threads spinning between parallel sections (`allow_spinning: "true"`,
-  ONNX Runtime's own default; Ferry's is off).
+  ONNX Runtime's own default; Ferry's is off); `ferry_w2`: `--workers 2` (each worker on its
+  share of the CPUs; no CPU-per-request figure: one connection sees one worker's statistics).
 - `triton`: Triton's `tritonserver` with its Python backend (`--tritonserver`: the `tritonserver`
   folder of the `nvidia-pytriton` wheel, which ships the server, the backend and a stub per
   Python version), each model a `model.py` that runs ONNX Runtime (this Python's) on the same
@@ -205,17 +206,19 @@ def perf_analyzer(
 
 def measure(
     binary: Path, libs: Path, server: subprocess.Popen[bytes], address: str,
-    workload: Workload, work: Path, seconds: float,
+    workload: Workload, work: Path, seconds: float, counted: bool = True,
 ) -> dict[str, float]:  # fmt: skip
     """One perf_analyzer run; server CPU per request over the whole run (its warm-up and
-    stabilization windows included, on both sides of the division)."""
-    counted = answered(address, workload.model)
+    stabilization windows included, on both sides of the division). `counted`: False for a
+    server whose statistics one connection cannot see whole (several workers): no CPU figure."""
+    before = answered(address, workload.model) if counted else 0
     cpu0 = tree_cpu_s(server.pid)
     result = perf_analyzer(binary, libs, address, workload, work / "pa.csv", seconds)
     cpu = tree_cpu_s(server.pid) - cpu0
-    requests = answered(address, workload.model) - counted
-    result["requests"] = requests
-    result["cpu_us_per_request"] = cpu / max(requests, 1) * 1e6
+    if counted:
+        requests = answered(address, workload.model) - before
+        result["requests"] = requests
+        result["cpu_us_per_request"] = cpu / max(requests, 1) * 1e6
     return result
 
 
@@ -289,6 +292,7 @@ def main() -> int:
             [*python(), str(ROOT / "bench" / "bare_echo_server.py")], work / "bare.log"
         )
         servers["ferry"] = ferry(ferry_repo, work / "ferry.log", *args.ferry_arg)
+        servers["ferry_w2"] = ferry(ferry_repo, work / "ferry_w2.log", "--workers", "2")
         servers["ferry_spinning"] = ferry(
             work / "ferry_spinning", work / "ferry_spinning.log", *args.ferry_arg
         )
@@ -304,14 +308,15 @@ def main() -> int:
                     process, address = servers[name]
                     result = measure(
                         args.perf_analyzer, args.cuda_runtime_lib, process, address,
-                        workload, work, args.seconds,
+                        workload, work, args.seconds, counted=name != "ferry_w2",
                     )  # fmt: skip
                     runs.setdefault(workload.name, {}).setdefault(name, []).append(result)
+                    cpu = result.get("cpu_us_per_request")
                     print(
-                        f"round {round_index} {workload.name:22} {name:12}: "
+                        f"round {round_index} {workload.name:22} {name:14}: "
                         f"{result['rows_per_s']:9.0f} rows/s, p50 {result['p50_ms']:.3f} ms, "
-                        f"p99 {result['p99_ms']:.3f} ms, {result['cpu_us_per_request']:.0f} "
-                        "µs CPU/request",
+                        f"p99 {result['p99_ms']:.3f} ms"
+                        + ("" if cpu is None else f", {cpu:.0f} µs CPU/request"),
                         flush=True,
                     )
     finally:
@@ -328,6 +333,7 @@ def main() -> int:
                     "max": max(r[key] for r in results),
                 }
                 for key in ("rows_per_s", "p50_ms", "p99_ms", "cpu_us_per_request")
+                if key in results[0]
             }
         summary[workload_name] = entry
     settings = {"rounds": args.rounds, "seconds": args.seconds, "ferry_args": args.ferry_arg}

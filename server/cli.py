@@ -161,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         default="1",
-        help="server processes sharing the TCP port (SO_REUSEPORT): N, or 'gpu' for one per GPU "
+        help="server processes sharing the TCP port (SO_REUSEPORT), each on its own share of the "
+        "CPUs: N, 'auto' (one per CPU this process may use, at most 8), or 'gpu' for one per GPU "
         "or MIG instance, each seeing only its own device, or 'gpu:N' for N per device; "
         "default 1",
     )
@@ -280,10 +281,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Worker i*N+j is the j-th of device i's N workers: devices are dealt out in order.
         devices = [d.uuid for d in found.devices for _ in range(int(per_device or 1))]
         workers = len(devices)
+    elif args.workers == "auto":
+        from ferry.server.workers import auto_workers
+
+        workers = auto_workers()
     elif args.workers.isdigit() and int(args.workers) >= 1:
         workers = int(args.workers)
     else:
-        print("ferry: --workers takes a number >= 1, 'gpu' or 'gpu:N'", file=sys.stderr)
+        print("ferry: --workers takes a number >= 1, 'auto', 'gpu' or 'gpu:N'", file=sys.stderr)
         return 2
     if workers > 1 or devices:
         if config.unix_socket or config.grpc_port < 0:

@@ -1,11 +1,12 @@
 """Several worker processes on one port: `ferry serve --workers N`.
 
-One Python process serves at most what one event loop and one GIL allow (docs/benchmarks.md:
-the GPU pipeline stops scaling with instances inside one process). The supervisor starts N
-workers, each a whole Ferry server, all listening on the same TCP port with SO_REUSEPORT, so the
-kernel spreads connections over them. Worker i serves /metrics on metrics port + i (each picks
-a free one when the port is 0). A Unix socket cannot be shared that way, so it is refused with
-several workers.
+One Python process serves at most what one event loop and one GIL allow (docs/benchmarks.md: the GPU
+pipeline stops scaling with instances inside one process). The supervisor starts N workers, each a
+whole Ferry server pinned to its own share of the supervisor's CPUs (so each sizes its ONNX Runtime
+threads from its share, and N workers never start N times the compute threads one would, fighting
+over the same cores), all listening on the same TCP port with SO_REUSEPORT, so the kernel spreads
+connections over them. Worker i serves /metrics on metrics port + i (each picks a free one when the
+port is 0). A Unix socket cannot be shared that way, so it is refused with several workers.
 
 The supervisor forwards SIGTERM/SIGINT to every worker (each drains as a single server does) and
 exits when they have; if a worker dies on its own, it stops the others and exits non-zero, so the
@@ -14,6 +15,7 @@ orchestrator (systemd, Kubernetes) restarts the whole replica instead of serving
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -24,7 +26,38 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ferry.common.cpus import usable_cpus
+
 log = logging.getLogger("ferry.server")
+
+
+AUTO_MAX_WORKERS = 8
+"""`--workers auto` starts one worker per CPU up to this many: each worker is a whole server
+with every model in its own memory, and one event loop saturates about one core, so beyond a
+worker per core (or past a few GiB of models times workers) more workers only cost memory."""
+
+
+def auto_workers() -> int:
+    """One worker per CPU this process may use, at most AUTO_MAX_WORKERS."""
+    return max(1, min(AUTO_MAX_WORKERS, usable_cpus()))
+
+
+def cpu_shares(cpus: Sequence[int], workers: int) -> list[frozenset[int]]:
+    """The CPUs each worker runs on: the supervisor's own, dealt out in contiguous, near-equal
+    shares (more workers than CPUs: each CPU is shared by several). A worker sizes its thread
+    pools from its share (common/cpus.py), so N workers together start as many compute threads
+    as one would, instead of N times as many fighting over the same cores."""
+    if not cpus:
+        return []
+    if workers >= len(cpus):
+        return [frozenset({cpus[i % len(cpus)]}) for i in range(workers)]
+    bounds = [len(cpus) * i // workers for i in range(workers + 1)]
+    return [frozenset(cpus[bounds[i] : bounds[i + 1]]) for i in range(workers)]
+
+
+def _pin(cpus: frozenset[int]) -> None:
+    """In the worker, before it starts: run on `cpus` only (every thread inherits it)."""
+    os.sched_setaffinity(0, cpus)
 
 
 def _free_port(host: str) -> tuple[socket.socket, int]:
@@ -53,6 +86,7 @@ def supervise(
     host: str,
     ports: Ports,
     devices: Sequence[str] = (),
+    divide_cpus: bool = True,
 ) -> int:
     """Run `workers` copies of `ferry serve argv` on shared ports until a signal; return the code.
 
@@ -68,6 +102,7 @@ def supervise(
         holder, http_port = _free_port(host)
         holders.append(holder)
     metrics_port = ports.metrics
+    shares = cpu_shares(sorted(os.sched_getaffinity(0)), workers) if divide_cpus else []
     processes: list[subprocess.Popen[bytes]] = []
     for index in range(workers):
         metrics = metrics_port if metrics_port <= 0 else metrics_port + index
@@ -80,7 +115,14 @@ def supervise(
         environment = dict(os.environ)
         if devices:
             environment["CUDA_VISIBLE_DEVICES"] = devices[index]
-        processes.append(subprocess.Popen(command, env=environment))
+        share = shares[index] if shares else None
+        processes.append(
+            subprocess.Popen(
+                command,
+                env=environment,
+                preexec_fn=None if share is None else functools.partial(_pin, share),
+            )
+        )
     log.info("supervisor: %d workers on %s:%d (pids %s)", workers, host, port,
              ", ".join(str(p.pid) for p in processes))  # fmt: skip
     stopping = False

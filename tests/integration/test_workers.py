@@ -3,6 +3,7 @@ each answers correctly, and SIGTERM stops them all."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -68,6 +69,12 @@ def test_two_workers_share_the_port_and_stop_together(model_repo: Path, tmp_path
                 np.testing.assert_array_equal(got, np.ones(4, np.float32))  # x + 1
             counts = [successes(url) for url in metrics]
             assert sum(counts) == sent
+            # Each worker runs on its own share of the CPUs (its threads sized from it).
+            pids = [int(p) for p in re.search(r"\(pids ([\d, ]+)\)", text)[1].split(", ")]
+            shares = [os.sched_getaffinity(pid) for pid in pids]
+            assert set().union(*shares) == os.sched_getaffinity(0)
+            if len(os.sched_getaffinity(0)) >= 2:
+                assert not shares[0] & shares[1], shares
             assert all(count > 0 for count in counts), counts  # both workers served
             # The load generator's channels are connections of their own too: one client
             # process with 16 channels reaches both workers (the chance that 16 connections
@@ -99,7 +106,7 @@ def test_worker_options_are_checked(model_repo: Path) -> None:
         answer = run("--workers", bad)
         assert (
             answer.returncode == 2
-            and "--workers takes a number >= 1, 'gpu' or 'gpu:N'" in answer.stderr
+            and "--workers takes a number >= 1, 'auto', 'gpu' or 'gpu:N'" in answer.stderr
         )
     shared_socket = run("--workers", "2", "--unix-socket", "/tmp/ferry-test.sock")
     assert (
