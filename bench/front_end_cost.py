@@ -1,7 +1,8 @@
 """What Ferry's own work costs a request, against the floor and against Triton's Python backend:
 one interleaved run, NVIDIA's perf_analyzer (C++) as the client.
 
-    python -m bench.front_end_cost --perf-analyzer PATH [--tritonserver DIR] [--rounds 3]
+    python -m bench.front_end_cost --perf-analyzer PATH --cuda-runtime-lib DIR
+        [--tritonserver DIR] [--rounds 3] [--part all|servers|paths]
 
 Servers, each on loopback, started once and measured in turn, round after round:
 - `bare`: a grpc.aio server on uvloop that copies the input to the output
@@ -21,6 +22,9 @@ about 0.74M parameters) and `dlrm` (the reference size) at 1 and at 64 rows per 
 flight. Reported per server and workload: rows/s, p50 and p99 (perf_analyzer's), and server CPU
 per request (user + system CPU of the server's processes over the measurement, /proc, divided by
 the requests the server answered in it, from its statistics).
+Paths (`--part paths`): Ferry alone, reached by unary gRPC, a gRPC stream (ModelStreamInfer),
+HTTP/REST (binary tensors) and unary gRPC with system shared memory, on `echo` at 1 in flight
+(latency) and `dlrm_light` at 64 rows, 64 in flight (CPU).
 perf_analyzer: the binary in the `tritonclient==2.50.0` wheel (`tritonclient-2.50.0.data/data/
 bin/perf_analyzer`); it needs `libcudart.so.12` on LD_LIBRARY_PATH (`--cuda-runtime-lib`, e.g.
 the `nvidia-cuda-runtime-cu12` wheel's `nvidia/cuda_runtime/lib`) and `libb64`.
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -105,6 +110,12 @@ WORKLOADS = (
     Workload("dlrm", 64, 64),
 )
 MODELS = ("echo", "dlrm_light", "dlrm")
+
+PATHS = ("grpc", "grpc_stream", "http", "grpc_shm")
+"""The ways a client can reach Ferry, each measured on Ferry alone against unary gRPC: a
+bidirectional stream (ModelStreamInfer), HTTP/REST with binary tensors, and unary gRPC with the
+tensors in system shared memory."""
+PATH_WORKLOADS = (Workload("echo", 1, 1, "x:16"), Workload("dlrm_light", 64, 64))
 
 
 SPINNING = 'parameters { key: "allow_spinning" value: { string_value: "true" } }\n'
@@ -181,16 +192,22 @@ def answered(address: str, model: str) -> int:
 
 
 def perf_analyzer(
-    binary: Path, libs: Path, address: str, workload: Workload, out: Path, seconds: float
-) -> dict[str, float]:
+    binary: Path, libs: Path, address: str, workload: Workload, out: Path, seconds: float,
+    path: str = "grpc",
+) -> dict[str, float]:  # fmt: skip
+    protocol = "http" if path == "http" else "grpc"
     command = [
-        str(binary), "-i", "grpc", "-u", address, "-m", workload.model,
+        str(binary), "-i", protocol, "-u", address, "-m", workload.model,
         "-b", str(workload.rows), "--concurrency-range", f"{workload.in_flight}",
         "--measurement-interval", str(int(seconds * 1000)), "--stability-percentage", "25",
         "--max-trials", "6", "-f", str(out),
     ]  # fmt: skip
     if workload.shape:
         command += ["--shape", workload.shape]
+    if path == "grpc_stream":
+        command += ["--streaming"]
+    if path == "grpc_shm":
+        command += ["--shared-memory", "system", "--output-shared-memory-size", str(1 << 20)]
     env = dict(os.environ, LD_LIBRARY_PATH=str(libs))
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
@@ -207,13 +224,16 @@ def perf_analyzer(
 def measure(
     binary: Path, libs: Path, server: subprocess.Popen[bytes], address: str,
     workload: Workload, work: Path, seconds: float, counted: bool = True,
+    path: str = "grpc", path_address: str = "",
 ) -> dict[str, float]:  # fmt: skip
     """One perf_analyzer run; server CPU per request over the whole run (its warm-up and
     stabilization windows included, on both sides of the division). `counted`: False for a
     server whose statistics one connection cannot see whole (several workers): no CPU figure."""
     before = answered(address, workload.model) if counted else 0
     cpu0 = tree_cpu_s(server.pid)
-    result = perf_analyzer(binary, libs, address, workload, work / "pa.csv", seconds)
+    result = perf_analyzer(
+        binary, libs, path_address or address, workload, work / "pa.csv", seconds, path
+    )
     cpu = tree_cpu_s(server.pid) - cpu0
     if counted:
         requests = answered(address, workload.model) - before
@@ -283,24 +303,32 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0, help="perf_analyzer window")
     parser.add_argument("--ferry-arg", action="append", default=[], help="extra serve flag")
+    parser.add_argument(
+        "--part", choices=("all", "servers", "paths"), default="all",
+        help="servers: Ferry against the floor and Triton; paths: Ferry's protocols",
+    )  # fmt: skip
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ferry-front-end-"))
     ferry_repo, triton_repo = repositories(work)
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
-        servers["bare"] = start(
-            [*python(), str(ROOT / "bench" / "bare_echo_server.py")], work / "bare.log"
-        )
+        comparing = args.part in ("all", "servers")
+        if comparing:
+            servers["bare"] = start(
+                [*python(), str(ROOT / "bench" / "bare_echo_server.py")], work / "bare.log"
+            )
         servers["ferry"] = ferry(ferry_repo, work / "ferry.log", *args.ferry_arg)
-        servers["ferry_w2"] = ferry(ferry_repo, work / "ferry_w2.log", "--workers", "2")
-        servers["ferry_spinning"] = ferry(
-            work / "ferry_spinning", work / "ferry_spinning.log", *args.ferry_arg
-        )
-        if args.tritonserver is not None:
+        if comparing:
+            servers["ferry_w2"] = ferry(ferry_repo, work / "ferry_w2.log", "--workers", "2")
+            servers["ferry_spinning"] = ferry(
+                work / "ferry_spinning", work / "ferry_spinning.log", *args.ferry_arg
+            )
+        if comparing and args.tritonserver is not None:
             servers["triton"] = triton(args.tritonserver, triton_repo, work / "triton.log")
         runs: dict[str, dict[str, list[dict[str, float]]]] = {}
+        paths: dict[str, dict[str, list[dict[str, float]]]] = {}
         for round_index in range(args.rounds):
-            for workload in WORKLOADS:
+            for workload in WORKLOADS if comparing else ():
                 order = [s for s in servers if s != "bare" or workload.model == "echo"]
                 if round_index % 2:
                     order.reverse()
@@ -319,12 +347,44 @@ def main() -> int:
                         + ("" if cpu is None else f", {cpu:.0f} µs CPU/request"),
                         flush=True,
                     )
+            process, address = servers["ferry"]
+            log_text = (work / "ferry.log").read_text()
+            http = re.search(r"HTTP on http://([^\s,]+)", log_text)
+            for workload in PATH_WORKLOADS if args.part in ("all", "paths") else ():
+                for path in PATHS if round_index % 2 == 0 else reversed(PATHS):
+                    result = measure(
+                        args.perf_analyzer, args.cuda_runtime_lib, process, address,
+                        workload, work, args.seconds, path=path,
+                        path_address=http[1] if path == "http" and http else "",
+                    )  # fmt: skip
+                    paths.setdefault(workload.name, {}).setdefault(path, []).append(result)
+                    print(
+                        f"round {round_index} {workload.name:22} ferry via {path:12}: "
+                        f"{result['rows_per_s']:9.0f} rows/s, p50 {result['p50_ms']:.3f} ms, "
+                        f"p99 {result['p99_ms']:.3f} ms, {result['cpu_us_per_request']:.0f} "
+                        "µs CPU/request",
+                        flush=True,
+                    )
     finally:
         for process, _ in servers.values():
             stop(process)
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"servers": summarize(runs), "paths": summarize(paths)}
+    settings = {
+        "rounds": args.rounds, "seconds": args.seconds, "ferry_args": args.ferry_arg,
+        "part": args.part,
+    }  # fmt: skip
+    path = record("front_end_cost", settings, {"runs": runs, "paths": paths, "summary": summary})
+    print(f"wrote {path}")
+    return 0
+
+
+def summarize(
+    runs: dict[str, dict[str, list[dict[str, float]]]],
+) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Median, min and max of each figure, per workload and server (or path)."""
+    summary: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for workload_name, by_server in runs.items():
-        entry: dict[str, Any] = {}
+        entry: dict[str, dict[str, dict[str, float]]] = {}
         for name, results in by_server.items():
             entry[name] = {
                 key: {
@@ -336,10 +396,7 @@ def main() -> int:
                 if key in results[0]
             }
         summary[workload_name] = entry
-    settings = {"rounds": args.rounds, "seconds": args.seconds, "ferry_args": args.ferry_arg}
-    path = record("front_end_cost", settings, {"runs": runs, "summary": summary})
-    print(f"wrote {path}")
-    return 0
+    return summary
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from ferry.common.cpus import widen_to_compute
 from ferry.common.errors import ModelLoadError
 from ferry.engines.base import Device, Engine, Instance, Profile, TensorSpec
 from ferry.engines.cuda.devices import Discovery
@@ -174,6 +175,7 @@ _background: ThreadPoolExecutor | None = None
 
 
 def _lower(nice: int) -> None:
+    widen_to_compute()  # off the front end's CPU (common/cpus.py): sessions opened here compute
     tid = threading.get_native_id()
     try:
         os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from ferry.common.cpus import widen_to_compute
 from ferry.common.datatypes import DATATYPES, ONNX_TYPES, DataType
 from ferry.common.errors import EngineError, ModelLoadError
 from ferry.engines.base import Device, ExecutionResult, Feed, Profile, TensorSpec, Timings
@@ -356,6 +357,7 @@ def _lower_priority(nice: int, idle_class: bool = False) -> None:
     `idle_class` goes further: Linux's SCHED_IDLE, whose threads run only on CPU time no other
     thread wants, and give way the moment one wakes. Nice 10 is not enough for that: a waking
     event loop still waited behind busy nice-10 compute threads often enough to set the p99."""
+    widen_to_compute()  # off the front end's CPU (common/cpus.py)
     tid = threading.get_native_id()
     if idle_class and hasattr(os, "SCHED_IDLE"):
         try:

@@ -15,6 +15,7 @@ import signal
 import stat
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -23,6 +24,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from opentelemetry.sdk.trace import TracerProvider
 
+from ferry.common.cpus import widen_to_compute
 from ferry.engines.backends import default_registry
 from ferry.engines.cuda.devices import Discovery
 from ferry.engines.cuda.devices import discover as find_gpus
@@ -334,8 +336,13 @@ def _remove_stale_socket(path: Path) -> None:
 
 async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT, then drain and exit."""
-    server = FerryServer(config)
     loop = asyncio.get_running_loop()
+    # asyncio.to_thread's threads open GPU sessions and copy files: they compute, so they run on
+    # every CPU, not on the front end's one (common/cpus.py).
+    loop.set_default_executor(
+        ThreadPoolExecutor(thread_name_prefix="ferry-thread", initializer=widen_to_compute)
+    )
+    server = FerryServer(config)
     stopping = asyncio.Event()
 
     def on_signal(signum: int) -> None:

@@ -166,6 +166,14 @@ def _parser() -> argparse.ArgumentParser:
         "or MIG instance, each seeing only its own device, or 'gpu:N' for N per device; "
         "default 1",
     )
+    serve.add_argument(
+        "--pin-front-end",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the event loop and gRPC's threads on one of the process's CPUs and compute on "
+        "all of them: a request's hand-offs between front-end threads stay on one core "
+        "(default: on, where the process may use two or more CPUs)",
+    )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -309,6 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ferry.server.app import serve
 
+    if args.pin_front_end:
+        from ferry.common.cpus import pin_front_end
+
+        pin_front_end()  # before the loop and gRPC start their threads, which inherit it
     uvloop.run(serve(config))
     return 0
 

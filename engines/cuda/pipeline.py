@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ferry.common.cpus import widen_to_compute
 from ferry.common.errors import EngineError, FerryError
 from ferry.engines.base import ExecutionResult, Feed, TensorSpec, Timings
 from ferry.engines.cuda.toolkit import CudaToolkit
@@ -85,6 +86,7 @@ class _Worker:
         self._thread.start()
 
     def _serve(self, initializer: Callable[[int], None], device: int) -> None:
+        widen_to_compute()  # off the front end's CPU (common/cpus.py)
         try:
             initializer(device)
         except Exception:  # no usable device: each job then fails on its own CUDA calls

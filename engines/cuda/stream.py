@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ferry.common.cpus import widen_to_compute
 from ferry.engines.cuda.devices import check
 
 
@@ -43,7 +44,9 @@ class Stream:
         self.handle = check(
             rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreateWithFlags"
         )
-        self._waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ferry-cuda-wait")
+        self._waiter = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="ferry-cuda-wait", initializer=widen_to_compute
+        )
 
     def record(self) -> Any:
         """An event recorded at the stream's current end."""
