@@ -11,7 +11,7 @@ Servers, each on loopback, started once and measured in turn, round after round:
   batching with the example configs' queue delays); `ferry_spinning`: the same with ONNX
   Runtime's intra-op threads spinning between parallel sections (`allow_spinning: "true"`,
   ONNX Runtime's own default; Ferry's is off); `ferry_w2`: `--workers 2` (each worker on its
-  share of the CPUs; no CPU-per-request figure: one connection sees one worker's statistics).
+  share of the CPUs; requests counted from every worker's metrics).
 - `triton`: Triton's `tritonserver` with its Python backend (`--tritonserver`: the `tritonserver`
   folder of the `nvidia-pytriton` wheel, which ships the server, the backend and a stub per
   Python version), each model a `model.py` that runs ONNX Runtime (this Python's) on the same
@@ -43,6 +43,8 @@ import sys
 import sysconfig
 import tempfile
 import time
+import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,8 +186,17 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
-def answered(address: str, model: str) -> int:
-    """Requests the server has answered for `model` (its statistics)."""
+def answered(address: str, model: str, metrics: Sequence[str] = ()) -> int:
+    """Requests the server has answered for `model`: its statistics, or with several workers
+    (whose statistics one connection cannot see whole) the sum of every worker's metrics."""
+    if metrics:
+        total = 0
+        for url in metrics:
+            text = urllib.request.urlopen(url, timeout=10).read().decode()
+            name = "nv_inference_request_success(?:_total)?"
+            pattern = rf'^{name}{{[^}}]*model="{model}"[^}}]*}} (\S+)'
+            total += sum(int(float(m)) for m in re.findall(pattern, text, re.M))
+        return total
     client = tc.InferenceServerClient(address)
     stats = client.get_inference_statistics(model, as_json=True)
     return int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0))
@@ -223,22 +234,21 @@ def perf_analyzer(
 
 def measure(
     binary: Path, libs: Path, server: subprocess.Popen[bytes], address: str,
-    workload: Workload, work: Path, seconds: float, counted: bool = True,
+    workload: Workload, work: Path, seconds: float, metrics: Sequence[str] = (),
     path: str = "grpc", path_address: str = "",
 ) -> dict[str, float]:  # fmt: skip
     """One perf_analyzer run; server CPU per request over the whole run (its warm-up and
-    stabilization windows included, on both sides of the division). `counted`: False for a
-    server whose statistics one connection cannot see whole (several workers): no CPU figure."""
-    before = answered(address, workload.model) if counted else 0
+    stabilization windows included, on both sides of the division). `metrics`: the workers'
+    metrics endpoints, for a server of several workers."""
+    before = answered(address, workload.model, metrics)
     cpu0 = tree_cpu_s(server.pid)
     result = perf_analyzer(
         binary, libs, path_address or address, workload, work / "pa.csv", seconds, path
     )
     cpu = tree_cpu_s(server.pid) - cpu0
-    if counted:
-        requests = answered(address, workload.model) - before
-        result["requests"] = requests
-        result["cpu_us_per_request"] = cpu / max(requests, 1) * 1e6
+    requests = answered(address, workload.model, metrics) - before
+    result["requests"] = requests
+    result["cpu_us_per_request"] = cpu / max(requests, 1) * 1e6
     return result
 
 
@@ -323,6 +333,14 @@ def main() -> int:
             servers["ferry_spinning"] = ferry(
                 work / "ferry_spinning", work / "ferry_spinning.log", *args.ferry_arg
             )
+        metrics: dict[str, list[str]] = {}
+        if comparing:  # the workers' metrics endpoints: their request counts add up
+            text = (work / "ferry_w2.log").read_text()
+            deadline = time.monotonic() + 60
+            while len(re.findall(r"metrics on (\S+)", text)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                text = (work / "ferry_w2.log").read_text()
+            metrics["ferry_w2"] = re.findall(r"metrics on (\S+)", text)
         if comparing and args.tritonserver is not None:
             servers["triton"] = triton(args.tritonserver, triton_repo, work / "triton.log")
         runs: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -336,15 +354,14 @@ def main() -> int:
                     process, address = servers[name]
                     result = measure(
                         args.perf_analyzer, args.cuda_runtime_lib, process, address,
-                        workload, work, args.seconds, counted=name != "ferry_w2",
+                        workload, work, args.seconds, metrics.get(name, ()),
                     )  # fmt: skip
                     runs.setdefault(workload.name, {}).setdefault(name, []).append(result)
-                    cpu = result.get("cpu_us_per_request")
                     print(
                         f"round {round_index} {workload.name:22} {name:14}: "
                         f"{result['rows_per_s']:9.0f} rows/s, p50 {result['p50_ms']:.3f} ms, "
-                        f"p99 {result['p99_ms']:.3f} ms"
-                        + ("" if cpu is None else f", {cpu:.0f} µs CPU/request"),
+                        f"p99 {result['p99_ms']:.3f} ms, {result['cpu_us_per_request']:.0f} "
+                        "µs CPU/request",
                         flush=True,
                     )
             process, address = servers["ferry"]
