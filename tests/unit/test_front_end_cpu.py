@@ -74,3 +74,21 @@ def test_without_pinning_nothing_changes() -> None:
     cpus.widen_to_compute()  # a no-op until the front end is pinned
     assert os.sched_getaffinity(0) == before
     assert cpus.usable_cpus() == len(before)
+
+
+def test_ferry_serve_pins_its_front_end_unless_told_not_to(
+    model_repo: object, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The served process: its main thread (the event loop) on one CPU, by default; with
+    --no-pin-front-end on every CPU it was given."""
+    from pathlib import Path
+
+    from tests.conftest import start_server, stop_server
+
+    everything = os.sched_getaffinity(0)
+    for extra, expected in (((), {min(everything)}), (("--no-pin-front-end",), everything)):
+        running = start_server(Path(str(model_repo)), tmp_path_factory.mktemp("pin"), *extra)
+        try:
+            assert os.sched_getaffinity(running.process.pid) == expected
+        finally:
+            stop_server(running)
