@@ -38,6 +38,7 @@ import onnxruntime as ort
 from ferry.common.cpus import widen_to_compute
 from ferry.common.datatypes import DATATYPES, ONNX_TYPES, DataType
 from ferry.common.errors import EngineError, ModelLoadError
+from ferry.common.flags import parse_flag
 from ferry.engines.base import Device, ExecutionResult, Feed, Profile, TensorSpec, Timings
 from ferry.engines.loading import in_background
 from ferry.engines.staging import gather
@@ -419,10 +420,11 @@ def options_from_parameters(parameters: Mapping[str, str]) -> OnnxRuntimeOptions
             raise ModelLoadError(f"parameter '{key}' must be an integer, got '{text}'") from None
 
     def flag(key: str, default: bool) -> bool:
-        text = parameters.get(key, str(default)).strip().lower()
-        if text not in ("true", "false"):
+        text = parameters.get(key, str(default))
+        value = parse_flag(text)
+        if value is None:
             raise ModelLoadError(f"parameter '{key}' must be \"true\" or \"false\", got '{text}'")
-        return text == "true"
+        return value
 
     try:
         return OnnxRuntimeOptions(

@@ -226,7 +226,7 @@ class SloController:
         delay = min(delay, DELAY_SHARE * budget)
         if self.config.delay_limit_s is not None:
             delay = min(delay, self.config.delay_limit_s)
-        full = (max(delay, 0.5 * cost(cap)) + cost(cap)) * math.exp(self._bias)
+        full = self._calibrated(max(delay, 0.5 * cost(cap)) + cost(cap))
         self.decision = Decision(delay, cap, full, self._observed_p99, self._safety, True)
 
     def _review(self, now_ns: int) -> None:
@@ -257,7 +257,11 @@ class SloController:
     def predicted_latency_s(self, queued_rows: int, rows: int, waited_s: float = 0.0) -> float:
         """A request's wait and run if it queued now, as the controller expects it: the raw
         prediction (`_plan_s`) times what answered requests took against theirs."""
-        return self._plan_s(queued_rows, rows, waited_s) * math.exp(self._bias)
+        return self._calibrated(self._plan_s(queued_rows, rows, waited_s))
+
+    def _calibrated(self, planned_s: float) -> float:
+        """A planned latency scaled by what answered requests took against their plans."""
+        return planned_s * math.exp(self._bias)
 
     def _plan_s(self, queued_rows: int, rows: int, waited_s: float) -> float:
         """The wait and run the cost model plans for: what is left of the queue delay (its
@@ -294,7 +298,7 @@ class SloController:
         if not self.config.refuse_early or now_ns - self._admitted_ns >= PROBE_S * 1e9:
             self._admitted_ns = now_ns  # a probe: whatever the estimate says
             return plan
-        predicted = plan * math.exp(self._bias)
+        predicted = self._calibrated(plan)
         if deadline_ns is not None and now_ns + predicted * 1e9 > deadline_ns:
             reason = "deadline"
             message = (

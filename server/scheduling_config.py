@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ferry.common.errors import ModelLoadError
+from ferry.common.flags import parse_flag
 from ferry.engines.base import UNBOUNDED, Device, Profile, ShapeRange, TensorSpec
 from ferry.engines.cuda.devices import Discovery
 from ferry.engines.loading import PlannedInstance
@@ -139,9 +140,10 @@ def _flag(parameters: Mapping[str, str], name: str, default: bool, where: str) -
     text = parameters.get(PREFIX + name)
     if text is None:
         return default
-    if text.strip().lower() not in ("true", "false"):
+    flag = parse_flag(text)
+    if flag is None:
         raise ModelLoadError(f"{where}: parameter '{PREFIX}{name}' must be true or false")
-    return text.strip().lower() == "true"
+    return flag
 
 
 def count(parameters: Mapping[str, str], name: str, default: int, where: str) -> int:
