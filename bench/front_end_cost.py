@@ -49,9 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tritonclient.grpc as tc
-
-from bench.harness import ROOT, ferry, python, record, start, stop
+from bench.harness import ROOT, ferry, parse_cpus, python, record, start, stop
 from ferry.server.example_repo import DLRM, DlrmShape, dlrm_model, write_example_repo
 
 DLRM_LIGHT = DlrmShape(DLRM.tables, 1000, 16, (13, 64, 16), (512, 256, 1))
@@ -190,21 +188,28 @@ def answered(address: str, model: str, metrics: Sequence[str] = ()) -> int:
     """Requests the server has answered for `model`: its statistics, or with several workers
     (whose statistics one connection cannot see whole) the sum of every worker's metrics."""
     if metrics:
-        total = 0
-        for url in metrics:
-            text = urllib.request.urlopen(url, timeout=10).read().decode()
-            name = "nv_inference_request_success(?:_total)?"
-            pattern = rf'^{name}{{[^}}]*model="{model}"[^}}]*}} (\S+)'
-            total += sum(int(float(m)) for m in re.findall(pattern, text, re.M))
-        return total
+        return sum(answered_each(metrics, model))
+    import tritonclient.grpc as tc  # only here: the workers part runs where it is not installed
+
     client = tc.InferenceServerClient(address)
     stats = client.get_inference_statistics(model, as_json=True)
     return int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0))
 
 
+def answered_each(metrics: Sequence[str], model: str) -> list[int]:
+    """Requests each worker has answered for `model`, from its metrics endpoint."""
+    counts = []
+    for url in metrics:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        name = "nv_inference_request_success(?:_total)?"
+        pattern = rf'^{name}{{[^}}]*model="{model}"[^}}]*}} (\S+)'
+        counts.append(sum(int(float(m)) for m in re.findall(pattern, text, re.M)))
+    return counts
+
+
 def perf_analyzer(
     binary: Path, libs: Path, address: str, workload: Workload, out: Path, seconds: float,
-    path: str = "grpc",
+    path: str = "grpc", cpus: set[int] | None = None,
 ) -> dict[str, float]:  # fmt: skip
     protocol = "http" if path == "http" else "grpc"
     command = [
@@ -220,7 +225,10 @@ def perf_analyzer(
     if path == "grpc_shm":
         command += ["--shared-memory", "system", "--output-shared-memory-size", str(1 << 20)]
     env = dict(os.environ, LD_LIBRARY_PATH=str(libs))
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, preexec_fn=pin
+    )
     if done.returncode != 0:
         raise RuntimeError(f"perf_analyzer failed:\n{done.stdout}\n{done.stderr}")
     with out.open() as handle:
@@ -235,19 +243,25 @@ def perf_analyzer(
 def measure(
     binary: Path, libs: Path, server: subprocess.Popen[bytes], address: str,
     workload: Workload, work: Path, seconds: float, metrics: Sequence[str] = (),
-    path: str = "grpc", path_address: str = "",
+    path: str = "grpc", path_address: str = "", client_cpus: set[int] | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """One perf_analyzer run; server CPU per request over the whole run (its warm-up and
     stabilization windows included, on both sides of the division). `metrics`: the workers'
     metrics endpoints, for a server of several workers."""
-    before = answered(address, workload.model, metrics)
+    before = answered_each(metrics, workload.model) if metrics else []
+    before_total = sum(before) if metrics else answered(address, workload.model)
     cpu0 = tree_cpu_s(server.pid)
     result = perf_analyzer(
-        binary, libs, path_address or address, workload, work / "pa.csv", seconds, path
-    )
+        binary, libs, path_address or address, workload, work / "pa.csv", seconds, path,
+        client_cpus,
+    )  # fmt: skip
     cpu = tree_cpu_s(server.pid) - cpu0
-    requests = answered(address, workload.model, metrics) - before
+    after = answered_each(metrics, workload.model) if metrics else []
+    requests = (sum(after) if metrics else answered(address, workload.model)) - before_total
     result["requests"] = requests
+    if len(after) > 1:  # how evenly the kernel spread the client's connections
+        busiest = max(a - b for a, b in zip(after, before, strict=True))
+        result["busiest_worker_share"] = busiest / max(requests, 1)
     result["cpu_us_per_request"] = cpu / max(requests, 1) * 1e6
     return result
 
@@ -282,6 +296,8 @@ def triton(root: Path, repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], 
     handle = log.open("wb")
     process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
     address = f"127.0.0.1:{ports[0]}"
+    import tritonclient.grpc as tc
+
     client = tc.InferenceServerClient(address)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -314,12 +330,18 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="perf_analyzer window")
     parser.add_argument("--ferry-arg", action="append", default=[], help="extra serve flag")
     parser.add_argument(
-        "--part", choices=("all", "servers", "paths"), default="all",
-        help="servers: Ferry against the floor and Triton; paths: Ferry's protocols",
+        "--part", choices=("all", "servers", "paths", "workers"), default="all",
+        help="servers: Ferry against the floor and Triton; paths: Ferry's protocols; "
+        "workers: Ferry with each of --workers-list on --server-cpus",
     )  # fmt: skip
+    parser.add_argument("--workers-list", default="1,2,4", help="workers part: N per server")
+    parser.add_argument("--server-cpus", type=parse_cpus, default=None, help='e.g. "0-3"')
+    parser.add_argument("--client-cpus", type=parse_cpus, default=None, help='e.g. "4-15"')
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ferry-front-end-"))
     ferry_repo, triton_repo = repositories(work)
+    if args.part == "workers":
+        return scale_workers(args, work, ferry_repo)
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
         comparing = args.part in ("all", "servers")
@@ -390,8 +412,74 @@ def main() -> int:
         "rounds": args.rounds, "seconds": args.seconds, "ferry_args": args.ferry_arg,
         "part": args.part,
     }  # fmt: skip
-    path = record("front_end_cost", settings, {"runs": runs, "paths": paths, "summary": summary})
-    print(f"wrote {path}")
+    written = record("front_end_cost", settings, {"runs": runs, "paths": paths, "summary": summary})
+    print(f"wrote {written}")
+    return 0
+
+
+WORKER_WORKLOADS = (Workload("dlrm", 64, 64), Workload("dlrm_light", 64, 64))
+
+
+def scale_workers(args: argparse.Namespace, work: Path, ferry_repo: Path) -> int:
+    """`ferry serve --workers N` for each N of `--workers-list`, the server confined to
+    `--server-cpus` and perf_analyzer to `--client-cpus`, measured in turn round after round
+    (the order reversed every other round); rows/s of each N against one worker's in the same
+    round."""
+    counts = [int(n) for n in args.workers_list.split(",")]
+    servers: dict[int, tuple[subprocess.Popen[bytes], str, list[str]]] = {}
+    try:
+        for n in counts:
+            log = work / f"ferry_w{n}.log"
+            extra = ["--workers", str(n)] if n > 1 else []
+            process, address = ferry(ferry_repo, log, *extra, cpus=args.server_cpus)
+            text, deadline = log.read_text(), time.monotonic() + 60
+            while len(re.findall(r"metrics on (\S+)", text)) < n and time.monotonic() < deadline:
+                time.sleep(0.2)
+                text = log.read_text()
+            servers[n] = (process, address, re.findall(r"metrics on (\S+)", text))
+        runs: dict[str, dict[str, list[dict[str, float]]]] = {}
+        for round_index in range(args.rounds):
+            for workload in WORKER_WORKLOADS:
+                order = counts if round_index % 2 == 0 else counts[::-1]
+                for n in order:
+                    process, address, metrics = servers[n]
+                    result = measure(
+                        args.perf_analyzer, args.cuda_runtime_lib, process, address, workload,
+                        work, args.seconds, metrics, client_cpus=args.client_cpus,
+                    )  # fmt: skip
+                    runs.setdefault(workload.name, {}).setdefault(f"w{n}", []).append(result)
+                    print(
+                        f"round {round_index} {workload.name:22} workers {n}: "
+                        f"{result['rows_per_s']:9.0f} rows/s, p50 {result['p50_ms']:.3f} ms, "
+                        f"p99 {result['p99_ms']:.3f} ms, {result['cpu_us_per_request']:.0f} "
+                        f"µs CPU/request, busiest worker "
+                        f"{result.get('busiest_worker_share', 1.0):.2f}",
+                        flush=True,
+                    )
+    finally:
+        for process, _, _ in servers.values():
+            stop(process)
+    ratios: dict[str, dict[str, list[float]]] = {}
+    for workload_name, by_count in runs.items():
+        base = by_count[f"w{counts[0]}"]
+        for key, results in by_count.items():
+            ratios.setdefault(workload_name, {})[key] = [
+                r["rows_per_s"] / b["rows_per_s"] for r, b in zip(results, base, strict=True)
+            ]
+            print(f"{workload_name:22} {key} / w{counts[0]}: "
+                  + ", ".join(f"{x:.2f}" for x in ratios[workload_name][key]))  # fmt: skip
+    cpus = args.server_cpus
+    settings = {
+        "rounds": args.rounds, "seconds": args.seconds, "part": "workers", "workers": counts,
+        "server_cpus": sorted(cpus) if cpus else None,
+        "client_cpus": sorted(args.client_cpus) if args.client_cpus else None,
+    }  # fmt: skip
+    written = record(
+        "front_end_workers", settings,
+        {"runs": runs, "summary": summarize(runs), "ratios_to_first": ratios},
+        out=Path(os.environ["BENCH_OUT"]) if "BENCH_OUT" in os.environ else None,
+    )  # fmt: skip
+    print(f"wrote {written}")
     return 0
 
 
