@@ -337,6 +337,7 @@ def main() -> int:
     parser.add_argument("--workers-list", default="1,2,4", help="workers part: N per server")
     parser.add_argument("--server-cpus", type=parse_cpus, default=None, help='e.g. "0-3"')
     parser.add_argument("--client-cpus", type=parse_cpus, default=None, help='e.g. "4-15"')
+    parser.add_argument("--out", type=Path, help="folder for the JSON record (bench/results)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ferry-front-end-"))
     ferry_repo, triton_repo = repositories(work)
@@ -412,7 +413,8 @@ def main() -> int:
         "rounds": args.rounds, "seconds": args.seconds, "ferry_args": args.ferry_arg,
         "part": args.part,
     }  # fmt: skip
-    written = record("front_end_cost", settings, {"runs": runs, "paths": paths, "summary": summary})
+    results = {"runs": runs, "paths": paths, "summary": summary}
+    written = record("front_end_cost", settings, results, args.out)
     print(f"wrote {written}")
     return 0
 
@@ -477,7 +479,7 @@ def scale_workers(args: argparse.Namespace, work: Path, ferry_repo: Path) -> int
     written = record(
         "front_end_workers", settings,
         {"runs": runs, "summary": summarize(runs), "ratios_to_first": ratios},
-        out=Path(os.environ["BENCH_OUT"]) if "BENCH_OUT" in os.environ else None,
+        args.out,
     )  # fmt: skip
     print(f"wrote {written}")
     return 0

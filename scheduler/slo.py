@@ -10,8 +10,10 @@ how fast rows arrive, and from them sets, as load changes:
   saturation at the current arrival rate (0 under light load, where batching buys nothing),
   never more than `DELAY_SHARE` of the budget;
 - the admission share (`safety`): the share of the budget a new request's predicted latency may
-  take. Cut back when the observed p99 over the last second crosses the budget, raised slowly
-  while it stays well under. It acts on admission only: shrinking batches when latency is high
+  take. Cut back in proportion when the observed p99 over the last second crosses its target
+  (`TARGET` of the budget), at most once per second (the window must first show what the cut
+  did), and raised step by step while the p99 stays well under. It acts on admission only:
+  shrinking batches when latency is high
   would cut throughput exactly when the queue needs it most.
 
 It predicts a new request's completion (what is left of the delay or of the batch running, the queue
@@ -79,10 +81,15 @@ CALIBRATION_LIMIT = math.log(4.0)
 """One request moves the calibration by a ratio of at most this (in log terms): a stalled
 batch must not make every later prediction absurd."""
 
-REVIEW_S = 0.25  # how often the observed p99 is compared with the budget
-MIN_JUDGED = 20  # answers in the window before a p99 over the budget cuts the admission share
-RECOVER_BELOW = 0.8  # the share grows back while the observed p99 is under this share of it
-BACK_OFF, RECOVER = 0.85, 1.05  # the admission share's steps down and back up, per review
+REVIEW_S = 0.25  # how often the observed p99 is compared with its target
+MIN_JUDGED = 20  # answers in the window before their p99 or their tail may move the share
+TARGET = 0.85
+"""The observed p99 is held under this share of the budget, not at the budget itself: a p99 over
+one second is the few slowest answers of that second, and a controller aiming at the budget
+crosses it whenever one of them is unlucky."""
+DEEPEST_CUT = 0.7  # a cut scales the share by target / observed p99, never by less than this
+RECOVER_BELOW = 0.7  # the share grows back while the observed p99 is under this share of it
+RECOVER = 1.1  # ...by this much per review
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,7 @@ class SloController:
         self._last_arrival_ns = now_ns
         self._answered: deque[tuple[int, float]] = deque()  # (answered at, latency s)
         self._safety = SAFETY_START
+        self._cut_ns: int | None = None  # when the share was last cut for a p99 over target
         self._reviewed_ns = now_ns
         self._observed_p99 = 0.0
         self._bias = 0.0  # log of answered / planned latency, exponentially weighted
@@ -230,9 +238,10 @@ class SloController:
         self.decision = Decision(delay, cap, full, self._observed_p99, self._safety, True)
 
     def _review(self, now_ns: int) -> None:
-        """Back off when the last second's p99 crossed the budget; recover while it is well
-        under. Too few answers to judge a p99 may still show it is under: a controller that
-        refuses nearly everything sees few answers, and must not stay shut for want of them."""
+        """Cut the admission share when the last second's p99 crossed its target, raise it
+        while the p99 is well under. Too few answers to judge a p99 may still show it is under:
+        a controller that refuses nearly everything sees few answers, and must not stay shut
+        for want of them."""
         self._reviewed_ns = now_ns
         horizon = now_ns - int(WINDOW_S * 1e9)
         answered = self._answered
@@ -242,9 +251,13 @@ class SloController:
             return
         latencies = sorted(latency for _, latency in answered)
         self._observed_p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-        if self._observed_p99 > self.config.p99_s:
-            if len(latencies) >= MIN_JUDGED:
-                self._safety = max(SAFETY_MIN, self._safety * BACK_OFF)
+        target = TARGET * self.config.p99_s
+        if self._observed_p99 > target:
+            settled = self._cut_ns is None or now_ns - self._cut_ns >= WINDOW_S * 1e9
+            if len(latencies) >= MIN_JUDGED and settled:
+                self._cut_ns = now_ns
+                cut = max(DEEPEST_CUT, target / self._observed_p99)
+                self._safety = max(SAFETY_MIN, self._safety * cut)
         elif self._observed_p99 < RECOVER_BELOW * self.config.p99_s:
             self._safety = min(SAFETY_MAX, self._safety * RECOVER)
 

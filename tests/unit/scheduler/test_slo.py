@@ -16,8 +16,8 @@ from ferry.common.errors import Overloaded
 from ferry.scheduler import BatchingConfig
 from ferry.scheduler.clock import FakeClock
 from ferry.scheduler.slo import (
-    BACK_OFF,
     CAP_SHARE,
+    DEEPEST_CUT,
     DELAY_SHARE,
     FIRST_SKIPPED,
     LEARNED_AFTER,
@@ -183,7 +183,7 @@ def test_it_backs_off_when_the_observed_p99_crosses_the_budget_and_creeps_back()
     for i in range(100):  # a second of answers far over the budget (the engine stalled)
         slo.answered(3 * BUDGET_S, 0.0, i * 10 * MS)
     slo.batch_ran(64, run_time(64), 1000 * MS)
-    assert slo.decision.safety == pytest.approx(before * BACK_OFF)
+    assert slo.decision.safety == pytest.approx(before * DEEPEST_CUT)
     assert slo.decision.observed_p99_s == pytest.approx(3 * BUDGET_S)
     now = 1000 * MS
     for _ in range(20):  # calm seconds: the share grows back, never past its ceiling
@@ -191,7 +191,37 @@ def test_it_backs_off_when_the_observed_p99_crosses_the_budget_and_creeps_back()
         for i in range(50):
             slo.answered(0.2 * BUDGET_S, 0.0, now - i * MS)
         slo.batch_ran(64, run_time(64), now)
-    assert before * BACK_OFF < slo.decision.safety <= SAFETY_MAX
+    assert before * DEEPEST_CUT < slo.decision.safety <= SAFETY_MAX
+
+
+def test_a_p99_just_under_the_budget_already_backs_off_and_one_well_under_does_not() -> None:
+    """The target sits below the budget: waiting for the budget itself to be crossed leaves
+    nothing for the tail of the next second."""
+    for p99, backs_off in ((0.95 * BUDGET_S, True), (0.75 * BUDGET_S, False)):
+        slo = controller()
+        for _ in range(LEARN):
+            slo.batch_ran(64, run_time(64), 0)
+        before = slo.decision.safety
+        for i in range(100):
+            slo.answered(p99, 0.0, i * 10 * MS)
+        slo.batch_ran(64, run_time(64), 1000 * MS)
+        assert (slo.decision.safety < before) is backs_off
+
+
+def test_one_slow_second_cuts_the_share_once_not_at_every_review_that_still_sees_it() -> None:
+    slo = controller()
+    for _ in range(LEARN):
+        slo.batch_ran(64, run_time(64), 0)
+    before = slo.decision.safety
+    for i in range(100):
+        slo.answered(3 * BUDGET_S, 0.0, i * 10 * MS)
+    for review in range(4):  # the same slow answers, reviewed four times within their second
+        slo.batch_ran(64, run_time(64), (1000 + 260 * review) * MS)
+    assert slo.decision.safety == pytest.approx(before * DEEPEST_CUT)
+    for i in range(100):  # another slow second, once the first has left the window
+        slo.answered(3 * BUDGET_S, 0.0, 2100 * MS + i * 10 * MS)
+    slo.batch_ran(64, run_time(64), 3100 * MS)
+    assert slo.decision.safety == pytest.approx(before * DEEPEST_CUT**2)
 
 
 def test_a_deadline_that_cannot_be_met_is_refused_at_arrival() -> None:
