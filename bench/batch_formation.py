@@ -16,7 +16,9 @@ batch's compute time as `a + b * rows` over them:
 - `dlrm`: the example config (a 200 µs queue delay): what Ferry does;
 - `dlrm_full`: `preferred_batch_size: [ 1024 ]` with an 8 ms queue delay: a batch leaves when
   1024 rows are there or the oldest request has waited 8 ms, that is, once everyone is back;
-- `dlrm_d2000`: a 2 ms delay, in between.
+- `dlrm_d2000`: a 2 ms delay, in between;
+- `dlrm_slo`: no delay configured, a p99 budget instead (`--budget-ms`, `ferry.slo.p99_ms`):
+  the controller chooses the delay and the cap from the arrival rate and the learned batch cost.
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ VARIANTS = {
     "dlrm": None,
     "dlrm_full": (8000, "preferred_batch_size: [ 1024 ]"),
     "dlrm_d2000": (2000, ""),
+    "dlrm_slo": None,
 }
 
 
-def repository(work: Path) -> Path:
+def repository(work: Path, budget_ms: float) -> Path:
     examples = work / "examples"
     write_example_repo(examples)
     repo = work / "repo"
@@ -59,6 +62,11 @@ def repository(work: Path) -> Path:
                 "max_queue_delay_microseconds: 200",
                 f"max_queue_delay_microseconds: {delay}\n  {extra}",
             )
+        if name == "dlrm_slo":
+            config = config.replace("max_queue_delay_microseconds: 200", "")
+            config += 'parameters { key: "ferry.slo.p99_ms" '
+            config += f'value: {{ string_value: "{budget_ms}" }} }}\n'
+
         (repo / name / "config.pbtxt").write_text(config)
     return repo
 
@@ -106,13 +114,14 @@ def main() -> int:
     parser.add_argument("--in-flight", type=int, default=16)
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--budget-ms", type=float, default=50.0, help="dlrm_slo's p99 budget")
     parser.add_argument("--seconds", type=float, default=3.0, help="perf_analyzer window")
     parser.add_argument("--server-cpus", type=parse_cpus, default=None, help='e.g. "0-3"')
     parser.add_argument("--client-cpus", type=parse_cpus, default=None, help='e.g. "4-15"')
     parser.add_argument("--out", type=Path, help="folder for the JSON record (bench/results)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ferry-batch-formation-"))
-    repo = repository(work)
+    repo = repository(work, args.budget_ms)
     server, address = ferry(repo, work / "ferry.log", cpus=args.server_cpus)
     http = re.search(r"HTTP on http://([^\s,]+)", (work / "ferry.log").read_text())
     if http is None:
@@ -159,7 +168,7 @@ def main() -> int:
         print(f"{name:11} rows/s against dlrm: " + ", ".join(f"{v:.2f}" for v in values))
     settings = {
         "in_flight": args.in_flight, "rows": args.rows, "rounds": args.rounds,
-        "seconds": args.seconds,
+        "seconds": args.seconds, "budget_ms": args.budget_ms,
         "server_cpus": sorted(args.server_cpus) if args.server_cpus else None,
         "client_cpus": sorted(args.client_cpus) if args.client_cpus else None,
     }  # fmt: skip

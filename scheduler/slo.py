@@ -75,7 +75,10 @@ CALIBRATION = 0.02
 """Weight of each answered request in the calibration of predictions (answered / planned)."""
 
 CALIBRATION_S = 0.5
-"""...or, when answers are sparse, the time constant of the calibration."""
+"""...or, when answers are sparse because requests were refused, the time constant of the
+calibration (a controller refusing most requests learns from its probes, or it could not
+reopen). Answers sparse because traffic was are not weighted up: after an idle minute, the
+first answer of a burst must not set the calibration alone."""
 
 CALIBRATION_LIMIT = math.log(4.0)
 """One request moves the calibration by a ratio of at most this (in log terms): a stalled
@@ -174,6 +177,7 @@ class SloController:
         self._bias = 0.0  # log of answered / planned latency, exponentially weighted
         self.running = 0  # batches running now (the runner counts them)
         self._calibrated_ns = now_ns
+        self._refused_since_answer = False
         self.refused: dict[str, int] = {}
         self._admitted_ns = now_ns
         self.decision = Decision(0.0, self._max_rows, 0.0, 0.0, self._safety, False)
@@ -205,11 +209,13 @@ class SloController:
         self._answered.append((now_ns, latency_s))
         if planned_s > 0.0 and latency_s > 0.0:
             ratio = min(CALIBRATION_LIMIT, max(-CALIBRATION_LIMIT, math.log(latency_s / planned_s)))
-            # Per answer, or per half second when answers are few (a controller refusing most
-            # requests learns from its probes, or it could not reopen).
+            # Per answer, or per half second while refusals keep answers few.
             gap = max(0, now_ns - self._calibrated_ns) / 1e9
             self._calibrated_ns = now_ns
-            weight = max(CALIBRATION, 1.0 - math.exp(-gap / CALIBRATION_S))
+            weight = CALIBRATION
+            if self._refused_since_answer:
+                weight = max(CALIBRATION, 1.0 - math.exp(-gap / CALIBRATION_S))
+                self._refused_since_answer = False
             self._bias += weight * (ratio - self._bias)
 
     # ---- decisions -------------------------------------------------------------------------
@@ -328,4 +334,5 @@ class SloController:
             self._admitted_ns = now_ns
             return plan
         self.refused[reason] = self.refused.get(reason, 0) + 1
+        self._refused_since_answer = True
         raise Overloaded(message, reason)

@@ -305,6 +305,36 @@ def test_predictions_follow_what_answered_requests_really_took() -> None:
     assert slo.predicted_latency_s(0, 16) < plan / 3 * 1.06  # unbounded, it would be 1.17x
 
 
+def test_after_an_idle_spell_one_slow_answer_does_not_set_the_calibration_alone() -> None:
+    """A burst on a model idle for a minute: its first answers are slow (cold caches, the whole
+    burst in one batch). Sparse because no one asked, they weigh as any answer; a controller
+    that let the first set its predictions would refuse the rest of the burst."""
+    slo = controller()
+    for _ in range(LEARN):
+        slo.batch_ran(64, run_time(64), 0)
+    plan = slo.admit(0, 16, 0, None)
+    before = slo.predicted_latency_s(0, 16)
+    slo.answered(4 * plan, plan, 60_000 * MS)
+    assert slo.predicted_latency_s(0, 16) < 1.05 * before
+
+
+def test_while_it_refuses_its_probes_correct_the_calibration_quickly() -> None:
+    slo = controller()
+    for _ in range(LEARN):
+        slo.batch_ran(64, run_time(64), 0)
+    plan = slo.admit(0, 16, 0, None)
+    for i in range(400):  # a slow spell: answers took four times their plans
+        slo.answered(4 * plan, plan, i * MS)
+    inflated = slo.predicted_latency_s(0, 16)
+    now = 400 * MS
+    for _ in range(3):  # refusals, then a probe answered as planned, every half second
+        now += int(PROBE_S * 1e9)
+        refusal(slo, 300, 16, now - 2)  # admitted: the probe
+        assert refusal(slo, 300, 16, now - 1) is not None
+        slo.answered(plan, plan, now)
+    assert slo.predicted_latency_s(0, 16) < 0.5 * inflated
+
+
 def test_a_controller_that_refuses_nearly_everything_reopens() -> None:
     """After a bad second (a cold start under overload) it admits little, so little is answered:
     the few answers (probes) that come back well within the budget must be enough to reopen."""
