@@ -13,7 +13,8 @@ loops at 1, 2, 4, ... in flight (until the p99 crosses the budget), the best thr
 those within it, over two passes (one disturbed by a noisy neighbour would set every load below
 what it claims to be). The most it serves at any latency (the largest closed loop) is recorded
 beside it. Then, at 30%, 60%, 90% and 130% of capacity, an open loop on every model: goodput
-(answered within the budget, per second), p99 of the answered, refusals; the SLO model against
+(answered within the budget, per second), p99 of the answered, refusals and how long a refused
+request took to hear so, the server's resident memory after each load; the SLO model against
 the best fixed setting at each load. Then a step 30% -> 90% -> 30% on the SLO model and on the
 fixed setting best at 90%: the rolling 1-second p99 (loadtest's timeline), the seconds it stays
 over the budget after each step, and the share of requests over the budget.
@@ -92,6 +93,7 @@ def open_loop(
         processes=processes,
     )
     tally = run(plan)
+    refusals = [latency for _, latency, ok in tally.timeline if not ok]
     duration = profile.duration_s if profile else seconds
     result = result_of(
         tally, model=model, mode="open", duration_s=duration, target_rate=rate, budget_ms=budget_ms
@@ -103,8 +105,19 @@ def open_loop(
         "answered_per_s": result.requests_per_s,
         "p99_ms": result.latency_ms.get("p99", 0.0),
         "errors": result.errors,
+        # how long a refused request took to hear so: refusing early is refusing fast
+        "refusal_p99_ms": float(np.percentile(refusals, 99)) * 1e3 if refusals else 0.0,
+        "refusal_max_ms": max(refusals, default=0.0) * 1e3,
         "timeline": result.timeline if profile else [],
     }
+
+
+def rss_mb(pid: int) -> float:
+    """The server's resident memory (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def capacity_within(
@@ -183,6 +196,7 @@ def main() -> int:
         common: dict[str, Any] = {
             "seconds": args.seconds, "budget_ms": args.budget_ms, "processes": args.processes
         }  # fmt: skip
+        results["rss_mb_before_loads"] = rss_mb(server.pid)
         for load in LOADS:
             rate = load * capacity
             fixed = [
@@ -198,12 +212,14 @@ def main() -> int:
                 "best_fixed": best,
                 "goodput_ratio": slo["goodput_per_s"] / max(best["goodput_per_s"], 1e-9),
             }
+            entry["rss_mb_after"] = rss_mb(server.pid)
             results["loads"].append(entry)
             print(
                 f"{load:.0%} ({rate:.0f}/s): SLO goodput {slo['goodput_per_s']:.0f}/s, p99 "
-                f"{slo['p99_ms']:.1f} ms, refused {sum(slo['errors'].values())}; best fixed "
+                f"{slo['p99_ms']:.1f} ms, refused {sum(slo['errors'].values())} (p99 "
+                f"{slo['refusal_p99_ms']:.1f} ms to hear so); best fixed "
                 f"{best['model']} {best['goodput_per_s']:.0f}/s, p99 {best['p99_ms']:.1f} ms "
-                f"(ratio {entry['goodput_ratio']:.2f})"
+                f"(ratio {entry['goodput_ratio']:.2f}); server RSS {entry['rss_mb_after']:.0f} MB"
             )
         low, high = 0.3 * capacity, 0.9 * capacity
         profile = RateProfile.parse(f"step:{low}@6,{high}@6,{low}@6")
