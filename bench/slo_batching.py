@@ -202,7 +202,9 @@ def main() -> int:
             fixed = [
                 open_loop(address, fixed_name(d, c), args.rows, rate, **common) for d, c in FIXED
             ]
+            rss_before = rss_mb(server.pid)  # the budget model's own run: its memory at this load
             slo = open_loop(address, "dlrm_slo", args.rows, rate, **common)
+            slo["rss_mb_before"], slo["rss_mb_after"] = rss_before, rss_mb(server.pid)
             best = max(fixed, key=lambda r: r["goodput_per_s"])
             entry = {
                 "load": load,
