@@ -13,8 +13,8 @@ how fast rows arrive, and from them sets, as load changes:
   take. Cut back in proportion when the observed p99 over the last second crosses its target
   (`TARGET` of the budget), at most once per second (the window must first show what the cut
   did), and raised step by step while the p99 stays well under. It acts on admission only:
-  shrinking batches when latency is high
-  would cut throughput exactly when the queue needs it most.
+  shrinking batches when latency is high would cut throughput exactly when the queue needs it
+  most.
 
 It predicts a new request's completion (what is left of the delay or of the batch running, the queue
 ahead of it in batches of the cap spread over the instances, then its own batch; scaled by what
@@ -77,15 +77,15 @@ CALIBRATION = 0.02
 CALIBRATION_S = 0.5
 """...or, when answers are sparse because requests were refused, the time constant of the
 calibration (a controller refusing most requests learns from its probes, or it could not
-reopen). Answers sparse because traffic was are not weighted up: after an idle minute, the
-first answer of a burst must not set the calibration alone."""
+reopen). When they are sparse only because few requests came (a model idle for a minute), each
+weighs as usual: the first answer of a burst must not set the calibration alone."""
 
 CALIBRATION_LIMIT = math.log(4.0)
 """One request moves the calibration by a ratio of at most this (in log terms): a stalled
 batch must not make every later prediction absurd."""
 
 REVIEW_S = 0.25  # how often the observed p99 is compared with its target
-MIN_JUDGED = 20  # answers in the window before their p99 or their tail may move the share
+MIN_JUDGED = 20  # answers in the window before their p99 may cut the admission share
 TARGET = 0.85
 """The observed p99 is held under this share of the budget, not at the budget itself: a p99 over
 one second is the few slowest answers of that second, and a controller aiming at the budget
