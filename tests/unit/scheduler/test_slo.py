@@ -23,6 +23,7 @@ from ferry.scheduler.slo import (
     LEARNED_AFTER,
     PROBE_S,
     SAFETY_MAX,
+    SAFETY_MIN,
     RunTimeModel,
     SloConfig,
     SloController,
@@ -222,6 +223,29 @@ def test_one_slow_second_cuts_the_share_once_not_at_every_review_that_still_sees
         slo.answered(3 * BUDGET_S, 0.0, 2100 * MS + i * 10 * MS)
     slo.batch_ran(64, run_time(64), 3100 * MS)
     assert slo.decision.safety == pytest.approx(before * DEEPEST_CUT**2)
+
+
+def test_a_request_that_joins_the_next_batch_is_never_refused_for_the_budget() -> None:
+    """On a machine whose latency is over the budget whatever the queue (noise, a budget under
+    a lone batch's time), the admission share falls to its floor; refusing requests that would
+    run in the next batch would then throw answers away and make no one faster."""
+    slo = controller()
+    for _ in range(LEARN):
+        slo.batch_ran(64, run_time(64), 0)
+    now = 0
+    for second in range(1, 6):  # slow seconds: the share is cut to its floor
+        for i in range(100):
+            slo.answered(3 * BUDGET_S, 0.0, (second - 1) * 1000 * MS + i * 10 * MS)
+        now = second * 1000 * MS
+        slo.batch_ran(64, run_time(64), now)
+    assert slo.decision.safety == pytest.approx(SAFETY_MIN)
+    slo.running = 1  # and an instance busy with a full batch
+    cap = slo.decision.cap_rows
+    refusal(slo, 0, 16, now + 1)  # the probe of this half second: admitted whatever it predicts
+    assert slo.predicted_latency_s(cap - 16, 16) > SAFETY_MIN * BUDGET_S  # over the share
+    assert refusal(slo, cap - 16, 16, now + 2) is None  # ...but it joins the next batch
+    refused = refusal(slo, cap, 16, now + 3)  # queued behind a whole batch
+    assert refused is not None and refused.reason == "budget"
 
 
 def test_a_deadline_that_cannot_be_met_is_refused_at_arrival() -> None:
