@@ -313,6 +313,23 @@ def triton(root: Path, repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], 
     raise RuntimeError(f"tritonserver did not start:\n{log.read_text()[-4000:]}")
 
 
+def metrics_endpoints(log: Path, workers: int) -> list[str]:
+    """The /metrics URLs a server's log announces, once all `workers` have (at most 60 s)."""
+    text, deadline = log.read_text(), time.monotonic() + 60
+    while len(re.findall(r"metrics on (\S+)", text)) < workers and time.monotonic() < deadline:
+        time.sleep(0.2)
+        text = log.read_text()
+    return re.findall(r"metrics on (\S+)", text)
+
+
+def figures(result: dict[str, float]) -> str:
+    """One measurement, as the bench prints it."""
+    return (
+        f"{result['rows_per_s']:9.0f} rows/s, p50 {result['p50_ms']:.3f} ms, "
+        f"p99 {result['p99_ms']:.3f} ms, {result['cpu_us_per_request']:.0f} µs CPU/request"
+    )
+
+
 def _free_port() -> int:
     import socket
 
@@ -358,12 +375,7 @@ def main() -> int:
             )
         metrics: dict[str, list[str]] = {}
         if comparing:  # the workers' metrics endpoints: their request counts add up
-            text = (work / "ferry_w2.log").read_text()
-            deadline = time.monotonic() + 60
-            while len(re.findall(r"metrics on (\S+)", text)) < 2 and time.monotonic() < deadline:
-                time.sleep(0.2)
-                text = (work / "ferry_w2.log").read_text()
-            metrics["ferry_w2"] = re.findall(r"metrics on (\S+)", text)
+            metrics["ferry_w2"] = metrics_endpoints(work / "ferry_w2.log", 2)
         if comparing and args.tritonserver is not None:
             servers["triton"] = triton(args.tritonserver, triton_repo, work / "triton.log")
         runs: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -381,10 +393,7 @@ def main() -> int:
                     )  # fmt: skip
                     runs.setdefault(workload.name, {}).setdefault(name, []).append(result)
                     print(
-                        f"round {round_index} {workload.name:22} {name:14}: "
-                        f"{result['rows_per_s']:9.0f} rows/s, p50 {result['p50_ms']:.3f} ms, "
-                        f"p99 {result['p99_ms']:.3f} ms, {result['cpu_us_per_request']:.0f} "
-                        "µs CPU/request",
+                        f"round {round_index} {workload.name:22} {name:14}: {figures(result)}",
                         flush=True,
                     )
             process, address = servers["ferry"]
@@ -400,9 +409,7 @@ def main() -> int:
                     paths.setdefault(workload.name, {}).setdefault(path, []).append(result)
                     print(
                         f"round {round_index} {workload.name:22} ferry via {path:12}: "
-                        f"{result['rows_per_s']:9.0f} rows/s, p50 {result['p50_ms']:.3f} ms, "
-                        f"p99 {result['p99_ms']:.3f} ms, {result['cpu_us_per_request']:.0f} "
-                        "µs CPU/request",
+                        + figures(result),
                         flush=True,
                     )
     finally:
@@ -434,11 +441,7 @@ def scale_workers(args: argparse.Namespace, work: Path, ferry_repo: Path) -> int
             log = work / f"ferry_w{n}.log"
             extra = ["--workers", str(n)] if n > 1 else []
             process, address = ferry(ferry_repo, log, *extra, cpus=args.server_cpus)
-            text, deadline = log.read_text(), time.monotonic() + 60
-            while len(re.findall(r"metrics on (\S+)", text)) < n and time.monotonic() < deadline:
-                time.sleep(0.2)
-                text = log.read_text()
-            servers[n] = (process, address, re.findall(r"metrics on (\S+)", text))
+            servers[n] = (process, address, metrics_endpoints(log, n))
         runs: dict[str, dict[str, list[dict[str, float]]]] = {}
         for round_index in range(args.rounds):
             for workload in WORKER_WORKLOADS:
@@ -452,9 +455,7 @@ def scale_workers(args: argparse.Namespace, work: Path, ferry_repo: Path) -> int
                     runs.setdefault(workload.name, {}).setdefault(f"w{n}", []).append(result)
                     print(
                         f"round {round_index} {workload.name:22} workers {n}: "
-                        f"{result['rows_per_s']:9.0f} rows/s, p50 {result['p50_ms']:.3f} ms, "
-                        f"p99 {result['p99_ms']:.3f} ms, {result['cpu_us_per_request']:.0f} "
-                        f"µs CPU/request, busiest worker "
+                        f"{figures(result)}, busiest worker "
                         f"{result.get('busiest_worker_share', 1.0):.2f}",
                         flush=True,
                     )

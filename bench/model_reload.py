@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as tc
 
-from bench.harness import ferry, record, stop
+from bench.harness import ferry, record, rss_kib, stop
 from ferry.loadtest.processes import Plan, run
 from ferry.loadtest.stats import Tally
 from ferry.loadtest.workload import Choice, Workload
@@ -122,13 +122,6 @@ def under_reloads(address: str, repo: Path, first: int, reloads: int, via_rpc: b
         done.set()
         loader.join()
     return summary(result["t"]), served
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def main() -> int:

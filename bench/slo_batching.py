@@ -30,12 +30,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from bench.harness import ferry, parse_cpus, record, stop
+from bench.harness import ferry, parse_cpus, record, rss_kib, stop
 from ferry.loadtest.processes import Plan, run
 from ferry.loadtest.profile import RateProfile
 from ferry.loadtest.report import result_of
+from ferry.loadtest.stats import percentiles
 from ferry.loadtest.workload import Choice, Workload
 from ferry.server.example_repo import write_example_repo
 
@@ -93,7 +92,7 @@ def open_loop(
         processes=processes,
     )
     tally = run(plan)
-    refusals = [latency for _, latency, ok in tally.timeline if not ok]
+    refused = percentiles([latency for _, latency, ok in tally.timeline if not ok])
     duration = profile.duration_s if profile else seconds
     result = result_of(
         tally, model=model, mode="open", duration_s=duration, target_rate=rate, budget_ms=budget_ms
@@ -106,18 +105,14 @@ def open_loop(
         "p99_ms": result.latency_ms.get("p99", 0.0),
         "errors": result.errors,
         # how long a refused request took to hear so: refusing early is refusing fast
-        "refusal_p99_ms": float(np.percentile(refusals, 99)) * 1e3 if refusals else 0.0,
-        "refusal_max_ms": max(refusals, default=0.0) * 1e3,
+        "refusal_p99_ms": refused.get("p99", 0.0),
+        "refusal_max_ms": refused.get("max", 0.0),
         "timeline": result.timeline if profile else [],
     }
 
 
 def rss_mb(pid: int) -> float:
-    """The server's resident memory (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_kib(pid) / 1024
 
 
 def capacity_within(
@@ -142,7 +137,7 @@ def capacity_within(
                 )
             )
             latencies = tally.latencies_s
-            p99_ms = float(np.percentile(latencies, 99)) * 1e3 if latencies else float("inf")
+            p99_ms = percentiles(latencies).get("p99", float("inf"))
             loops.append(
                 {"in_flight": in_flight, "per_s": len(latencies) / seconds, "p99_ms": p99_ms}
             )

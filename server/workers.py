@@ -86,7 +86,6 @@ def supervise(
     host: str,
     ports: Ports,
     devices: Sequence[str] = (),
-    divide_cpus: bool = True,
 ) -> int:
     """Run `workers` copies of `ferry serve argv` on shared ports until a signal; return the code.
 
@@ -102,7 +101,7 @@ def supervise(
         holder, http_port = _free_port(host)
         holders.append(holder)
     metrics_port = ports.metrics
-    shares = cpu_shares(sorted(os.sched_getaffinity(0)), workers) if divide_cpus else []
+    shares = cpu_shares(sorted(os.sched_getaffinity(0)), workers)
     processes: list[subprocess.Popen[bytes]] = []
     for index in range(workers):
         metrics = metrics_port if metrics_port <= 0 else metrics_port + index
