@@ -3,7 +3,7 @@ copies of it with fixed (queue delay, max batch) settings, one server, Poisson a
 
     python -m bench.slo_batching [--budget-ms 10] [--rows 64] [--seconds 8]
         [--capacity poisson|closed] [--server-cpus 0-3 --client-cpus 4-15] [--processes 1]
-        [--out DIR]
+        [--gpu] [--out DIR]
 
 With `--server-cpus` the server runs on those CPUs only and the client (this process and its
 load processes) on `--client-cpus`: on a machine with cores to spare, the client's own work
@@ -52,12 +52,15 @@ def fixed_name(delay_us: int, cap: int) -> str:
     return f"dlrm_d{delay_us}_c{cap}"
 
 
-def repository(work: Path, budget_ms: float) -> Path:
+def repository(work: Path, budget_ms: float, gpu: bool) -> Path:
     examples = work / "examples"
     write_example_repo(examples)
     repo = work / "repo"
     source = examples / "dlrm"
     text = (source / "config.pbtxt").read_text()
+    if gpu:  # every copy, the default `dlrm` included, on GPU 0 (ONNX Runtime's CUDA provider)
+        text = text.replace("kind: KIND_CPU", "kind: KIND_GPU")
+        (source / "config.pbtxt").write_text(text)
     for delay, cap in FIXED:
         folder = repo / fixed_name(delay, cap)
         shutil.copytree(source, folder)
@@ -210,10 +213,11 @@ def main() -> int:
     parser.add_argument("--server-cpus", type=parse_cpus, default=None, help='e.g. "0-3"')
     parser.add_argument("--client-cpus", type=parse_cpus, default=None, help='e.g. "4-15"')
     parser.add_argument("--processes", type=int, default=1, help="load generator processes")
+    parser.add_argument("--gpu", action="store_true", help="every model on GPU 0 (KIND_GPU)")
     parser.add_argument("--out", type=Path, help="folder for the JSON record (bench/results)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ferry-slo-"))
-    repo = repository(work, args.budget_ms)
+    repo = repository(work, args.budget_ms, args.gpu)
     server, address = ferry(repo, work / "ferry.log", cpus=args.server_cpus)
     if args.client_cpus is not None:
         os.sched_setaffinity(0, args.client_cpus)  # the load processes inherit it
@@ -231,7 +235,7 @@ def main() -> int:
         )
         capacity = closed
         if args.capacity == "poisson":
-            start = max(1.0, min(r["per_s"] for r in loops) / 8)
+            start = max(1.0, at_any_latency / 32)
             capacity, steps = poisson_capacity(
                 address, args.rows, args.budget_ms, args.processes, start, at_any_latency
             )
