@@ -32,6 +32,7 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -124,31 +125,37 @@ def rss_mb(pid: int) -> float:
     return rss_kib(pid) / 1024
 
 
+CAPACITY_STEP_S = 4.0
+"""Seconds measured at each step of reading capacity (after one second of warm-up)."""
+
+
+def capacity_plan(address: str, rows: int, mode: str, processes: int) -> Plan:
+    """A step of reading capacity: the default `dlrm`, `rows` per request."""
+    workload = Workload("dlrm", rows=Choice((rows,), (1.0,)))
+    return Plan(
+        address, workload, mode, duration_s=CAPACITY_STEP_S, warmup_s=1.0, processes=processes
+    )
+
+
 def capacity_within(
     address: str, rows: int, budget_ms: float, processes: int
 ) -> tuple[float, float, list[dict[str, float]]]:
     """(requests/s within the budget, requests/s at any latency, every closed loop run): closed
     loops on the default `dlrm` at 1, 2, 4, ... in flight, two passes."""
-    seconds = 4.0
     loops: list[dict[str, float]] = []
     for _ in range(2):
         in_flight = 1
         while in_flight <= 64:
-            tally = run(
-                Plan(
-                    address,
-                    Workload("dlrm", rows=Choice((rows,), (1.0,))),
-                    "closed",
-                    concurrency=in_flight,
-                    duration_s=seconds,
-                    warmup_s=1.0,
-                    processes=min(processes, in_flight),
-                )
-            )
+            plan = capacity_plan(address, rows, "closed", min(processes, in_flight))
+            tally = run(replace(plan, concurrency=in_flight))
             latencies = tally.latencies_s
             p99_ms = percentiles(latencies).get("p99", float("inf"))
             loops.append(
-                {"in_flight": in_flight, "per_s": len(latencies) / seconds, "p99_ms": p99_ms}
+                {
+                    "in_flight": in_flight,
+                    "per_s": len(latencies) / CAPACITY_STEP_S,
+                    "p99_ms": p99_ms,
+                }
             )
             if p99_ms > budget_ms:
                 break
@@ -162,19 +169,10 @@ def poisson_capacity(
 ) -> tuple[float, list[dict[str, float]]]:
     """(the highest Poisson rate the default `dlrm` answers with its p99 within the budget, every
     step of the searches): two searches from `start` up to `most` requests/s, the better one."""
-    seconds = 4.0
 
     def run_at(rate: float) -> LoadResult:
-        plan = Plan(
-            address,
-            Workload("dlrm", rows=Choice((rows,), (1.0,))),
-            "open",
-            rate=rate,
-            duration_s=seconds,
-            warmup_s=1.0,
-            processes=processes,
-        )
-        return result_of(run(plan), model="dlrm", mode="open", duration_s=seconds,
+        plan = replace(capacity_plan(address, rows, "open", processes), rate=rate)
+        return result_of(run(plan), model="dlrm", mode="open", duration_s=CAPACITY_STEP_S,
                          target_rate=rate)  # fmt: skip
 
     best, steps = 0.0, []
