@@ -81,6 +81,14 @@ def repository(work: Path, budget_ms: float, gpu: bool) -> Path:
     return repo
 
 
+def load_plan(
+    address: str, model: str, rows: int, mode: str, seconds: float, processes: int
+) -> Plan:
+    """Every load of this bench: `rows` per request to `model`, one second of warm-up first."""
+    workload = Workload(model, rows=Choice((rows,), (1.0,)))
+    return Plan(address, workload, mode, duration_s=seconds, warmup_s=1.0, processes=processes)
+
+
 def open_loop(
     address: str,
     model: str,
@@ -91,17 +99,8 @@ def open_loop(
     profile: RateProfile | None = None,
     processes: int = 1,
 ) -> dict[str, Any]:
-    plan = Plan(
-        address,
-        Workload(model, rows=Choice((rows,), (1.0,))),
-        "open",
-        rate=rate,
-        duration_s=seconds,
-        warmup_s=1.0,
-        profile=profile,
-        processes=processes,
-    )
-    tally = run(plan)
+    plan = load_plan(address, model, rows, "open", seconds, processes)
+    tally = run(replace(plan, rate=rate, profile=profile))
     refused = percentiles([latency for _, latency, ok in tally.timeline if not ok])
     duration = profile.duration_s if profile else seconds
     result = result_of(
@@ -129,14 +128,6 @@ CAPACITY_STEP_S = 4.0
 """Seconds measured at each step of reading capacity (after one second of warm-up)."""
 
 
-def capacity_plan(address: str, rows: int, mode: str, processes: int) -> Plan:
-    """A step of reading capacity: the default `dlrm`, `rows` per request."""
-    workload = Workload("dlrm", rows=Choice((rows,), (1.0,)))
-    return Plan(
-        address, workload, mode, duration_s=CAPACITY_STEP_S, warmup_s=1.0, processes=processes
-    )
-
-
 def capacity_within(
     address: str, rows: int, budget_ms: float, processes: int
 ) -> tuple[float, float, list[dict[str, float]]]:
@@ -146,7 +137,9 @@ def capacity_within(
     for _ in range(2):
         in_flight = 1
         while in_flight <= 64:
-            plan = capacity_plan(address, rows, "closed", min(processes, in_flight))
+            plan = load_plan(
+                address, "dlrm", rows, "closed", CAPACITY_STEP_S, min(processes, in_flight)
+            )
             tally = run(replace(plan, concurrency=in_flight))
             latencies = tally.latencies_s
             p99_ms = percentiles(latencies).get("p99", float("inf"))
@@ -171,7 +164,8 @@ def poisson_capacity(
     step of the searches): two searches from `start` up to `most` requests/s, the better one."""
 
     def run_at(rate: float) -> LoadResult:
-        plan = replace(capacity_plan(address, rows, "open", processes), rate=rate)
+        plan = load_plan(address, "dlrm", rows, "open", CAPACITY_STEP_S, processes)
+        plan = replace(plan, rate=rate)
         return result_of(run(plan), model="dlrm", mode="open", duration_s=CAPACITY_STEP_S,
                          target_rate=rate)  # fmt: skip
 
