@@ -29,9 +29,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
+import threading
+import time
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -96,11 +100,19 @@ def open_loop(
     rate: float,
     seconds: float,
     budget_ms: float,
+    *,
+    metrics: str,
     profile: RateProfile | None = None,
     processes: int = 1,
 ) -> dict[str, Any]:
+    """Poisson arrivals at `rate` (or `profile`'s rates) on `model`: goodput, p99, refusals, and
+    from the server's /metrics (`metrics`) the batches it formed and its controller's
+    decisions."""
     plan = load_plan(address, model, rows, "open", seconds, processes)
-    tally = run(replace(plan, rate=rate, profile=profile))
+    before = scrape(metrics, model)
+    with Sampler(metrics, model) as sampler:
+        tally = run(replace(plan, rate=rate, profile=profile))
+    server = batches(before, scrape(metrics, model))
     refused = percentiles([latency for _, latency, ok in tally.timeline if not ok])
     duration = profile.duration_s if profile else seconds
     result = result_of(
@@ -117,6 +129,78 @@ def open_loop(
         "refusal_p99_ms": refused.get("p99", 0.0),
         "refusal_max_ms": refused.get("max", 0.0),
         "timeline": result.timeline if profile else [],
+        "server": server,  # batches formed, over the whole run (its warm-up included)
+        "controller": sampler.samples,  # empty for a model without a budget
+    }
+
+
+COUNTERS = (
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_compute_infer_duration_us",
+    "ferry_slo_refused_total",
+)
+SLO_GAUGES = (
+    "ferry_slo_queue_delay_seconds",
+    "ferry_slo_batch_rows_cap",
+    "ferry_slo_predicted_p99_seconds",
+    "ferry_slo_observed_p99_seconds",
+    "ferry_slo_safety",
+)
+SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} (\S+)$")
+
+
+def scrape(metrics: str, model: str) -> dict[str, float]:
+    """`model`'s counters and latency-controller gauges from the server's /metrics (summed over
+    labels other than the model's), read as text: the bench needs no Prometheus client."""
+    with urllib.request.urlopen(metrics, timeout=5) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        match = SAMPLE.match(line)
+        if match and f'model="{model}"' in match.group(2):
+            name = match.group(1)
+            if name in COUNTERS or name in SLO_GAUGES:
+                values[name] = values.get(name, 0.0) + float(match.group(3))
+    return values
+
+
+class Sampler:
+    """Reads `model`'s latency-controller gauges every quarter second while a load runs: the
+    controller's decisions over time (delay, cap, admission share, predicted and observed p99)."""
+
+    def __init__(self, metrics: str, model: str) -> None:
+        self._metrics, self._model = metrics, model
+        self.samples: list[dict[str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._start = time.monotonic()
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            values = scrape(self._metrics, self._model)
+            gauges = {k.removeprefix("ferry_slo_"): v for k, v in values.items() if k in SLO_GAUGES}
+            if gauges:  # a model with a budget
+                self.samples.append({"t": round(time.monotonic() - self._start, 2), **gauges})
+
+
+def batches(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What the server did between two scrapes: batches, rows per batch, engine time per batch."""
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in COUNTERS}
+    executions = max(delta["nv_inference_exec_count"], 1.0)
+    return {
+        "batches": delta["nv_inference_exec_count"],
+        "rows_per_batch": delta["nv_inference_count"] / executions,
+        "infer_ms_per_batch": delta["nv_inference_compute_infer_duration_us"] / executions / 1e3,
+        "refused_by_controller": delta["ferry_slo_refused_total"],
     }
 
 
@@ -211,6 +295,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ferry-slo-"))
     repo = repository(work, args.budget_ms, args.gpu)
     server, address = ferry(repo, work / "ferry.log", cpus=args.server_cpus)
+    port = (work / "ferry.log").read_text().split("metrics on http://", 1)[1].split("/", 1)[0]
+    metrics = f"http://{port}/metrics"
     if args.client_cpus is not None:
         os.sched_setaffinity(0, args.client_cpus)  # the load processes inherit it
     results: dict[str, Any] = {"loads": []}
@@ -236,7 +322,8 @@ def main() -> int:
             print(f"Poisson arrivals: {capacity:.0f} requests/s with p99 within the budget")
         results["capacity_requests_per_s"] = capacity
         common: dict[str, Any] = {
-            "seconds": args.seconds, "budget_ms": args.budget_ms, "processes": args.processes
+            "seconds": args.seconds, "budget_ms": args.budget_ms, "processes": args.processes,
+            "metrics": metrics,
         }  # fmt: skip
         results["rss_mb_before_loads"] = rss_mb(server.pid)
         for load in LOADS:
@@ -263,7 +350,11 @@ def main() -> int:
                 f"{slo['p99_ms']:.1f} ms, refused {sum(slo['errors'].values())} (p99 "
                 f"{slo['refusal_p99_ms']:.1f} ms to hear so); best fixed "
                 f"{best['model']} {best['goodput_per_s']:.0f}/s, p99 {best['p99_ms']:.1f} ms "
-                f"(ratio {entry['goodput_ratio']:.2f}); server RSS {entry['rss_mb_after']:.0f} MB"
+                f"(ratio {entry['goodput_ratio']:.2f}); server RSS {entry['rss_mb_after']:.0f} MB; "
+                f"rows per batch {slo['server']['rows_per_batch']:.0f} (best fixed "
+                f"{best['server']['rows_per_batch']:.0f}), engine "
+                f"{slo['server']['infer_ms_per_batch']:.2f} ms a batch "
+                f"({best['server']['infer_ms_per_batch']:.2f})"
             )
         low, high = 0.3 * capacity, 0.9 * capacity
         profile = RateProfile.parse(f"step:{low}@6,{high}@6,{low}@6")
@@ -271,8 +362,9 @@ def main() -> int:
         results["step"] = {}
         for model in ("dlrm_slo", best_at_90):
             step = open_loop(
-                address, model, args.rows, high, 18.0, args.budget_ms, profile, args.processes
-            )
+                address, model, args.rows, high, 18.0, args.budget_ms, metrics=metrics,
+                profile=profile, processes=args.processes,
+            )  # fmt: skip
             recovery = over_budget_after_steps(step["timeline"], [6.0, 12.0], args.budget_ms)
             sent = sum(r["sent"] for r in step["timeline"][::4])
             answered = sum(r["answered"] for r in step["timeline"][::4])

@@ -76,6 +76,7 @@ class ProfileRunner:
         self.busy_ns: dict[str, int] = {i.name: 0 for i in instances}
         self._running: dict[str, int] = {i.name: 0 for i in instances}  # batches in flight
         self._busy_since: dict[str, int] = {i.name: 0 for i in instances}
+        self._last_finished: dict[str, int] = {i.name: 0 for i in instances}
         self._devices = {i.name: str(i.device) for i in instances}
         # Each instance's `run_now`, looked up once, not per batch; None where it never runs.
         self._run_nows: dict[str, Callable[[Feed], ExecutionResult | None] | None] = {
@@ -331,6 +332,7 @@ class ProfileRunner:
 
     def _end(self, instance: Instance, finished_ns: int) -> None:
         name = instance.name
+        self._last_finished[name] = max(self._last_finished[name], finished_ns)
         self._running[name] -= 1
         if self.batcher.slo is not None:
             self.batcher.slo.running -= 1
@@ -349,6 +351,9 @@ class ProfileRunner:
         """Finish a batch that ran (`result`) or failed (`error`): busy time, every request's
         answer or error, statistics, observers. Completes every pending future on every path."""
         finished = self._now()
+        # What the batch added to its instance's time: on an instance that holds several batches
+        # at once (in_flight > 1) the part that overlaps the batch before it is that one's.
+        held_from = max(start_ns, self._last_finished[instance.name])
         self._end(instance, finished)
         batch_id = next(self._batch_ids)
         answers: list[dict[str, np.ndarray]] = []
@@ -379,7 +384,7 @@ class ProfileRunner:
         )
         slo = self.batcher.slo
         if slo is not None:  # the instance's time, hand-offs and waits for a CPU included
-            slo.batch_ran(rows, (finished - start_ns) / 1e9, finished)
+            slo.batch_ran(rows, (finished - held_from) / 1e9, finished)
         for request, outputs in zip(batch.requests, answers, strict=True):
             if slo is not None:
                 slo.answered((finished - request.enqueued_ns) / 1e9, request.planned_s, finished)

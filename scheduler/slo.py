@@ -5,7 +5,13 @@ an exponentially weighted least-squares fit over the batches that ran, so it fol
 how fast rows arrive, and from them sets, as load changes:
 
 - the batch row cap: the largest batch whose run takes at most `CAP_SHARE` of the budget (a
-  request may wait for a running batch, then run in its own);
+  request may wait for a running batch, then run in its own), but never smaller than what makes
+  a batch meaningfully faster: where a batch's cost is mostly fixed (a GPU, whose time per batch
+  is launches and hand-offs more than rows), a smaller batch is hardly quicker and only cuts
+  throughput. And while every batch seen was of about one size, the cost of bigger ones is a
+  guess (proportional to rows, the dearest line through what was seen): the cap then stays at
+  least twice that size, so that load can form bigger batches and show what they cost, instead
+  of a guess made at light load capping batches for good;
 - the queue delay: the time to gather the rows per batch that keep the instances below
   saturation at the current arrival rate (0 under light load, where batching buys nothing),
   never more than `DELAY_SHARE` of the budget;
@@ -25,7 +31,9 @@ configured delay and cap apply.
 
 What a batch costs is its time on the instance (dispatch to finish, hand-offs and waits for a CPU
 included), not the engine's compute alone: on cores shared with the front end that is the time
-the instance is really taken, and what capacity is made of.
+the instance is really taken, and what capacity is made of. On an instance that holds several
+batches at once (a GPU instance's staging slots) it is the time the batch added: from its start
+or the end of the batch before it, whichever is later (scheduler/runner.py).
 
 Everything runs on the event loop with the scheduler's clock, in O(1) per request and batch.
 """
@@ -64,6 +72,9 @@ UTILIZATION = 0.85
 
 CAP_SHARE = 0.4
 """The largest batch runs within this share of the budget."""
+
+SHRINK_GAIN = 0.9
+"""The cap shrinks (by a quarter) only while that makes a batch at least this much faster."""
 
 DELAY_SHARE = 0.1
 """The queue delay never takes more than this share of the budget."""
@@ -146,6 +157,20 @@ class RunTimeModel:
         self._xy = self._xy * d + rows * seconds
         self.batches += 1
 
+    @property
+    def typical_rows(self) -> float:
+        """The weighted mean rows of the batches learned from."""
+        return self._x / self._w if self._w else 0.0
+
+    @property
+    def knows_slope(self) -> bool:
+        """Whether the batches learned from differ enough in size to tell fixed cost from cost
+        per row."""
+        if self._w == 0:
+            return False
+        mean_x = self._x / self._w
+        return self._xx / self._w - mean_x * mean_x >= (0.25 * mean_x) ** 2
+
     def predict(self, rows: int) -> float:
         if self._w == 0:
             return 0.0
@@ -227,9 +252,7 @@ class SloController:
             self._review(now_ns)
         budget = self.config.p99_s
         cost = self.cost.predict
-        cap = self._max_rows
-        while cap > 1 and cost(cap) > CAP_SHARE * budget:  # few steps: shrinking by a quarter
-            cap = max(1, cap * 3 // 4)
+        cap = self._cap(budget)
         alone = max(1, round(self._request_rows))  # a batch of one request
         need = alone
         throughput_wanted = self._rate / UTILIZATION
@@ -242,6 +265,20 @@ class SloController:
             delay = min(delay, self.config.delay_limit_s)
         full = self._calibrated(max(delay, 0.5 * cost(cap)) + cost(cap))
         self.decision = Decision(delay, cap, full, self._observed_p99, self._safety, True)
+
+    def _cap(self, budget: float) -> int:
+        """The largest batch whose run fits `CAP_SHARE` of the budget, shrunk only while
+        shrinking makes batches faster, and not below twice the size seen while that is all the
+        cost model knows (see the module's docstring)."""
+        cost = self.cost.predict
+        cap = self._max_rows
+        floor = 1 if self.cost.knows_slope else min(cap, math.ceil(2 * self.cost.typical_rows))
+        while cap > floor and cost(cap) > CAP_SHARE * budget:  # few steps: a quarter each
+            smaller = max(floor, cap * 3 // 4)
+            if cost(smaller) > SHRINK_GAIN * cost(cap):
+                break  # the cost is mostly fixed: a smaller batch only serves fewer rows
+            cap = smaller
+        return cap
 
     def _review(self, now_ns: int) -> None:
         """Cut the admission share when the last second's p99 crossed its target, raise it

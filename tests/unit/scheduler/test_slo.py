@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from ferry.common.errors import Overloaded
-from ferry.scheduler import BatchingConfig
+from ferry.engines.base import UNBOUNDED, ExecutionResult, Feed
+from ferry.engines.fake import FakeEngine, FakeInstance
+from ferry.scheduler import BatchingConfig, ModelScheduler
 from ferry.scheduler.clock import FakeClock
 from ferry.scheduler.slo import (
     CAP_SHARE,
@@ -56,19 +59,26 @@ class Outcome:
 
 
 def simulate(
-    rate_rows_s: float, seconds: float, controller: SloController, rows: int = 16, seed: int = 0
+    rate_rows_s: float,
+    seconds: float,
+    controller: SloController,
+    rows: int = 16,
+    seed: int = 0,
+    engine: Callable[[int], float] = run_time,
+    start: float = 0.0,
 ) -> Outcome:
-    """Poisson arrivals of `rows`-row requests onto one instance, batches formed as the batcher
-    forms them (leave when the cap is reached or the oldest has waited the delay)."""
+    """Poisson arrivals of `rows`-row requests onto one instance whose batches take
+    `engine(rows)` seconds, from `start` for `seconds`, batches formed as the batcher forms them
+    (leave when the cap is reached or the oldest has waited the delay)."""
     rng = np.random.default_rng(seed)
-    now = 0.0
+    now = start
     arrivals = deque[float]()
-    t = 0.0
-    while t < seconds:
+    t = start
+    while t < start + seconds:
         t += rng.exponential(rows / rate_rows_s)
         arrivals.append(t)
     queue: deque[tuple[float, float]] = deque()  # (arrival time, plan), `rows` rows each
-    free_at = 0.0
+    free_at = start
     latencies: list[float] = []
     refused = 0
     offered = len(arrivals)
@@ -83,7 +93,7 @@ def simulate(
             if len(queue) * rows >= cap or now >= leave_at or not arrivals:
                 take = max(1, min(len(queue), cap // rows))
                 batch = [queue.popleft() for _ in range(take)]
-                took = run_time(take * rows)
+                took = engine(take * rows)
                 free_at = now + took
                 controller.batch_ran(take * rows, took, int(free_at * 1e9))
                 for arrived, plan in batch:
@@ -168,6 +178,37 @@ def test_overload_is_refused_at_arrival_and_what_is_admitted_holds_the_budget() 
     assert outcome.refused > 0.1 * outcome.offered
     assert outcome.p99 <= BUDGET_S
     assert slo.refused["budget"] == outcome.refused
+
+
+def mostly_fixed(rows: int) -> float:
+    """A simulated GPU: 3 ms a batch whatever its size (launches, copies, hand-offs), 0.5 µs a
+    row."""
+    return 0.003 + 0.0000005 * rows
+
+
+def test_a_batch_cost_that_is_mostly_fixed_does_not_shrink_the_cap() -> None:
+    """Even when the largest batch takes more than its share of the budget: a smaller one would
+    hardly be faster, and would serve fewer rows."""
+    slo = controller()
+    for i in range(LEARN):
+        rows = (64, 512)[i % 2]
+        slo.batch_ran(rows, 0.005 + 0.000001 * rows, 0)  # 5 ms: over CAP_SHARE of 10 ms alone
+    assert slo.cost.knows_slope
+    assert slo.decision.cap_rows == 1024
+
+
+def test_what_light_load_taught_does_not_cap_the_batches_heavy_load_needs() -> None:
+    """At light load every batch is one 64-row request; proportional to rows, 3 ms for 64 rows
+    would cap batches at one request, too few for heavier load, and the controller would never
+    see a bigger batch to learn otherwise. The cap stays at least twice what it has seen until
+    it has seen sizes enough to know."""
+    slo = controller()
+    light = simulate(5_000, 3.0, slo, rows=64, engine=mostly_fixed)
+    assert light.refused == 0
+    heavy = simulate(40_000, 3.0, slo, rows=64, engine=mostly_fixed, start=3.0, seed=1)
+    assert heavy.refused <= 0.01 * heavy.offered
+    assert heavy.p99 <= BUDGET_S
+    assert slo.cost.knows_slope and slo.decision.cap_rows > 2 * 64
 
 
 def test_without_early_refusal_overload_queues_as_before() -> None:
@@ -268,9 +309,11 @@ async def test_the_batcher_refuses_with_unavailable_and_caps_batches(clock: Fake
     runner = next(iter(scheduler._runners.values()))
     slo = runner.batcher.slo
     assert slo is not None
-    for _ in range(LEARN):  # taught that a row costs 1 ms: a batch of 4 fits 40% of 10 ms
-        slo.batch_ran(8, 0.008, clock.now())
-    assert slo.decision.cap_rows < 8
+    for i in range(LEARN):  # taught that a row costs 1 ms: a batch of 4 fits 40% of 10 ms
+        rows = (2, 8)[i % 2]
+        slo.batch_ran(rows, rows * 0.001, clock.now())
+    cap = slo.decision.cap_rows
+    assert cap < 8
     engine.gate = asyncio.Event()
     first = [ask(scheduler, float(i), 1) for i in range(3)]
     await settle()
@@ -283,7 +326,52 @@ async def test_the_batcher_refuses_with_unavailable_and_caps_batches(clock: Fake
     await settle()
     for task in first:
         await task
-    assert max(engine.batch_log) <= slo.decision.cap_rows
+    assert max(engine.batch_log) <= cap
+    await scheduler.stop()
+
+
+class SteppedInstance(FakeInstance):
+    """Holds two batches at once (as a GPU instance with two staging slots does); each batch
+    finishes when the test sets the next of `releases`."""
+
+    in_flight = 2
+
+    def __init__(self, engine: FakeEngine) -> None:
+        super().__init__("stepped", engine, UNBOUNDED)
+        self.releases: deque[asyncio.Event] = deque()
+
+    async def run(self, feed: Feed) -> ExecutionResult:
+        release = asyncio.Event()
+        self.releases.append(release)
+        await release.wait()
+        return self._compute(feed)
+
+
+@pytest.mark.asyncio
+async def test_overlapping_batches_teach_what_each_added_to_the_instance(clock: FakeClock) -> None:
+    """Batch A runs 0-4 ms and batch B, started at 1 ms in the instance's second slot, ends at
+    6 ms: the instance was taken 6 ms, A's 4 and B's 2 after it, not 4 + 5."""
+    config = BatchingConfig(max_batch_size=64, dynamic=True, slo=SloConfig(BUDGET_S))
+    instance = SteppedInstance(FakeEngine())
+    scheduler = ModelScheduler("stepped", [instance], config, clock=clock)
+    await scheduler.start()
+    slo = next(iter(scheduler._runners.values())).batcher.slo
+    assert slo is not None
+    taught: list[float] = []
+    slo.batch_ran = lambda rows, seconds, now_ns: taught.append(seconds)  # type: ignore[method-assign]
+    first = ask(scheduler, 1.0)
+    await settle()
+    clock.advance(1 * MS)
+    second = ask(scheduler, 2.0)
+    await settle()
+    assert len(instance.releases) == 2  # both batches on the instance at once
+    clock.advance(3 * MS)
+    instance.releases[0].set()
+    await first
+    clock.advance(2 * MS)
+    instance.releases[1].set()
+    await second
+    assert taught == pytest.approx([0.004, 0.002])
     await scheduler.stop()
 
 
