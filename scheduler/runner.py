@@ -384,7 +384,9 @@ class ProfileRunner:
         )
         slo = self.batcher.slo
         if slo is not None:  # the instance's time, hand-offs and waits for a CPU included
-            slo.batch_ran(rows, (finished - held_from) / 1e9, finished)
+            t = result.timings
+            engine_s = (t.input_ns + t.infer_ns + t.output_ns) / 1e9
+            slo.batch_ran(rows, (finished - held_from) / 1e9, finished, engine_s)
         for request, outputs in zip(batch.requests, answers, strict=True):
             if slo is not None:
                 slo.answered((finished - request.enqueued_ns) / 1e9, request.planned_s, finished)

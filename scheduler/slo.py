@@ -132,15 +132,23 @@ class Decision:
 
 
 class RunTimeModel:
-    """Run time of a batch as a + b * rows, fitted by exponentially weighted least squares."""
+    """Run time of a batch as a + b * rows, fitted by exponentially weighted least squares.
+
+    Given the engine's own time for each batch, the line is fitted to that, and what the batch
+    took beyond it (hand-offs between threads and the event loop, waits for the GIL or a CPU) is
+    added as a mean: those waits do not grow with rows, and on a machine where they vary a lot
+    a line fitted to whole batch times takes their noise for a cost per row (then a big batch
+    looks dear and the cap shrinks for nothing)."""
 
     def __init__(self) -> None:
-        self._w = self._x = self._y = self._xx = self._xy = 0.0
+        self._w = self._x = self._y = self._xx = self._xy = self._rest = 0.0
         self.batches = 0
         self._seen = 0
         self._outliers = 0  # in a row
 
-    def observe(self, rows: int, seconds: float) -> None:
+    def observe(self, rows: int, seconds: float, engine_s: float = 0.0) -> None:
+        """A batch of `rows` held its instance `seconds`, of which the engine reported
+        `engine_s` (0.0: not known; the whole time is then fitted)."""
         self._seen += 1
         if self._seen <= FIRST_SKIPPED:
             return
@@ -149,12 +157,14 @@ class RunTimeModel:
             if self._outliers < 3:
                 return
         self._outliers = 0
+        fitted = engine_s if 0.0 < engine_s <= seconds else seconds
         d = DECAY
         self._w = self._w * d + 1.0
         self._x = self._x * d + rows
-        self._y = self._y * d + seconds
+        self._y = self._y * d + fitted
         self._xx = self._xx * d + rows * rows
-        self._xy = self._xy * d + rows * seconds
+        self._xy = self._xy * d + rows * fitted
+        self._rest = self._rest * d + (seconds - fitted)
         self.batches += 1
 
     @property
@@ -174,6 +184,9 @@ class RunTimeModel:
     def predict(self, rows: int) -> float:
         if self._w == 0:
             return 0.0
+        return self._rest / self._w + self._line(rows)
+
+    def _line(self, rows: int) -> float:
         mean_x, mean_y = self._x / self._w, self._y / self._w
         spread = self._xx / self._w - mean_x * mean_x
         if spread < (0.25 * mean_x) ** 2:
@@ -223,8 +236,10 @@ class SloController:
         self._rate = self._rate * keep + (1 - keep) * (rows / gap)
         self._request_rows = rows if first else 0.95 * self._request_rows + 0.05 * rows
 
-    def batch_ran(self, rows: int, seconds: float, now_ns: int) -> None:
-        self.cost.observe(rows, seconds)
+    def batch_ran(self, rows: int, seconds: float, now_ns: int, engine_s: float = 0.0) -> None:
+        """A batch of `rows` held its instance `seconds` (`engine_s` of it the engine's own
+        time, when known) and finished at `now_ns`."""
+        self.cost.observe(rows, seconds, engine_s)
         self._decide(now_ns)
 
     def answered(self, latency_s: float, planned_s: float, now_ns: int) -> None:

@@ -141,6 +141,21 @@ def test_the_cost_model_learns_a_line_and_follows_drift() -> None:
     assert model.predict(512) == pytest.approx(2 * run_time(512), rel=0.02)
 
 
+def test_what_rows_cost_is_learned_from_the_engines_own_time() -> None:
+    """The waits around a batch (hand-offs to and from the event loop) do not grow with its rows,
+    even when, by chance, the big batches met the long waits: fitted to whole batch times, that
+    would read as a cost per row four times the engine's."""
+    model = RunTimeModel()
+    for rows in (64, 512) * 20:
+        engine = 0.0002 + 0.000001 * rows
+        waits = 0.001 if rows == 64 else 0.003
+        model.observe(rows, engine + waits, engine_s=engine)
+    per_row = (model.predict(1024) - model.predict(64)) / (1024 - 64)
+    assert per_row == pytest.approx(0.000001, rel=1e-6)
+    waits = model.predict(64) - (0.0002 + 0.000064)
+    assert waits == pytest.approx(0.002, rel=0.05)  # the mean waits (recent batches weigh more)
+
+
 def test_until_it_has_learned_the_configured_settings_apply() -> None:
     slo = controller()
     for _ in range(LEARN - 1):
@@ -358,7 +373,7 @@ async def test_overlapping_batches_teach_what_each_added_to_the_instance(clock: 
     slo = next(iter(scheduler._runners.values())).batcher.slo
     assert slo is not None
     taught: list[float] = []
-    slo.batch_ran = lambda rows, seconds, now_ns: taught.append(seconds)  # type: ignore[method-assign]
+    slo.batch_ran = lambda rows, seconds, *_: taught.append(seconds)  # type: ignore[method-assign]
     first = ask(scheduler, 1.0)
     await settle()
     clock.advance(1 * MS)
