@@ -8,10 +8,11 @@ how fast rows arrive, and from them sets, as load changes:
   request may wait for a running batch, then run in its own), but never smaller than what makes
   a batch meaningfully faster: where a batch's cost is mostly fixed (a GPU, whose time per batch
   is launches and hand-offs more than rows), a smaller batch is hardly quicker and only cuts
-  throughput. And while every batch seen was of about one size, the cost of bigger ones is a
-  guess (proportional to rows, the dearest line through what was seen): the cap then stays at
-  least twice that size, so that load can form bigger batches and show what they cost, instead
-  of a guess made at light load capping batches for good;
+  throughput. Nor is it ever less than two requests. And while every batch seen was of about
+  one size, the cost of bigger ones is a guess (proportional to rows, the dearest line through
+  what was seen): the cap then stays at least twice that size, so that load can form bigger
+  batches and show what they cost, instead of a guess made at light load capping batches for
+  good;
 - the queue delay: the time to gather the rows per batch that keep the instances below
   saturation at the current arrival rate (0 under light load, where batching buys nothing),
   never more than `DELAY_SHARE` of the budget;
@@ -283,11 +284,14 @@ class SloController:
 
     def _cap(self, budget: float) -> int:
         """The largest batch whose run fits `CAP_SHARE` of the budget, shrunk only while
-        shrinking makes batches faster, and not below twice the size seen while that is all the
-        cost model knows (see the module's docstring)."""
+        shrinking makes batches faster, never below two requests (a cap of one request makes
+        every batch a lone request: on a machine where even that misses the budget's share,
+        throughput would collapse and every queued request be refused), nor below twice the size
+        seen while that is all the cost model knows (see the module's docstring)."""
         cost = self.cost.predict
         cap = self._max_rows
-        floor = 1 if self.cost.knows_slope else min(cap, math.ceil(2 * self.cost.typical_rows))
+        seen = 0.0 if self.cost.knows_slope else self.cost.typical_rows
+        floor = min(cap, math.ceil(2 * max(seen, self._request_rows)))
         while cap > floor and cost(cap) > CAP_SHARE * budget:  # few steps: a quarter each
             smaller = max(floor, cap * 3 // 4)
             if cost(smaller) > SHRINK_GAIN * cost(cap):

@@ -212,6 +212,19 @@ def test_a_batch_cost_that_is_mostly_fixed_does_not_shrink_the_cap() -> None:
     assert slo.decision.cap_rows == 1024
 
 
+def test_the_cap_never_falls_below_two_requests() -> None:
+    """Where even one request's batch takes more than the budget's share (a slow or noisy
+    machine), a cap of one request would make every batch a lone request and every queued
+    request refusable."""
+    slo = controller()
+    slo.arrived(64, 0)
+    for i in range(LEARN):
+        rows = (64, 128)[i % 2]
+        slo.batch_ran(rows, 0.0001 * rows, 0)  # 6.4 ms for one request: over 40% of 10 ms
+    assert slo.cost.knows_slope
+    assert 2 * 64 <= slo.decision.cap_rows < 4 * 64  # shrunk, to two requests at the least
+
+
 def test_what_light_load_taught_does_not_cap_the_batches_heavy_load_needs() -> None:
     """At light load every batch is one 64-row request; proportional to rows, 3 ms for 64 rows
     would cap batches at one request, too few for heavier load, and the controller would never
