@@ -41,6 +41,7 @@ from ferry.scheduler.request import (
     set_exception_if_pending,
     set_result_if_pending,
 )
+from ferry.scheduler.slo import SloController
 from ferry.scheduler.stats import ModelStats
 
 log = logging.getLogger("ferry.scheduler")
@@ -382,14 +383,7 @@ class ProfileRunner:
             int(time.time() * 1000),
             parts=len(batch.requests),
         )
-        slo = self.batcher.slo
-        if slo is not None:  # the instance's time, hand-offs and waits for a CPU included
-            t = result.timings
-            engine_s = (t.input_ns + t.infer_ns + t.output_ns) / 1e9
-            slo.batch_ran(rows, (finished - held_from) / 1e9, finished, engine_s)
         for request, outputs in zip(batch.requests, answers, strict=True):
-            if slo is not None:
-                slo.answered((finished - request.enqueued_ns) / 1e9, request.planned_s, finished)
             set_result_if_pending(
                 request.future,
                 InferenceResult(
@@ -402,7 +396,25 @@ class ProfileRunner:
                     finished,
                 ),
             )
+        slo = self.batcher.slo
+        if slo is not None:
+            self._teach(slo, batch, (finished - held_from) / 1e9, finished, result.timings)
         self._observe(instance, batch, batch_id, start_ns, finished, result.timings, None)
+
+    def _teach(
+        self, slo: SloController, batch: Batch, held_s: float, finished_ns: int, timings: Timings
+    ) -> None:
+        """Tell the latency controller what the batch took: its time on the instance (hand-offs
+        and waits for a CPU included), the engine's share of it, each request's latency. After
+        the answers, and guarded: a fault in the controller must not keep them from callers."""
+        try:
+            engine_s = (timings.input_ns + timings.infer_ns + timings.output_ns) / 1e9
+            slo.batch_ran(batch.rows, held_s, finished_ns, engine_s)
+            for request in batch.requests:
+                latency_s = (finished_ns - request.enqueued_ns) / 1e9
+                slo.answered(latency_s, request.planned_s, finished_ns)
+        except Exception:
+            log.exception("%s: the latency controller failed to learn from a batch", self.name)
 
     def _observe(
         self,

@@ -403,6 +403,25 @@ async def test_overlapping_batches_teach_what_each_added_to_the_instance(clock: 
     await scheduler.stop()
 
 
+@pytest.mark.asyncio
+async def test_a_controller_that_fails_to_learn_does_not_keep_answers_from_callers(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = BatchingConfig(max_batch_size=64, dynamic=True, slo=SloConfig(BUDGET_S))
+    scheduler, _ = await started(config, clock=clock)
+    slo = next(iter(scheduler._runners.values())).batcher.slo
+    assert slo is not None
+
+    def broken(*_: object) -> None:
+        raise ZeroDivisionError("a bug in the controller")
+
+    slo.batch_ran = broken  # type: ignore[method-assign]
+    answer = await asyncio.wait_for(ask(scheduler, 3.0, 2), timeout=5)
+    assert answer.outputs["y"].tolist() == [[6.0, 6.0], [6.0, 6.0]]
+    assert "latency controller failed to learn" in caplog.text
+    await scheduler.stop()
+
+
 def test_cold_first_batches_and_a_lone_pause_do_not_teach_it_that_batches_are_dear() -> None:
     model = RunTimeModel()
     model.observe(1, 0.050)  # the first run: allocations, cold caches
