@@ -135,6 +135,7 @@ def open_loop(
 
 
 COUNTERS = (
+    "nv_inference_request_success",
     "nv_inference_count",
     "nv_inference_exec_count",
     "nv_inference_compute_infer_duration_us",
@@ -196,10 +197,12 @@ def batches(before: dict[str, float], after: dict[str, float]) -> dict[str, floa
     """What the server did between two scrapes: batches, rows per batch, engine time per batch."""
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in COUNTERS}
     executions = max(delta["nv_inference_exec_count"], 1.0)
+    answered = max(delta["nv_inference_request_success"], 1.0)
     return {
         "batches": delta["nv_inference_exec_count"],
         "rows_per_batch": delta["nv_inference_count"] / executions,
-        "infer_ms_per_batch": delta["nv_inference_compute_infer_duration_us"] / executions / 1e3,
+        # As Triton's, the compute counters add each batch's time once per request in it.
+        "infer_ms_per_batch": delta["nv_inference_compute_infer_duration_us"] / answered / 1e3,
         "refused_by_controller": delta["ferry_slo_refused_total"],
     }
 
