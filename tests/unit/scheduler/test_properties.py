@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ferry.common.errors import DeadlineExceeded, EngineError, QueueTimeout
+from ferry.common.errors import DeadlineExceeded, EngineError, Overloaded, QueueTimeout
 from ferry.engines.base import Device, Profile, ShapeRange
 from ferry.engines.fake import FakeEngine
 from ferry.scheduler import (
@@ -27,6 +27,7 @@ from ferry.scheduler import (
 from ferry.scheduler.clock import FakeClock
 from ferry.scheduler.request import InferenceRequest
 from ferry.scheduler.runner import ProfileRunner
+from ferry.scheduler.slo import FIRST_SKIPPED, LEARNED_AFTER, SloConfig
 
 request_plan = st.tuples(
     st.integers(min_value=1, max_value=6),  # rows
@@ -45,6 +46,7 @@ request_plan = st.tuples(
     instances=st.integers(min_value=1, max_value=3),
     now=st.booleans(),
     turns=st.lists(st.integers(min_value=0, max_value=6), min_size=1, max_size=8),
+    budget=st.booleans(),
 )
 def test_every_request_gets_exactly_its_own_rows(
     plans: list[tuple[int, int, int, str, int, bool]],
@@ -52,13 +54,16 @@ def test_every_request_gets_exactly_its_own_rows(
     instances: int,
     now: bool,
     turns: list[int],
+    budget: bool,
 ) -> None:
     """Batches are held at the engine's gate and released at random points, and a cancelled
     caller leaves at a random later point: while queued, while its batch forms or while its
     batch runs. Whatever happens to its batch-mates, every other request is answered.
     `now`: instances may run batches on the loop, so an idle model answers in the caller's
-    task (ModelScheduler's direct path); the invariants hold either way."""
-    asyncio.run(_scenario(plans, max_batch, instances, now, turns))
+    task (ModelScheduler's direct path); the invariants hold either way. `budget`: a latency
+    controller taught that rows are dear refuses some at arrival; a refused request is refused,
+    never lost, and the rest hold as without it."""
+    asyncio.run(_scenario(plans, max_batch, instances, now, turns, budget))
 
 
 async def _scenario(
@@ -67,6 +72,7 @@ async def _scenario(
     instances: int,
     direct: bool,
     turns: list[int],
+    budget: bool = False,
 ) -> None:
     engine = FakeEngine(now=direct)
     engine.gate = asyncio.Event()
@@ -76,10 +82,17 @@ async def _scenario(
     scheduler = ModelScheduler(
         "prop",
         [engine.create_instance(f"i{i}", Device()) for i in range(instances)],
-        BatchingConfig(max_batch_size=max_batch, dynamic=True),
+        BatchingConfig(
+            max_batch_size=max_batch, dynamic=True, slo=SloConfig(0.010) if budget else None
+        ),
         clock=clock,
     )
     await scheduler.start()
+    if budget:
+        slo = next(iter(scheduler._runners.values())).batcher.slo
+        assert slo is not None
+        for i in range(FIRST_SKIPPED + LEARNED_AFTER):  # a row costs 3 ms
+            slo.batch_ran((2, 6)[i % 2], (2, 6)[i % 2] * 0.003, 0)
 
     def release() -> None:
         assert engine.gate is not None
@@ -129,6 +142,8 @@ async def _scenario(
             assert fate == "expire"
         elif isinstance(outcome, EngineError):
             assert fate == "poison"  # a batch-mate's poison never fails a request
+        elif isinstance(outcome, Overloaded):
+            assert budget  # refused at arrival by the latency controller
         elif isinstance(outcome, BaseException):
             raise AssertionError(f"unexpected outcome {outcome!r}")
         else:
