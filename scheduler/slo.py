@@ -1,8 +1,9 @@
 """SLO-driven batching: a latency budget per model instead of a fixed queue delay and batch cap.
 
-For one profile the controller learns what a batch costs (time on the instance = a + b * rows,
-an exponentially weighted least-squares fit over the batches that ran, so it follows drift) and
-how fast rows arrive, and from them sets, as load changes:
+For one profile the controller learns what a batch costs (its time on the instance = a + b * rows
+for the engine's own time, an exponentially weighted least-squares fit over the batches that ran,
+so it follows drift, plus the mean of the rest: hand-offs and waits) and how fast rows arrive, and
+from them sets, as load changes:
 
 - the batch row cap: the largest batch whose run takes at most `CAP_SHARE` of the budget (a
   request may wait for a running batch, then run in its own), but never smaller than what makes
