@@ -15,14 +15,18 @@ best of two searches: the load the budget names, for the arrivals the loads belo
 `--capacity closed` reads it from closed loops at 1, 2, 4, ... in flight instead (the best
 throughput with the p99 within the budget); a closed loop sends no bursts, so that reading is
 higher than what Poisson arrivals can be served at within the budget. The closed loops run in
-both modes and are recorded, with the most served at any latency.
+both modes and are recorded, with the most served at any latency. Where no Poisson rate holds
+the budget (a machine too slow or too noisy for it), the loads are shares of the closed-loop
+reading, and the record says so.
 
 Then, at 30%, 60%, 90% and 130% of capacity, an open loop on every model: goodput (answered
 within the budget, per second), p99 of the answered, refusals and how long a refused
-request took to hear so, the server's resident memory after each load; the SLO model against
-the best fixed setting at each load. Then a step 30% -> 90% -> 30% on the SLO model and on the
-fixed setting best at 90%: the rolling 1-second p99 (loadtest's timeline), the seconds it stays
-over the budget after each step, and the share of requests over the budget.
+request took to hear so, the server's resident memory after each load, and from the server's
+/metrics the batches it formed (rows and engine time per batch) and, four times a second, the
+latency controller's decisions (delay, cap, admission share, predicted and observed p99); the
+SLO model against the best fixed setting at each load. Then a step 30% -> 90% -> 30% on the SLO
+model and on the fixed setting best at 90%: the rolling 1-second p99 (loadtest's timeline), the
+seconds it stays over the budget after each step, and the share of requests over the budget.
 """
 
 from __future__ import annotations
@@ -325,6 +329,7 @@ def main() -> int:
             print(f"Poisson arrivals: {capacity:.0f} requests/s with p99 within the budget")
             if capacity == 0.0:  # not even the lightest load held the budget on this machine
                 capacity = closed
+                results["capacity_from"] = "closed loops: no Poisson rate held the budget"
                 print(f"no Poisson rate held the budget: loads are shares of {closed:.0f}/s")
         results["capacity_requests_per_s"] = capacity
         common: dict[str, Any] = {
