@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.harness import ferry, record, stop
+from bench.harness import ferry, metrics_url, record, stop
 from ferry.loadtest.processes import Plan, run
 from ferry.loadtest.workload import Choice, Workload
 from ferry.server.example_repo import write_example_repo
@@ -103,9 +103,7 @@ def main() -> int:
     write_example_repo(work / "models")
     server, address = ferry(work / "models", work / "ferry.log")
     try:
-        log = (work / "ferry.log").read_text()
-        port = log.split("metrics on http://", 1)[1].split("/metrics", 1)[0]
-        metrics = f"http://{port}/metrics"
+        metrics = metrics_url(work / "ferry.log")
         results = list(rounds(address, metrics, args))
     finally:
         stop(server)

@@ -43,13 +43,21 @@ import sys
 import sysconfig
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ROOT, ferry, parse_cpus, python, record, start, stop
+from bench.harness import (
+    ROOT,
+    ferry,
+    model_metrics,
+    parse_cpus,
+    python,
+    record,
+    start,
+    stop,
+)
 from ferry.server.example_repo import DLRM, DlrmShape, dlrm_model, write_example_repo
 
 DLRM_LIGHT = DlrmShape(DLRM.tables, 1000, 16, (13, 64, 16), (512, 256, 1))
@@ -198,13 +206,9 @@ def answered(address: str, model: str, metrics: Sequence[str] = ()) -> int:
 
 def answered_each(metrics: Sequence[str], model: str) -> list[int]:
     """Requests each worker has answered for `model`, from its metrics endpoint."""
-    counts = []
-    for url in metrics:
-        text = urllib.request.urlopen(url, timeout=10).read().decode()
-        name = "nv_inference_request_success(?:_total)?"
-        pattern = rf'^{name}{{[^}}]*model="{model}"[^}}]*}} (\S+)'
-        counts.append(sum(int(float(m)) for m in re.findall(pattern, text, re.M)))
-    return counts
+    return [
+        int(model_metrics(url, model).get("nv_inference_request_success", 0)) for url in metrics
+    ]
 
 
 def perf_analyzer(

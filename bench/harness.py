@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,31 @@ def parse_cpus(text: str) -> set[int]:
         first, _, last = part.partition("-")
         cpus.update(range(int(first), int(last or first) + 1))
     return cpus
+
+
+SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} (\S+)$")
+
+
+def metrics_url(log: Path) -> str:
+    """The /metrics URL a started server's log announces (its first worker's)."""
+    found = re.search(r"metrics on (\S+)", log.read_text())
+    if found is None:
+        raise RuntimeError(f"no metrics endpoint in {log}")
+    return found.group(1)
+
+
+def model_metrics(url: str, model: str) -> dict[str, float]:
+    """Every sample of `model` on a /metrics page, by name, summed over its other labels
+    (instances, versions, reasons); read as text, so no Prometheus client is needed."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        match = SAMPLE.match(line)
+        if match and f'model="{model}"' in match.group(2):
+            name = match.group(1)
+            values[name] = values.get(name, 0.0) + float(match.group(3))
+    return values
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

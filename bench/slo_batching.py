@@ -33,18 +33,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ferry, parse_cpus, record, rss_kib, stop
+from bench.harness import ferry, metrics_url, model_metrics, parse_cpus, record, rss_kib, stop
 from ferry.loadtest.processes import Plan, run
 from ferry.loadtest.profile import RateProfile
 from ferry.loadtest.report import result_of
@@ -113,10 +111,10 @@ def open_loop(
     from the server's /metrics (`metrics`) the batches it formed and its controller's
     decisions."""
     plan = load_plan(address, model, rows, "open", seconds, processes)
-    before = scrape(metrics, model)
+    before = model_metrics(metrics, model)
     with Sampler(metrics, model) as sampler:
         tally = run(replace(plan, rate=rate, profile=profile))
-    server = batches(before, scrape(metrics, model))
+    server = batches(before, model_metrics(metrics, model))
     refused = percentiles([latency for _, latency, ok in tally.timeline if not ok])
     duration = profile.duration_s if profile else seconds
     result = result_of(
@@ -152,22 +150,6 @@ SLO_GAUGES = (
     "ferry_slo_observed_p99_seconds",
     "ferry_slo_safety",
 )
-SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} (\S+)$")
-
-
-def scrape(metrics: str, model: str) -> dict[str, float]:
-    """`model`'s counters and latency-controller gauges from the server's /metrics (summed over
-    labels other than the model's), read as text: the bench needs no Prometheus client."""
-    with urllib.request.urlopen(metrics, timeout=5) as response:
-        text = response.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        match = SAMPLE.match(line)
-        if match and f'model="{model}"' in match.group(2):
-            name = match.group(1)
-            if name in COUNTERS or name in SLO_GAUGES:
-                values[name] = values.get(name, 0.0) + float(match.group(3))
-    return values
 
 
 class Sampler:
@@ -191,7 +173,7 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.wait(0.25):
-            values = scrape(self._metrics, self._model)
+            values = model_metrics(self._metrics, self._model)
             gauges = {k.removeprefix("ferry_slo_"): v for k, v in values.items() if k in SLO_GAUGES}
             if gauges:  # a model with a budget
                 self.samples.append({"t": round(time.monotonic() - self._start, 2), **gauges})
@@ -302,8 +284,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ferry-slo-"))
     repo = repository(work, args.budget_ms, args.gpu)
     server, address = ferry(repo, work / "ferry.log", cpus=args.server_cpus)
-    port = (work / "ferry.log").read_text().split("metrics on http://", 1)[1].split("/", 1)[0]
-    metrics = f"http://{port}/metrics"
+    metrics = metrics_url(work / "ferry.log")
     if args.client_cpus is not None:
         os.sched_setaffinity(0, args.client_cpus)  # the load processes inherit it
     results: dict[str, Any] = {"loads": []}

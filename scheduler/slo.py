@@ -190,10 +190,10 @@ class RunTimeModel:
 
     def _line(self, rows: int) -> float:
         mean_x, mean_y = self._x / self._w, self._y / self._w
-        spread = self._xx / self._w - mean_x * mean_x
-        if spread < (0.25 * mean_x) ** 2:
+        if not self.knows_slope:
             # Batches of about one size say nothing of the line's slope: proportional to rows.
             return mean_y / mean_x * rows if mean_x > 0 else 0.0
+        spread = self._xx / self._w - mean_x * mean_x
         slope = (self._xy / self._w - mean_x * mean_y) / spread
         if slope <= 0:  # noise: a bigger batch cannot cost less
             return mean_y / mean_x * rows
