@@ -6,8 +6,8 @@ and how the interpreter's GIL switch interval changes both.
         [--server-cpus 0-3 --client-cpus 4-15] [--processes 4] [--out DIR]
 
 The repository is the SLO bench's (`bench/slo_batching.py`: fixed copies of `dlrm` and one with
-a latency budget). For each GIL switch interval (`sys.setswitchinterval`, Python's default 5000
-µs) a server is started, and at each rate an open loop of 64-row requests runs on each model
+a latency budget). For each GIL switch interval (`ferry serve --gil-switch-us`; Python's default
+is 5000 µs) a server is started, and at each rate an open loop of 64-row requests runs on each model
 while a probe in this process calls ServerLive every 5 ms. ServerLive touches no model: its
 latency is what any request waits in gRPC and on the event loop before Ferry's own code sees it,
 which a latency controller cannot see, let alone refuse early. Recorded per load: the model's
@@ -31,7 +31,7 @@ from typing import Any
 
 import grpc
 
-from bench.harness import parse_cpus, python, record, start, stop
+from bench.harness import ferry, parse_cpus, record, stop
 from bench.slo_batching import load_plan, repository
 from ferry.loadtest.processes import run
 from ferry.loadtest.report import result_of
@@ -67,17 +67,6 @@ class Probe:
             begun = time.perf_counter()
             self._stub.ServerLive(pb.ServerLiveRequest(), timeout=10)
             self.latencies_s.append(time.perf_counter() - begun)
-
-
-def serve(repo: Path, log: Path, switch_us: int, cpus: set[int] | None) -> tuple[Any, str]:
-    """Ferry with the GIL switch interval set before anything else runs."""
-    prefix = (
-        f"import sys, runpy; sys.setswitchinterval({switch_us} / 1e6); "
-        "sys.argv = ['ferry'] + sys.argv[1:]; runpy.run_module('ferry', run_name='__main__')"
-    )
-    ports = ["--grpc-port", "0", "--http-port", "-1", "--metrics-port", "-1"]
-    command = [*python(cpus), "-c", prefix, "serve", "--model-repository", str(repo), *ports]
-    return start(command, log)
 
 
 def one_load(address: str, model: str, rate: float, args: argparse.Namespace) -> dict[str, Any]:
@@ -125,7 +114,8 @@ def main() -> int:
     rates = [float(r) for r in args.rates.split(",")]
     loads: list[dict[str, Any]] = []
     for switch_us in (int(s) for s in args.switch_us.split(",")):
-        server, address = serve(repo, work / f"ferry-{switch_us}.log", switch_us, args.server_cpus)
+        log = work / f"ferry-{switch_us}.log"
+        server, address = ferry(repo, log, "--gil-switch-us", str(switch_us), cpus=args.server_cpus)
         try:
             for rate in rates:
                 for model in args.models.split(","):

@@ -3,7 +3,7 @@ copies of it with fixed (queue delay, max batch) settings, one server, Poisson a
 
     python -m bench.slo_batching [--budget-ms 10] [--rows 64] [--seconds 8]
         [--capacity poisson|closed] [--server-cpus 0-3 --client-cpus 4-15] [--processes 1]
-        [--gpu] [--out DIR]
+        [--gpu] [--gil-switch-us US] [--out DIR]
 
 With `--server-cpus` the server runs on those CPUs only and the client (this process and its
 load processes) on `--client-cpus`: on a machine with cores to spare, the client's own work
@@ -279,11 +279,13 @@ def main() -> int:
     parser.add_argument("--client-cpus", type=parse_cpus, default=None, help='e.g. "4-15"')
     parser.add_argument("--processes", type=int, default=1, help="load generator processes")
     parser.add_argument("--gpu", action="store_true", help="every model on GPU 0 (KIND_GPU)")
+    parser.add_argument("--gil-switch-us", type=int, help="the server's (ferry serve's flag)")
     parser.add_argument("--out", type=Path, help="folder for the JSON record (bench/results)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ferry-slo-"))
     repo = repository(work, args.budget_ms, args.gpu)
-    server, address = ferry(repo, work / "ferry.log", cpus=args.server_cpus)
+    extra = [] if args.gil_switch_us is None else ["--gil-switch-us", str(args.gil_switch_us)]
+    server, address = ferry(repo, work / "ferry.log", *extra, cpus=args.server_cpus)
     metrics = metrics_url(work / "ferry.log")
     if args.client_cpus is not None:
         os.sched_setaffinity(0, args.client_cpus)  # the load processes inherit it

@@ -16,6 +16,9 @@ from ferry.server.tls import TlsConfig
 from ferry.telemetry.tracing import TracingConfig
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+MAX_GIL_SWITCH_US = 1_000_000
+
+log = logging.getLogger("ferry.server")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -174,6 +177,16 @@ def _parser() -> argparse.ArgumentParser:
         "all of them: a request's hand-offs between front-end threads stay on one core "
         "(default: on, where the process may use two or more CPUs)",
     )
+    serve.add_argument(
+        "--gil-switch-us",
+        type=int,
+        metavar="US",
+        help="how long a thread waiting for the GIL lets a busy one run before it must let go "
+        "(sys.setswitchinterval; Python's default 5000): the event loop, gRPC's threads and a "
+        "GPU instance's threads hand the GIL over several times a batch, and each hand-off to a "
+        "busy loop may wait this long. Lower cuts tail latency under load at a few-ms budget "
+        "(docs/benchmarks.md); far lower starves the loop",
+    )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -277,6 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"ferry: {exc}", file=sys.stderr)
         return 2
+    if args.gil_switch_us is not None and not 0 < args.gil_switch_us <= MAX_GIL_SWITCH_US:
+        print(f"ferry: --gil-switch-us takes 1 to {MAX_GIL_SWITCH_US}", file=sys.stderr)
+        return 2
     devices: list[str] = []
     kind, _, per_device = args.workers.partition(":")
     if kind == "gpu" and (not per_device or (per_device.isdigit() and int(per_device) >= 1)):
@@ -321,6 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ferry.common.cpus import pin_front_end
 
         pin_front_end()  # before the loop and gRPC start their threads, which inherit it
+    if args.gil_switch_us is not None:
+        sys.setswitchinterval(args.gil_switch_us / 1e6)
+    log.info("GIL switch interval %.0f µs", sys.getswitchinterval() * 1e6)
     uvloop.run(serve(config))
     return 0
 

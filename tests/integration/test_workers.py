@@ -39,7 +39,7 @@ def test_two_workers_share_the_port_and_stop_together(model_repo: Path, tmp_path
     with log.open("w") as sink:
         command = [sys.executable, "-m", "ferry", "serve", "--model-repository", str(model_repo)]
         command += ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", "--workers", "2"]
-        command += ["--no-strict-readiness", "--drain-timeout", "5"]
+        command += ["--no-strict-readiness", "--drain-timeout", "5", "--gil-switch-us", "700"]
         supervisor = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60
@@ -55,6 +55,8 @@ def test_two_workers_share_the_port_and_stop_together(model_repo: Path, tmp_path
             address = addresses.pop()
             metrics = re.findall(r"metrics on (\S+)", text)
             assert len(metrics) == 2 and metrics[0] != metrics[1]
+            # A process setting reaches every worker: each applied it before serving.
+            assert len(re.findall(r"GIL switch interval 700 µs", text)) == 2, text
             request = pb.ModelInferRequest(model_name="versioned", model_version="1")
             request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
             request.raw_input_contents.append(np.zeros((1, 4), np.float32).tobytes())
