@@ -51,6 +51,7 @@ from typing import Any
 from bench.harness import (
     ROOT,
     ferry,
+    metrics_endpoints,
     model_metrics,
     parse_cpus,
     python,
@@ -315,15 +316,6 @@ def triton(root: Path, repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], 
         time.sleep(0.5)
     process.kill()
     raise RuntimeError(f"tritonserver did not start:\n{log.read_text()[-4000:]}")
-
-
-def metrics_endpoints(log: Path, workers: int) -> list[str]:
-    """The /metrics URLs a server's log announces, once all `workers` have (at most 60 s)."""
-    text, deadline = log.read_text(), time.monotonic() + 60
-    while len(re.findall(r"metrics on (\S+)", text)) < workers and time.monotonic() < deadline:
-        time.sleep(0.2)
-        text = log.read_text()
-    return re.findall(r"metrics on (\S+)", text)
 
 
 def figures(result: dict[str, float]) -> str:

@@ -9,13 +9,18 @@ import platform
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import onnxruntime as ort
+
+from ferry.proto import grpc_service_pb2 as pb
+from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -102,6 +107,35 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def metrics_endpoints(log: Path, workers: int) -> list[str]:
+    """The /metrics URLs a server's log announces, once all `workers` have (at most 60 s)."""
+    text, deadline = log.read_text(), time.monotonic() + 60
+    while len(re.findall(r"metrics on (\S+)", text)) < workers and time.monotonic() < deadline:
+        time.sleep(0.2)
+        text = log.read_text()
+    return re.findall(r"metrics on (\S+)", text)
+
+
+def summed_metrics(urls: list[str], model: str) -> dict[str, float]:
+    """`model_metrics` added up over several workers' endpoints (counters: the server's)."""
+    total: dict[str, float] = {}
+    for url in urls:
+        for name, value in model_metrics(url, model).items():
+            total[name] = total.get(name, 0.0) + value
+    return total
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident memory of a process and all its descendants (a supervisor and its workers)."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        total += rss_kib(current)
+        for task in Path(f"/proc/{current}/task").iterdir():
+            pending += [int(child) for child in (task / "children").read_text().split()]
+    return total
+
+
 def rss_kib(pid: int) -> int:
     """A process's resident memory (Linux /proc), KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -144,3 +178,35 @@ async def timed_calls(
     while (t0 := time.perf_counter()) < stop_at:
         await call()
         out.append(time.perf_counter() - t0)
+
+
+PROBE_EVERY_S = 0.005
+
+
+class Probe:
+    """Calls ServerLive every few milliseconds on its own channel while a load runs. ServerLive
+    touches no model: its latency is what any request waits in gRPC and on the server's event
+    loop before Ferry's own code sees it (the front end's lag)."""
+
+    def __init__(self, address: str) -> None:
+        self._channel = grpc.insecure_channel(address)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self.latencies_s: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Probe:
+        self._stub.ServerLive(pb.ServerLiveRequest(), timeout=10)  # connected before timing
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._channel.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(PROBE_EVERY_S):
+            begun = time.perf_counter()
+            self._stub.ServerLive(pb.ServerLiveRequest(), timeout=10)
+            self.latencies_s.append(time.perf_counter() - begun)

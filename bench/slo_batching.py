@@ -3,7 +3,7 @@ copies of it with fixed (queue delay, max batch) settings, one server, Poisson a
 
     python -m bench.slo_batching [--budget-ms 10] [--rows 64] [--seconds 8]
         [--capacity poisson|closed] [--server-cpus 0-3 --client-cpus 4-15] [--processes 1]
-        [--gpu] [--gil-switch-us US] [--out DIR]
+        [--gpu] [--gil-switch-us US] [--workers N] [--out DIR]
 
 With `--server-cpus` the server runs on those CPUs only and the client (this process and its
 load processes) on `--client-cpus`: on a machine with cores to spare, the client's own work
@@ -21,12 +21,16 @@ reading, and the record says so.
 
 Then, at 30%, 60%, 90% and 130% of capacity, an open loop on every model: goodput (answered
 within the budget, per second), p99 of the answered, refusals and how long a refused
-request took to hear so, the server's resident memory after each load, and from the server's
-/metrics the batches it formed (rows and engine time per batch) and, four times a second, the
-latency controller's decisions (delay, cap, admission share, predicted and observed p99); the
-SLO model against the best fixed setting at each load. Then a step 30% -> 90% -> 30% on the SLO
-model and on the fixed setting best at 90%: the rolling 1-second p99 (loadtest's timeline), the
-seconds it stays over the budget after each step, and the share of requests over the budget.
+request took to hear so, the server's resident memory after each load, the front end's lag
+meanwhile (ServerLive's latency, every 5 ms: what any request waits in gRPC and on the event
+loop before Ferry's code sees it), and from the server's /metrics the batches it formed (rows
+and engine time per batch) and, four times a second, the latency controller's decisions (delay,
+cap, admission share, predicted and observed p99); the SLO model against the best fixed setting
+at each load. With `--workers N` the counters add up over the workers, the controller's
+decisions are the first worker's and the memory is the supervisor's and its workers'. Then a
+step 30% -> 90% -> 30% on the SLO model and on the fixed setting best at 90%: the rolling
+1-second p99 (loadtest's timeline), the seconds it stays over the budget after each step, and
+the share of requests over the budget.
 """
 
 from __future__ import annotations
@@ -42,7 +46,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ferry, metrics_url, model_metrics, parse_cpus, record, rss_kib, stop
+from bench.harness import (
+    Probe,
+    ferry,
+    metrics_endpoints,
+    model_metrics,
+    parse_cpus,
+    record,
+    stop,
+    summed_metrics,
+    tree_rss_kib,
+)
 from ferry.loadtest.processes import Plan, run
 from ferry.loadtest.profile import RateProfile
 from ferry.loadtest.report import result_of
@@ -103,18 +117,20 @@ def open_loop(
     seconds: float,
     budget_ms: float,
     *,
-    metrics: str,
+    metrics: list[str],
     profile: RateProfile | None = None,
     processes: int = 1,
 ) -> dict[str, Any]:
     """Poisson arrivals at `rate` (or `profile`'s rates) on `model`: goodput, p99, refusals, and
-    from the server's /metrics (`metrics`) the batches it formed and its controller's
-    decisions."""
+    from the server's /metrics (`metrics`: every worker's) the batches it formed and its
+    controller's decisions (the first worker's), and the front end's lag meanwhile (ServerLive's
+    latency)."""
     plan = load_plan(address, model, rows, "open", seconds, processes)
-    before = model_metrics(metrics, model)
-    with Sampler(metrics, model) as sampler:
+    before = summed_metrics(metrics, model)
+    with Sampler(metrics[0], model) as sampler, Probe(address) as probe:
         tally = run(replace(plan, rate=rate, profile=profile))
-    server = batches(before, model_metrics(metrics, model))
+    server = batches(before, summed_metrics(metrics, model))
+    lag = percentiles(probe.latencies_s)
     refused = percentiles([latency for _, latency, ok in tally.timeline if not ok])
     duration = profile.duration_s if profile else seconds
     result = result_of(
@@ -125,6 +141,7 @@ def open_loop(
         "rate": rate,
         "goodput_per_s": result.goodput_per_s,
         "answered_per_s": result.requests_per_s,
+        "p50_ms": result.latency_ms.get("p50", 0.0),
         "p99_ms": result.latency_ms.get("p99", 0.0),
         "errors": result.errors,
         # how long a refused request took to hear so: refusing early is refusing fast
@@ -133,6 +150,8 @@ def open_loop(
         "timeline": result.timeline if profile else [],
         "server": server,  # batches formed, over the whole run (its warm-up included)
         "controller": sampler.samples,  # empty for a model without a budget
+        "server_live_p50_ms": lag.get("p50", 0.0),
+        "server_live_p99_ms": lag.get("p99", 0.0),
     }
 
 
@@ -194,7 +213,7 @@ def batches(before: dict[str, float], after: dict[str, float]) -> dict[str, floa
 
 
 def rss_mb(pid: int) -> float:
-    return rss_kib(pid) / 1024
+    return tree_rss_kib(pid) / 1024  # with workers: the supervisor and every worker
 
 
 CAPACITY_STEP_S = 4.0
@@ -280,13 +299,16 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=1, help="load generator processes")
     parser.add_argument("--gpu", action="store_true", help="every model on GPU 0 (KIND_GPU)")
     parser.add_argument("--gil-switch-us", type=int, help="the server's (ferry serve's flag)")
+    parser.add_argument("--workers", type=int, default=1, help="the server's worker processes")
     parser.add_argument("--out", type=Path, help="folder for the JSON record (bench/results)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ferry-slo-"))
     repo = repository(work, args.budget_ms, args.gpu)
-    extra = [] if args.gil_switch_us is None else ["--gil-switch-us", str(args.gil_switch_us)]
+    extra = ["--workers", str(args.workers)]
+    if args.gil_switch_us is not None:
+        extra += ["--gil-switch-us", str(args.gil_switch_us)]
     server, address = ferry(repo, work / "ferry.log", *extra, cpus=args.server_cpus)
-    metrics = metrics_url(work / "ferry.log")
+    metrics = metrics_endpoints(work / "ferry.log", args.workers)
     if args.client_cpus is not None:
         os.sched_setaffinity(0, args.client_cpus)  # the load processes inherit it
     results: dict[str, Any] = {"loads": []}
@@ -348,7 +370,8 @@ def main() -> int:
                 f"rows per batch {slo['server']['rows_per_batch']:.0f} (best fixed "
                 f"{best['server']['rows_per_batch']:.0f}), engine "
                 f"{slo['server']['infer_ms_per_batch']:.2f} ms a batch "
-                f"({best['server']['infer_ms_per_batch']:.2f})"
+                f"({best['server']['infer_ms_per_batch']:.2f}); ServerLive p99 "
+                f"{slo['server_live_p99_ms']:.1f} ms ({best['server_live_p99_ms']:.1f})"
             )
         low, high = 0.3 * capacity, 0.9 * capacity
         profile = RateProfile.parse(f"step:{low}@6,{high}@6,{low}@6")
