@@ -59,11 +59,7 @@ from bench.harness import (
     start,
     stop,
 )
-from ferry.server.example_repo import DLRM, DlrmShape, dlrm_model, write_example_repo
-
-DLRM_LIGHT = DlrmShape(DLRM.tables, 1000, 16, (13, 64, 16), (512, 256, 1))
-"""DLRM's architecture at embedding width 16: about 0.74M parameters, most in the tables. Light
-enough that a request's cost is mostly the server's own work, not the model's."""
+from ferry.server.example_repo import DLRM_LIGHT, dlrm_model, write_example_repo
 
 MODEL_PY = '''
 import json, os, sys

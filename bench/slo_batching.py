@@ -3,7 +3,7 @@ copies of it with fixed (queue delay, max batch) settings, one server, Poisson a
 
     python -m bench.slo_batching [--budget-ms 10] [--rows 64] [--seconds 8]
         [--capacity poisson|closed] [--server-cpus 0-3 --client-cpus 4-15] [--processes 1]
-        [--gpu] [--gil-switch-us US] [--workers N] [--out DIR]
+        [--gpu] [--light] [--gil-switch-us US] [--workers N] [--out DIR]
 
 With `--server-cpus` the server runs on those CPUs only and the client (this process and its
 load processes) on `--client-cpus`: on a machine with cores to spare, the client's own work
@@ -63,7 +63,7 @@ from ferry.loadtest.report import result_of
 from ferry.loadtest.search import Slo, search
 from ferry.loadtest.stats import LoadResult, percentiles
 from ferry.loadtest.workload import Choice, Workload
-from ferry.server.example_repo import write_example_repo
+from ferry.server.example_repo import DLRM_LIGHT, dlrm_model, write_example_repo
 
 FIXED = [(delay, cap) for delay in (0, 2000, 8000) for cap in (256, 1024)]
 LOADS = (0.3, 0.6, 0.9, 1.3)
@@ -73,11 +73,18 @@ def fixed_name(delay_us: int, cap: int) -> str:
     return f"dlrm_d{delay_us}_c{cap}"
 
 
-def repository(work: Path, budget_ms: float, gpu: bool) -> Path:
+def repository(work: Path, budget_ms: float, gpu: bool, light: bool = False) -> Path:
+    """Copies of `dlrm` with fixed settings and one with the budget. `light`: every copy serves
+    the light DLRM (embedding width 16) instead, whose batches cost little next to the front
+    end's work per request: the regime of a GPU, whose batches cost little too, on a CPU."""
     examples = work / "examples"
     write_example_repo(examples)
     repo = work / "repo"
     source = examples / "dlrm"
+    if light:
+        blob = dlrm_model(DLRM_LIGHT, "dlrm").SerializeToString()
+        for onnx in source.rglob("model.onnx"):
+            onnx.write_bytes(blob)
     text = (source / "config.pbtxt").read_text()
     if gpu:  # every copy, the default `dlrm` included, on GPU 0 (ONNX Runtime's CUDA provider)
         text = text.replace("kind: KIND_CPU", "kind: KIND_GPU")
@@ -298,12 +305,13 @@ def main() -> int:
     parser.add_argument("--client-cpus", type=parse_cpus, default=None, help='e.g. "4-15"')
     parser.add_argument("--processes", type=int, default=1, help="load generator processes")
     parser.add_argument("--gpu", action="store_true", help="every model on GPU 0 (KIND_GPU)")
+    parser.add_argument("--light", action="store_true", help="the light DLRM in every copy")
     parser.add_argument("--gil-switch-us", type=int, help="the server's (ferry serve's flag)")
     parser.add_argument("--workers", type=int, default=1, help="the server's worker processes")
     parser.add_argument("--out", type=Path, help="folder for the JSON record (bench/results)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ferry-slo-"))
-    repo = repository(work, args.budget_ms, args.gpu)
+    repo = repository(work, args.budget_ms, args.gpu, args.light)
     extra = ["--workers", str(args.workers)]
     if args.gil_switch_us is not None:
         extra += ["--gil-switch-us", str(args.gil_switch_us)]

@@ -220,6 +220,10 @@ DLRM = DlrmShape(DLRM_TABLES, 1000, 128, (13, 512, 256, 128), (1024, 1024, 512, 
 DLRM_LARGE = DlrmShape(
     DLRM_TABLES, 100_000, 64, (13, 256, 64), (2048, 1024, 1), interaction="concat"
 )
+# The light variant, embedding width 16 (about 0.74M weights): its batches cost little next to
+# the front end's work per request, which bench/front_end_cost.py measures with it (and
+# bench/slo_batching.py --light, the regime of a GPU on a CPU).
+DLRM_LIGHT = DlrmShape(DLRM_TABLES, 1000, 16, (13, 64, 16), (512, 256, 1))
 
 
 def dlrm_model(shape: DlrmShape = DLRM, name: str = "dlrm") -> onnx.ModelProto:
