@@ -180,6 +180,8 @@ class ProfileRunner:
             # during this synchronous run.
             if not self._run_now(instance, batch, batch.feed(), now):
                 return False  # too big to run on the loop: it queues like any other
+            if self.batcher.slo is not None:  # an arrival all the same: the rate counts it
+                self.batcher.slo.arrived(request.rows, now)
             if request.counts:
                 self._stats.record_queue(0)
             return True

@@ -226,6 +226,11 @@ class SloController:
     def learned(self) -> bool:
         return self.cost.batches >= LEARNED_AFTER
 
+    @property
+    def arrival_rate(self) -> float:
+        """Rows per second arriving now, as the controller estimates it."""
+        return self._rate
+
     # ---- what happened ---------------------------------------------------------------------
 
     def arrived(self, rows: int, now_ns: int) -> None:

@@ -14,6 +14,7 @@ from ferry.engines.fake import FakeEngine
 from ferry.scheduler import BatchingConfig, ModelScheduler
 from ferry.scheduler.clock import FakeClock
 from ferry.scheduler.request import InferenceResult
+from ferry.scheduler.slo import SloConfig
 from tests.unit.scheduler.conftest import MS, settle, started
 from tests.unit.scheduler.conftest import ask as send
 
@@ -129,5 +130,24 @@ async def test_a_batch_that_fails_on_the_direct_path_fails_only_its_own_request(
         assert engine.now_tasks == [poisoned, healthy]  # both took the direct path
         assert scheduler.healthy
         assert (scheduler.stats.execution_count, scheduler.stats.inference_count) == (1, 1)
+    finally:
+        await scheduler.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_request_answered_in_the_callers_task_still_counts_as_an_arrival() -> None:
+    """A latency controller sizes batches and delays from the arrival rate: the requests an
+    idle model answers at once arrive like any other."""
+    clock = FakeClock()
+    config = BatchingConfig(max_batch_size=8, dynamic=True, slo=SloConfig(0.010))
+    scheduler, engine = await make(config, clock)
+    try:
+        for i in range(60):  # one 2-row request every 10 ms: 200 rows/s
+            await ask(scheduler, float(i), rows=2)
+            clock.advance(10 * MS)
+        assert len(engine.now_tasks) == 60  # every one answered in its caller's task
+        slo = next(iter(scheduler._runners.values())).batcher.slo
+        assert slo is not None
+        assert slo.arrival_rate == pytest.approx(200, rel=0.2)
     finally:
         await scheduler.stop()
