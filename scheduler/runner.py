@@ -481,9 +481,13 @@ class ProfileRunner:
 ISOLATION_BUDGET = 20
 """How long the search for a failed batch's culprits may take, in runs of the failed batch."""
 
-ISOLATION_MIN_NS = 50_000_000
-"""The search's time allowed whatever the failed batch took: a tiny batch's run time would allow
-too few re-runs to separate a few culprits from a full batch."""
+ISOLATION_MIN_NS = 1_000_000_000
+"""The search's time allowed whatever the failed batch took. A tiny batch's run time would allow
+too few re-runs to separate a few culprits from a full batch; and each re-run pays hand-offs
+between threads whatever its size, which a busy machine makes slower: with a floor of tens of
+milliseconds, a batch with many culprits on cores shared with other work ran out of time and
+good requests failed with the culprits. Only a flood of failing requests, or an engine that
+fails slowly, comes near this one."""
 
 
 def _halves(batch: Batch) -> list[Batch]:

@@ -15,6 +15,7 @@ from ferry.engines.fake import FakeEngine
 from ferry.scheduler import BatchingConfig, ModelScheduler, QueuePolicy
 from ferry.scheduler.clock import FakeClock
 from ferry.scheduler.request import InferenceResult
+from ferry.scheduler.runner import ISOLATION_MIN_NS
 from tests.unit.scheduler.conftest import ask, rows, settle, started
 
 pytestmark = pytest.mark.asyncio
@@ -140,6 +141,39 @@ async def test_a_failed_batch_fails_only_the_requests_that_fail_on_their_own() -
             assert outcome.outputs["y"][0, 0] == 2 * value
     assert engine.batch_log[:2] == [1, 6] or engine.batch_log[1] == 6  # one failed batch of six
     assert scheduler.stats.isolated_batches == 1 and scheduler.stats.culprits == 2
+    await scheduler.stop()
+
+
+async def test_a_search_past_its_time_allowed_fails_the_rest_with_an_error_naming_no_one() -> None:
+    """Re-runs that take longer than the search may (a flood of failing requests, an engine
+    that fails slowly) end it: the requests not yet told apart share an error that names no
+    request's data, instead of holding the instance for good."""
+    clock = FakeClock()
+    scheduler, engine = await make(BATCHED, clock=clock)
+    runs = 0
+
+    def fails_slowly(x: np.ndarray) -> bool:
+        nonlocal runs
+        runs += 1
+        if runs > 2:  # the re-runs (after the blocker and the failed batch) each outlast it
+            clock.advance(2 * ISOLATION_MIN_NS)
+        return bool((x == 7.0).any())
+
+    engine.gate = asyncio.Event()
+    engine.fail = fails_slowly
+    blocker = submit(scheduler, 1, 0.0)
+    await settle()
+    values = [1.0, 7.0, 2.0, 3.0, 7.0, 4.0]  # a culprit in each half
+    waiting = [submit(scheduler, 1, v) for v in values]
+    await settle()
+    engine.gate.set()
+    engine.gate = None
+    await blocker
+    outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+    for outcome in outcomes:
+        assert isinstance(outcome, EngineError)
+        assert "could not be told apart" in str(outcome) and "7" not in str(outcome)
+    assert runs == 4  # the blocker, the failed batch, one re-run of each half: then it stopped
     await scheduler.stop()
 
 
