@@ -29,6 +29,9 @@ from ferry.scheduler.request import InferenceRequest
 from ferry.scheduler.runner import ProfileRunner
 from ferry.scheduler.slo import FIRST_SKIPPED, LEARNED_AFTER, SloConfig
 
+BUDGET_NS = 10_000_000
+"""The latency budget of the scenarios with a controller."""
+
 request_plan = st.tuples(
     st.integers(min_value=1, max_value=6),  # rows
     st.sampled_from([1, 2, 3]),  # width (non-batch shape)
@@ -83,7 +86,9 @@ async def _scenario(
         "prop",
         [engine.create_instance(f"i{i}", Device()) for i in range(instances)],
         BatchingConfig(
-            max_batch_size=max_batch, dynamic=True, slo=SloConfig(0.010) if budget else None
+            max_batch_size=max_batch,
+            dynamic=True,
+            slo=SloConfig(BUDGET_NS / 1e9) if budget else None,
         ),
         clock=clock,
     )
@@ -128,6 +133,15 @@ async def _scenario(
         late.cancel()
     engine.gate.set()
     engine.gate = None
+    # Time goes on after the last arrival: past any queue delay a latency controller chose, so
+    # the last requests' batch leaves (the scheduler's clock is the test's, and requests whose
+    # tasks have not run yet queue only now).
+    running = [t for t, _, _ in tasks]
+    for _ in range(1000):
+        if all(t.done() for t in running):
+            break
+        await asyncio.sleep(0)
+        clock.advance(BUDGET_NS // 100)
     outcomes = await asyncio.wait_for(
         asyncio.gather(*(t for t, _, _ in tasks), return_exceptions=True), timeout=10
     )
