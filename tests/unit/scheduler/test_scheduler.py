@@ -120,19 +120,27 @@ async def test_delay_window_starts_at_the_oldest_arrival(clock: FakeClock) -> No
     await scheduler.stop()
 
 
-async def test_a_failed_batch_fails_only_the_requests_that_fail_on_their_own() -> None:
-    scheduler, engine = await make(BATCHED)
+async def batch_behind_a_blocker(
+    scheduler: ModelScheduler, engine: FakeEngine, values: list[float]
+) -> list[InferenceResult | BaseException]:
+    """One-row requests of `values` queued behind a running one, so that they form one batch;
+    their outcomes (answers or errors)."""
     engine.gate = asyncio.Event()
-    engine.fail = lambda x: bool((x == 7.0).any())
     blocker = submit(scheduler, 1, 0.0)
     await settle()
-    values = [1.0, 7.0, 2.0, 3.0, 7.0, 4.0]
     waiting = [submit(scheduler, 1, v) for v in values]
     await settle()
     engine.gate.set()
     engine.gate = None
     await blocker
-    outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+    return await asyncio.gather(*waiting, return_exceptions=True)
+
+
+async def test_a_failed_batch_fails_only_the_requests_that_fail_on_their_own() -> None:
+    scheduler, engine = await make(BATCHED)
+    engine.fail = lambda x: bool((x == 7.0).any())
+    values = [1.0, 7.0, 2.0, 3.0, 7.0, 4.0]
+    outcomes = await batch_behind_a_blocker(scheduler, engine, values)
     for value, outcome in zip(values, outcomes, strict=True):
         if value == 7.0:
             assert isinstance(outcome, EngineError)
@@ -159,18 +167,9 @@ async def test_a_search_past_its_time_allowed_fails_the_rest_with_an_error_namin
             clock.advance(2 * ISOLATION_MIN_NS)
         return bool((x == 7.0).any())
 
-    engine.gate = asyncio.Event()
     engine.fail = fails_slowly
-    blocker = submit(scheduler, 1, 0.0)
-    await settle()
     values = [1.0, 7.0, 2.0, 3.0, 7.0, 4.0]  # a culprit in each half
-    waiting = [submit(scheduler, 1, v) for v in values]
-    await settle()
-    engine.gate.set()
-    engine.gate = None
-    await blocker
-    outcomes = await asyncio.gather(*waiting, return_exceptions=True)
-    for outcome in outcomes:
+    for outcome in await batch_behind_a_blocker(scheduler, engine, values):
         assert isinstance(outcome, EngineError)
         assert "could not be told apart" in str(outcome) and "7" not in str(outcome)
     assert runs == 4  # the blocker, the failed batch, one re-run of each half: then it stopped
