@@ -24,6 +24,7 @@ from ferry.engines.base import Profile
 from ferry.scheduler.batch import Batch
 from ferry.scheduler.clock import MONOTONIC, Clock, Timer
 from ferry.scheduler.config import BatchingConfig, TimeoutAction
+from ferry.scheduler.loop_lag import LoopLag
 from ferry.scheduler.queue import RequestQueue
 from ferry.scheduler.request import InferenceRequest, set_exception_if_pending
 from ferry.scheduler.shapes import Padding
@@ -38,7 +39,9 @@ class Batcher:
         padding: Padding | None = None,
         clock: Clock = MONOTONIC,
         instances: int = 1,
+        loop_lag: LoopLag | None = None,
     ) -> None:
+        """`loop_lag`: the serving loop's probe, for a latency controller (scheduler/slo.py)."""
         self._config = config
         self._profile = profile
         self._padding = padding or Padding()
@@ -60,7 +63,7 @@ class Batcher:
         self._reserved_waiting: dict[int, int] = {}
         # With a latency budget, the delay and the batch cap follow the load (scheduler/slo.py).
         self.slo = (
-            SloController(config.slo, instances, self.max_rows, clock.now())
+            SloController(config.slo, instances, self.max_rows, clock.now(), loop_lag)
             if config.slo is not None and config.batched
             else None
         )

@@ -31,6 +31,7 @@ from ferry.engines.base import Instance, Profile, Timings
 from ferry.scheduler.batcher import Batcher
 from ferry.scheduler.clock import MONOTONIC, Clock
 from ferry.scheduler.config import BatchingConfig
+from ferry.scheduler.loop_lag import LoopLag
 from ferry.scheduler.observer import BatchObserver
 from ferry.scheduler.request import InferenceRequest, InferenceResult
 from ferry.scheduler.runner import ProfileRunner
@@ -56,6 +57,7 @@ class ModelScheduler:
         stats: ModelStats | None = None,
         clock: Clock = MONOTONIC,
         observers: Sequence[BatchObserver] = (),
+        loop_lag: LoopLag | None = None,
     ) -> None:
         if not instances:
             raise ValueError(f"{name}: a scheduler needs at least one instance")
@@ -76,7 +78,14 @@ class ModelScheduler:
         self._runners = {
             index: ProfileRunner(
                 f"{name}/profile{index}" if len(groups) > 1 else name,
-                Batcher(config, profiles[index], self._padding, clock, instances=len(members)),
+                Batcher(
+                    config,
+                    profiles[index],
+                    self._padding,
+                    clock,
+                    instances=len(members),
+                    loop_lag=loop_lag,
+                ),
                 members,
                 self.stats,
                 clock,

@@ -26,7 +26,9 @@ from them sets, as load changes:
 
 It predicts a new request's completion (what is left of the delay or of the batch running, the queue
 ahead of it in batches of the cap spread over the instances, then its own batch; scaled by what
-answered requests took against their predictions) and refuses at once a request that cannot make its
+answered requests took against their predictions; plus the event loop's recent lag,
+scheduler/loop_lag.py, which a request meets before it reaches the queue and again after its batch
+and which no batch cost explains) and refuses at once a request that cannot make its
 budget or deadline (UNAVAILABLE, retryable) instead of letting it wait to fail: refused requests
 cost no compute. Before it has seen enough batches it neither refuses nor shrinks anything: the
 configured delay and cap apply.
@@ -47,6 +49,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ferry.common.errors import Overloaded
+from ferry.scheduler.loop_lag import LoopLag
 
 LEARNED_AFTER = 8
 """Batches seen before the controller's decisions replace the configured ones."""
@@ -131,6 +134,7 @@ class Decision:
     observed_p99_s: float
     safety: float
     learned: bool
+    loop_lag_s: float = 0.0  # the event loop's recent lag, counted in with both p99s' judgement
 
 
 class RunTimeModel:
@@ -201,8 +205,17 @@ class RunTimeModel:
 
 
 class SloController:
-    def __init__(self, config: SloConfig, instances: int, max_rows: int, now_ns: int) -> None:
+    def __init__(
+        self,
+        config: SloConfig,
+        instances: int,
+        max_rows: int,
+        now_ns: int,
+        loop_lag: LoopLag | None = None,
+    ) -> None:
+        """`loop_lag`: the serving loop's probe (None: its lag is taken as none)."""
         self.config = config
+        self._loop_lag = loop_lag
         self._instances = max(1, instances)
         self._max_rows = max(1, max_rows)
         self.cost = RunTimeModel()
@@ -286,7 +299,8 @@ class SloController:
         if self.config.delay_limit_s is not None:
             delay = min(delay, self.config.delay_limit_s)
         full = self._calibrated(max(delay, 0.5 * cost(cap)) + cost(cap))
-        self.decision = Decision(delay, cap, full, self._observed_p99, self._safety, True)
+        lag = self._lag_s()
+        self.decision = Decision(delay, cap, full, self._observed_p99, self._safety, True, lag)
 
     def _cap(self, budget: float) -> int:
         """The largest batch whose run fits `CAP_SHARE` of the budget, shrunk only while
@@ -319,14 +333,16 @@ class SloController:
             return
         latencies = sorted(latency for _, latency in answered)
         self._observed_p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        # What callers saw: the queue-to-answer p99 and the loop's lag on the way in.
+        seen = self._observed_p99 + self._lag_s()
         target = TARGET * self.config.p99_s
-        if self._observed_p99 > target:
+        if seen > target:
             settled = self._cut_ns is None or now_ns - self._cut_ns >= WINDOW_S * 1e9
             if len(latencies) >= MIN_JUDGED and settled:
                 self._cut_ns = now_ns
-                cut = max(DEEPEST_CUT, target / self._observed_p99)
+                cut = max(DEEPEST_CUT, target / seen)
                 self._safety = max(SAFETY_MIN, self._safety * cut)
-        elif self._observed_p99 < RECOVER_BELOW * self.config.p99_s:
+        elif seen < RECOVER_BELOW * self.config.p99_s:
             self._safety = min(SAFETY_MAX, self._safety * RECOVER)
 
     def delay_ns(self, configured_ns: int) -> int:
@@ -337,12 +353,16 @@ class SloController:
 
     def predicted_latency_s(self, queued_rows: int, rows: int, waited_s: float = 0.0) -> float:
         """A request's wait and run if it queued now, as the controller expects it: the raw
-        prediction (`_plan_s`) times what answered requests took against theirs."""
-        return self._calibrated(self._plan_s(queued_rows, rows, waited_s))
+        prediction (`_plan_s`) times what answered requests took against theirs, and the loop's
+        lag."""
+        return self._calibrated(self._plan_s(queued_rows, rows, waited_s)) + self._lag_s()
 
     def _calibrated(self, planned_s: float) -> float:
         """A planned latency scaled by what answered requests took against their plans."""
         return planned_s * math.exp(self._bias)
+
+    def _lag_s(self) -> float:
+        return self._loop_lag.worst_s if self._loop_lag is not None else 0.0
 
     def _plan_s(self, queued_rows: int, rows: int, waited_s: float) -> float:
         """The wait and run the cost model plans for: what is left of the queue delay (its
@@ -379,7 +399,9 @@ class SloController:
         if not self.config.refuse_early or now_ns - self._admitted_ns >= PROBE_S * 1e9:
             self._admitted_ns = now_ns  # a probe: whatever the estimate says
             return plan
-        predicted = self._calibrated(plan)
+        # The loop's lag in it: the request met it on its way here (before `now_ns`: unseen
+        # by the queue's plan) and its answer meets it again.
+        predicted = self._calibrated(plan) + self._lag_s()  # = predicted_latency_s
         if deadline_ns is not None and now_ns + predicted * 1e9 > deadline_ns:
             reason = "deadline"
             message = (

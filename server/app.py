@@ -31,6 +31,8 @@ from ferry.engines.cuda.devices import discover as find_gpus
 from ferry.engines.loading import Registry
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto._pool import POOL
+from ferry.scheduler.clock import MONOTONIC
+from ferry.scheduler.loop_lag import LoopLag
 from ferry.server.admission import Admission
 from ferry.server.capture import Capture
 from ferry.server.config import ServerConfig
@@ -99,6 +101,7 @@ class FerryServer:
         self.telemetry = RequestObserver(tracing, metrics, access_log)
         self.capture = Capture(config.capture) if config.capture is not None else None
         observers = tuple(o for o in (tracing, metrics) if o is not None)
+        self.loop_lag = LoopLag(MONOTONIC)
         self.repository = ModelRepository(
             config.model_repository,
             RepositoryOptions(
@@ -108,6 +111,7 @@ class FerryServer:
                 loaders or default_registry(),
                 discover or find_gpus,
                 config.slo_p99_ms,
+                self.loop_lag,
             ),
         )
         self.metrics_port: int | None = None
@@ -210,6 +214,7 @@ class FerryServer:
                 self.config.tracing.ratio,
             )
         self.readiness.started = True
+        self.loop_lag.start()  # owned like the sampler: from here to stop()
         self._sampler = asyncio.create_task(self._sample_tasks(), name="ferry-task-sampler")
         await self._publish_health()
         _freeze_startup_objects()
@@ -229,6 +234,11 @@ class FerryServer:
             "ferry_memory_budget_bytes": (
                 "The memory budget; 0: none",
                 self.budget.limit_bytes,
+            ),
+            "ferry_event_loop_lag_seconds": (
+                "How late the event loop ran what was due, worst over the last second "
+                "(scheduler/loop_lag.py): what requests wait outside any queue",
+                self.loop_lag.worst_s,
             ),
             "ferry_event_loop_tasks": (
                 "Tasks alive on the event loop, sampled every second",
@@ -291,6 +301,7 @@ class FerryServer:
         if self._sampler is not None:
             self._sampler.cancel()
             await asyncio.gather(self._sampler, return_exceptions=True)
+        self.loop_lag.stop()
         telemetry = self.telemetry
         if telemetry.metrics is not None:
             telemetry.metrics.stop()

@@ -40,6 +40,7 @@ from ferry.engines.loading import (
     in_background,
 )
 from ferry.proto import model_config_pb2 as mc
+from ferry.scheduler.loop_lag import LoopLag
 from ferry.scheduler.observer import BatchObserver
 from ferry.scheduler.scheduler import ModelScheduler
 from ferry.server import model_config, scheduling_config, warmup
@@ -108,6 +109,7 @@ class RepositoryOptions:
     loaders: Registry = field(default_factory=default_registry)
     discover: Callable[[], Discovery] = discover
     slo_p99_ms: float | None = None  # every model's latency budget unless its config sets one
+    loop_lag: LoopLag | None = None  # the serving loop's lag, for latency budgets (None: none)
 
 
 class ModelRepository:
@@ -411,6 +413,7 @@ class ModelRepository:
             settings.batching,
             padding=settings.padding,
             observers=self._options.observers,
+            loop_lag=self._options.loop_lag,
         )
         return ServedVersion(folder.name, version, settings, loaded, scheduler, build=build)
 

@@ -216,6 +216,7 @@ class Tracing:
                     "ferry.slo.predicted_p99_us": round(record.slo.predicted_p99_s * 1e6),
                     "ferry.slo.observed_p99_us": round(record.slo.observed_p99_s * 1e6),
                     "ferry.slo.safety": record.slo.safety,
+                    "ferry.slo.loop_lag_us": round(record.slo.loop_lag_s * 1e6),
                 }
             )
         if record.error is not None:

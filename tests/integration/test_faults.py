@@ -113,7 +113,11 @@ def test_the_metrics_port_answers_only_where_the_metrics_are(
     assert code == status
     if status == 200 and not path.startswith("/v2/"):
         assert "nv_inference_request_success" in body
-        for gauge in ("ferry_event_loop_tasks", "ferry_memory_budget_bytes"):
+        for gauge in (
+            "ferry_event_loop_tasks",
+            "ferry_event_loop_lag_seconds",
+            "ferry_memory_budget_bytes",
+        ):
             assert gauge in body
         assert "ferry_requests_in_flight" in body
 

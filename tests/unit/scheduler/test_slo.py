@@ -18,6 +18,7 @@ from ferry.engines.base import UNBOUNDED, ExecutionResult, Feed
 from ferry.engines.fake import FakeEngine, FakeInstance
 from ferry.scheduler import BatchingConfig, ModelScheduler
 from ferry.scheduler.clock import FakeClock
+from ferry.scheduler.loop_lag import LoopLag
 from ferry.scheduler.slo import (
     CAP_SHARE,
     DEEPEST_CUT,
@@ -315,6 +316,44 @@ def test_a_request_that_joins_the_next_batch_is_never_refused_for_the_budget() -
     assert refusal(slo, cap - 16, 16, now + 2) is None  # ...but it joins the next batch
     refused = refusal(slo, cap, 16, now + 3)  # queued behind a whole batch
     assert refused is not None and refused.reason == "budget"
+
+
+def lagging(lag_s: float) -> tuple[SloController, LoopLag]:
+    """A learned controller on a loop whose probe last read `lag_s` of lateness."""
+    loop_lag = LoopLag(FakeClock())
+    loop_lag.record(int(lag_s * 1e9), 0)
+    slo = SloController(SloConfig(BUDGET_S), 1, 1024, 0, loop_lag)
+    for _ in range(LEARN):
+        slo.batch_ran(64, run_time(64), 0)
+    return slo, loop_lag
+
+
+def test_the_loops_lag_counts_in_a_requests_predicted_latency() -> None:
+    """A request meets the loop's lag before it reaches the queue and again after its batch; no
+    batch cost shows it, so a prediction without it promises what callers never see."""
+    quiet, _ = lagging(0.0)
+    busy, _ = lagging(0.004)
+    cap = quiet.decision.cap_rows
+    assert busy.predicted_latency_s(cap, 16) == pytest.approx(
+        quiet.predicted_latency_s(cap, 16) + 0.004
+    )
+    assert busy.decision.loop_lag_s == pytest.approx(0.004)
+    assert quiet.predicted_latency_s(cap, 16) < SAFETY_MAX * BUDGET_S - 0.004
+    refusal(quiet, 0, 16, 1)  # the half second's probes: admitted whatever they predict
+    refusal(busy, 0, 16, 1)
+    assert refusal(quiet, cap, 16, 2) is None  # behind a whole batch, and it fits
+    refused = refusal(busy, cap, 16, 2)  # the same queue with the lag: it does not
+    assert refused is not None and refused.reason == "budget"
+
+
+def test_a_p99_under_its_target_backs_off_when_the_loops_lag_takes_it_over() -> None:
+    for lag_s, backs_off in ((0.0, False), (0.003, True)):
+        slo, _ = lagging(lag_s)
+        before = slo.decision.safety
+        for i in range(100):
+            slo.answered(0.65 * BUDGET_S, 0.0, i * 10 * MS)
+        slo.batch_ran(64, run_time(64), 1000 * MS)
+        assert (slo.decision.safety < before) is backs_off
 
 
 def test_a_deadline_that_cannot_be_met_is_refused_at_arrival() -> None:
