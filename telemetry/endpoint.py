@@ -16,7 +16,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 PATHS = ("/metrics", "/")
 LIVE_PATH = "/v2/health/live"
@@ -27,11 +27,12 @@ Probe = Callable[[], bool]
 
 
 class MetricsEndpoint:
-    """Serves one registry, and the health probes, from a daemon thread until `stop`."""
+    """Serves the metrics (`render`: the text to answer, made at each scrape) and the health
+    probes from a daemon thread until `stop`."""
 
     def __init__(
         self,
-        registry: CollectorRegistry,
+        render: Callable[[], bytes],
         host: str,
         port: int,
         ready: Probe | None = None,
@@ -47,7 +48,7 @@ class MetricsEndpoint:
                 if path not in PATHS:
                     self._answer(404, b"not found: metrics are at /metrics\n", "text/plain")
                     return
-                self._answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                self._answer(200, render(), CONTENT_TYPE_LATEST)
 
             def _answer(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)

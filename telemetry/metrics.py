@@ -19,6 +19,9 @@ rename metrics by OpenTelemetry's rules and add a translation layer for no gain 
 Counters are plain numbers and histograms plain lists (telemetry/histogram.py), updated on the
 event loop without locks; the scrape thread reads them (a read of a Python number, a copy of a
 list, is atomic under the GIL). The current state (queues, instances) is read at scrape time.
+A scrape (`exposition`) is the registry as prometheus-client writes it, then the histograms,
+which write their own text: they are most of the lines, and a scrape holds the GIL, and with it
+the event loop, for as long as it writes.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -261,9 +264,13 @@ class Metrics(Collector):
 
     # ---- scrape, on the HTTP thread -------------------------------------------------------
 
+    def exposition(self) -> bytes:
+        """What /metrics answers: every collector of the registry, then the histograms."""
+        text = "".join(histogram.exposition() for histogram in self._histograms)
+        return generate_latest(self.registry) + text.encode()
+
     def collect(self) -> Iterator[Metric]:
-        for histogram in self._histograms:
-            yield histogram.collect()
+        """Everything but the histograms (`exposition` writes those)."""
         models = list(self._by_model.items())
         for name, field, doc in _COUNTERS:
             metric = Metric(name, doc, "counter")
@@ -325,7 +332,7 @@ class Metrics(Collector):
     def serve(self, host: str, port: int, ready: Probe | None = None) -> int:
         """Serve /metrics (and the HTTP health probes, answering `ready`) from a daemon thread;
         returns the bound port (port 0 picks one)."""
-        self._endpoint = MetricsEndpoint(self.registry, host, port, ready)
+        self._endpoint = MetricsEndpoint(self.exposition, host, port, ready)
         return self._endpoint.port
 
     def stop(self) -> None:

@@ -7,7 +7,6 @@ import asyncio
 
 import numpy as np
 import pytest
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ferry.engines.base import Device, Profile, ShapeRange
@@ -35,7 +34,7 @@ async def test_batches_of_every_profile_count_under_the_model_version() -> None:
         await asyncio.sleep(0)
     finally:
         await scheduler.stop()
-    text = generate_latest(metrics.registry).decode()
+    text = metrics.exposition().decode()
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)

@@ -1,4 +1,5 @@
-"""Ferry's lock-free histograms expose exactly what prometheus-client's own Histogram would."""
+"""Ferry's lock-free histograms expose exactly what prometheus-client's own Histogram would, in
+the library's writer (`collect`) and in their own (`exposition`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def exposed(registry: CollectorRegistry) -> Samples:
-    text = generate_latest(registry).decode()
+    return parsed(generate_latest(registry).decode())
+
+
+def parsed(text: str) -> Samples:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -35,12 +39,14 @@ class Exposes(Collector):
 
 
 values = st.floats(min_value=0, max_value=1e5, allow_nan=False, allow_infinity=False)
+# Label values that the text format must escape, beside plain ones.
+models = st.sampled_from(["a", "b", 'say "hi"', "back\\slash", "two\nlines", "ünï"])
 
 
 @settings(max_examples=60, deadline=None)
 @given(
     bounds=st.sampled_from([LATENCY_BUCKETS, ROWS_BUCKETS]),
-    observed=st.lists(st.tuples(st.sampled_from(["a", "b"]), values), max_size=60),
+    observed=st.lists(st.tuples(models, values), max_size=60),
     on_bounds=st.lists(st.sampled_from(list(ROWS_BUCKETS + LATENCY_BUCKETS)), max_size=10),
 )
 def test_same_buckets_count_and_sum_as_prometheus_client(
@@ -54,10 +60,22 @@ def test_same_buckets_count_and_sum_as_prometheus_client(
         theirs.labels(model).observe(value)
     ours_registry = CollectorRegistry()
     ours_registry.register(Exposes(ours))
-    mine, reference = exposed(ours_registry), exposed(theirs_registry)
-    assert mine.keys() == reference.keys()
-    for key, value in reference.items():
-        assert mine[key] == pytest.approx(value), key
+    reference = exposed(theirs_registry)
+    for mine in (exposed(ours_registry), parsed(ours.exposition())):
+        assert mine.keys() == reference.keys()
+        for key, value in reference.items():
+            assert mine[key] == pytest.approx(value), key
+
+
+def test_its_own_text_names_and_documents_the_family_once() -> None:
+    family = HistogramFamily("rows", "Rows per batch\nwith a \\", ["model"], (1, 2))
+    family.child("m").observe(1)
+    family.child("n").observe(3)
+    text = family.exposition()
+    assert text.startswith("# HELP rows Rows per batch\\nwith a \\\\\n# TYPE rows histogram\n")
+    assert text.count("# TYPE") == 1
+    assert 'rows_bucket{le="+Inf",model="n"} 1.0\n' in text
+    assert 'rows_sum{model="n"} 3.0\n' in text
 
 
 def test_a_value_on_a_bound_counts_in_that_bucket() -> None:
