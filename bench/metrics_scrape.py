@@ -4,13 +4,12 @@
         [--server-cpus 0 --client-cpus 1] [--out DIR]
 
 A scrape is pure Python on the metrics thread, and while it writes, the event loop waits for
-the GIL: every request in flight waits with it. Histograms are most of a scrape's lines (four
-families, about twenty lines a model each), and telemetry/histogram.py writes them itself. In
-process, for each model count, the same populated `Metrics` is written both ways in alternating
-rounds: prometheus-client's `generate_latest` over every family (the histograms through their
-`collect()`, as before the writer of its own) and `Metrics.exposition()` (what /metrics answers);
-both texts must parse to the same samples. Recorded: lines, milliseconds a scrape each way (median
-of each round), and their ratio per round.
+the GIL: every request in flight waits with it. Ferry writes its families itself
+(telemetry/exposition.py, telemetry/histogram.py). In process, for each model count, the same
+populated `Metrics` is written both ways in alternating rounds: prometheus-client's
+`generate_latest` over every family (as /metrics wrote them before) and `Metrics.exposition()`
+(what /metrics answers); both texts must parse to the same samples. Recorded: lines,
+milliseconds a scrape each way (median of each round), and their ratio per round.
 
 `--live` also starts a server on the SLO bench's repository (nine copies of `dlrm`, each sent a
 few requests so that each has its series) and alternates seconds without scrapes and seconds of
@@ -57,21 +56,28 @@ def populated(models: int) -> Metrics:
     return metrics
 
 
-class _LibraryHistograms(Collector):
-    """The histograms through prometheus-client's writer, as /metrics wrote them before."""
+class _Library(Collector):
+    """The same families through prometheus-client's writer, as /metrics wrote them before."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        for family in (metrics := self._metrics).latency, metrics.queue, metrics.compute:
-            yield family.collect()
-        yield metrics.batch_rows.collect()
+        metrics = self._metrics
+        for histogram in metrics.latency, metrics.queue, metrics.compute, metrics.batch_rows:
+            yield histogram.collect()
+        for family in metrics.families():
+            metric = Metric(family.name, family.documentation, family.kind)
+            for name, labels, value in family.samples:
+                metric.add_sample(name, dict(labels), value)
+            yield metric
 
 
 def samples(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+    """Every sample; names without `_total` (prometheus-client's parser adds it to a counter's
+    samples when the TYPE line names the counter as written, as Ferry's does, and not else)."""
     return {
-        (s.name, tuple(sorted(s.labels.items())), s.value)
+        (s.name.removesuffix("_total"), tuple(sorted(s.labels.items())), s.value)
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
@@ -80,8 +86,7 @@ def samples(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
 def in_process(models: int, rounds: int, scrapes: int) -> dict[str, Any]:
     metrics = populated(models)
     library = CollectorRegistry()
-    library.register(metrics)
-    library.register(_LibraryHistograms(metrics))
+    library.register(_Library(metrics))
     before, after = generate_latest(library).decode(), metrics.exposition().decode()
     if samples(before) != samples(after):
         raise RuntimeError("the two writers disagree on the samples")

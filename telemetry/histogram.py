@@ -11,12 +11,9 @@ under the GIL) and derives the total from that copy, so the buckets, `_count` an
 scrape always agree; `_sum` is read separately and may include an observation that the copied
 buckets do not yet show, as with any histogram that is read while it is written.
 
-Why a text writer of its own (`HistogramFamily.exposition`): histograms are most of the lines of
-a scrape (about twenty a model for each), and prometheus-client writes every line anew, checking
-and escaping each label of each bucket. A scrape is pure Python on the metrics thread: while it
-runs the event loop waits for the GIL, so a scrape that takes milliseconds is milliseconds of
-lag for every request in flight (bench/metrics_scrape.py). Here each label set's lines are
-rendered once, up to the count, and a scrape only writes the numbers.
+A text writer of its own (`HistogramFamily.exposition`), for the reason telemetry/exposition.py
+gives: histograms are most of the lines of a scrape (about twenty a model for each), and each
+label set's lines are made once, up to the count; a scrape writes the numbers.
 """
 
 from __future__ import annotations
@@ -27,6 +24,8 @@ from itertools import accumulate
 
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
+
+from ferry.telemetry.exposition import escape_help, sample_prefix
 
 
 class Histogram:
@@ -74,7 +73,7 @@ class HistogramFamily:
         # Written by scrape threads only (setting a key is atomic under the GIL).
         self._lines: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
-        self._head = f"# HELP {name} {_escape_help(documentation)}\n# TYPE {name} histogram\n"
+        self._head = f"# HELP {name} {escape_help(documentation)}\n# TYPE {name} histogram\n"
 
     def child(self, *values: str) -> Histogram:
         """The histogram of these label values (created on first use; look it up once and keep
@@ -103,14 +102,11 @@ class HistogramFamily:
         return "".join(out)
 
     def _prefixes(self, values: tuple[str, ...]) -> tuple[str, ...]:
-        labels = ",".join(
-            f'{label}="{_escape_label(value)}"'
-            for label, value in zip(self.labels, values, strict=True)
-        )
+        labels = tuple(zip(self.labels, values, strict=True))
         name = self.name
-        sep, braced = ("," + labels, "{" + labels + "}") if labels else ("", "")
-        buckets = [f'{name}_bucket{{le="{le}"{sep}}} ' for le in self._les]
-        return (*buckets, f"{name}_count{braced} ", f"{name}_sum{braced} ")
+        buckets = [sample_prefix(f"{name}_bucket", (*labels, ("le", le))) for le in self._les]
+        count, total = sample_prefix(f"{name}_count", labels), sample_prefix(f"{name}_sum", labels)
+        return (*buckets, count, total)
 
     def collect(self) -> HistogramMetricFamily:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
@@ -118,11 +114,3 @@ class HistogramFamily:
             buckets = histogram.cumulative()
             family.add_metric(list(values), buckets, histogram.sum)
         return family
-
-
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")

@@ -1,9 +1,11 @@
 """Prometheus metrics on their own port (`--metrics-port`, default 8002, path /metrics).
 
-Library: prometheus-client. It writes the Prometheus text format and serves it from a small
-thread of its own, and it lets Ferry emit Triton's counter names exactly as Triton does (no
-`_total` suffix), so existing dashboards keep working. The OpenTelemetry Prometheus exporter would
-rename metrics by OpenTelemetry's rules and add a translation layer for no gain here.
+Ferry's families are written by telemetry/exposition.py (and the histograms by
+telemetry/histogram.py), with Triton's counter names exactly as Triton writes them (no `_total`
+suffix, and typed under those names), so existing dashboards keep working; prometheus-client
+holds the registry of any other collector (GPUs) and writes those. The OpenTelemetry Prometheus
+exporter would rename metrics by OpenTelemetry's rules and add a translation layer for no gain
+here.
 
     Triton's counters, per model and version (reason for failures: REJECTED, CANCELED, BACKEND,
     OTHER): nv_inference_request_success, nv_inference_request_failure, nv_inference_count (rows),
@@ -30,8 +32,6 @@ import asyncio
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from ferry.common.errors import (
     DeadlineExceeded,
@@ -46,6 +46,7 @@ from ferry.scheduler.observer import BatchRecord
 from ferry.scheduler.request import InferenceResult
 from ferry.scheduler.slo import Decision
 from ferry.telemetry.endpoint import MetricsEndpoint, Probe
+from ferry.telemetry.exposition import Exposition, Family, Labels
 from ferry.telemetry.histogram import Histogram, HistogramFamily
 
 LATENCY_BUCKETS = (
@@ -163,25 +164,25 @@ _SLO_GAUGES = (
 )
 
 
-def _slo_metrics(models: list[tuple[tuple[str, str], _ModelMetrics]]) -> Iterator[Metric]:
+def _slo_families(models: list[tuple[Labels, _ModelMetrics]]) -> Iterator[Family]:
     """The latency controller's settings per profile, and its refusals by reason."""
     for name, field, doc in _SLO_GAUGES:
-        gauge = GaugeMetricFamily(name, doc, labels=["model", "version", "profile"])
-        for (model, version), m in models:
-            for profile, decision in list(m.slo.items()):
-                gauge.add_metric([model, version, str(profile)], getattr(decision, field))
-        yield gauge
-    refused = Metric(
-        "ferry_slo_refused", "Requests refused at arrival by the latency controller", "counter"
-    )
-    for (model, version), m in models:
-        for reason, count in list(m.slo_refused.items()):
-            labels = {"model": model, "version": version, "reason": reason}
-            refused.add_sample("ferry_slo_refused_total", labels, count)
-    yield refused
+        samples = [
+            (name, (*key, ("profile", str(profile))), getattr(decision, field))
+            for key, m in models
+            for profile, decision in list(m.slo.items())
+        ]
+        yield Family(name, doc, "gauge", samples)
+    name = "ferry_slo_refused_total"
+    refused = [
+        (name, (*key, ("reason", reason)), count)
+        for key, m in models
+        for reason, count in list(m.slo_refused.items())
+    ]
+    yield Family(name, "Requests refused at arrival by the latency controller", "counter", refused)
 
 
-class Metrics(Collector):
+class Metrics:
     def __init__(
         self, state: StateReader | None = None, process: ProcessReader | None = None
     ) -> None:
@@ -205,9 +206,9 @@ class Metrics(Collector):
             "ferry_batch_rows", "Rows per batch execution", labels, ROWS_BUCKETS
         )
         self._histograms = (self.latency, self.queue, self.compute, self.batch_rows)
+        self._writer = Exposition()
         self._by_model: dict[tuple[str, str], _ModelMetrics] = {}
         self._by_record: dict[str, _ModelMetrics] = {}  # by BatchRecord.model, "name:version"
-        self.registry.register(self)
         self._endpoint: MetricsEndpoint | None = None
 
     # ---- updates, on the event loop -------------------------------------------------------
@@ -265,67 +266,64 @@ class Metrics(Collector):
     # ---- scrape, on the HTTP thread -------------------------------------------------------
 
     def exposition(self) -> bytes:
-        """What /metrics answers: every collector of the registry, then the histograms."""
+        """What /metrics answers: Ferry's families in its own writer (telemetry/exposition.py),
+        then any other collector of the registry (GPUs) in prometheus-client's."""
         text = "".join(histogram.exposition() for histogram in self._histograms)
-        return generate_latest(self.registry) + text.encode()
+        text += self._writer.write(self.families())
+        return text.encode() + generate_latest(self.registry)
 
-    def collect(self) -> Iterator[Metric]:
-        """Everything but the histograms (`exposition` writes those)."""
-        models = list(self._by_model.items())
+    def families(self) -> Iterator[Family]:
+        """Ferry's counters and gauges as of now (the histograms write themselves)."""
+        models: list[tuple[Labels, _ModelMetrics]] = [
+            ((("model", model), ("version", version)), m)
+            for (model, version), m in list(self._by_model.items())
+        ]
         for name, field, doc in _COUNTERS:
-            metric = Metric(name, doc, "counter")
-            for (model, version), m in models:
-                labels = {"model": model, "version": version}
-                metric.add_sample(name, labels, getattr(m, field))
-            yield metric
+            counts = [(name, key, float(getattr(m, field))) for key, m in models]
+            yield Family(name, doc, "counter", counts)
         name, doc = _FAILURES
-        failures = Metric(name, doc, "counter")
-        for (model, version), m in models:
-            for reason, count in list(m.failures.items()):
-                labels = {"model": model, "version": version, "reason": reason}
-                failures.add_sample(name, labels, count)
-        yield failures
-        yield from _slo_metrics(models)
+        yield Family(
+            name,
+            doc,
+            "counter",
+            [
+                (name, (*key, ("reason", reason)), count)
+                for key, m in models
+                for reason, count in list(m.failures.items())
+            ],
+        )
+        yield from _slo_families(models)
         if self._process is not None:
             for name, (doc, value) in self._process().items():
-                gauge = GaugeMetricFamily(name, doc)
-                gauge.add_metric([], value)
-                yield gauge
+                yield Family(name, doc, "gauge", [(name, (), value)])
         if self._state is None:
             return
-        pending = GaugeMetricFamily(
-            "nv_inference_pending_request_count",
-            "Requests waiting in queues",
-            labels=["model", "version"],
+        pending: list[tuple[str, Labels, float]] = []
+        depth: list[tuple[str, Labels, float]] = []
+        busy: list[tuple[str, Labels, float]] = []
+        busy_s: list[tuple[str, Labels, float]] = []
+        for model, version, depths, busy_ns, uptime_s in self._state():
+            key = (("model", model), ("version", version))
+            pending.append(("nv_inference_pending_request_count", key, sum(depths.values())))
+            for profile, waiting in depths.items():
+                depth.append(("ferry_queue_depth", (*key, ("profile", str(profile))), waiting))
+            for instance, ns in busy_ns.items():
+                labels = (*key, ("instance", instance))
+                busy.append(("ferry_instance_busy_ratio", labels, ns / 1e9 / max(uptime_s, 1e-9)))
+                busy_s.append(("ferry_instance_busy_seconds", labels, ns / 1e9))
+        yield Family(
+            "nv_inference_pending_request_count", "Requests waiting in queues", "gauge", pending
         )
-        depth = GaugeMetricFamily(
-            "ferry_queue_depth",
-            "Requests waiting, per profile",
-            labels=["model", "version", "profile"],
-        )
-        busy = GaugeMetricFamily(
+        yield Family("ferry_queue_depth", "Requests waiting, per profile", "gauge", depth)
+        yield Family(
             "ferry_instance_busy_ratio",
             "Share of time since start each instance ran batches",
-            labels=["model", "version", "instance"],
+            "gauge",
+            busy,
         )
-        busy_s = Metric(
-            "ferry_instance_busy_seconds", "Seconds each instance ran batches", "counter"
+        yield Family(
+            "ferry_instance_busy_seconds", "Seconds each instance ran batches", "counter", busy_s
         )
-        for model, version, depths, busy_ns, uptime_s in self._state():
-            pending.add_metric([model, version], sum(depths.values()))
-            for profile, waiting in depths.items():
-                depth.add_metric([model, version, str(profile)], waiting)
-            for instance, ns in busy_ns.items():
-                busy.add_metric([model, version, instance], ns / 1e9 / max(uptime_s, 1e-9))
-                busy_s.add_sample(
-                    "ferry_instance_busy_seconds",
-                    {"model": model, "version": version, "instance": instance},
-                    ns / 1e9,
-                )
-        yield pending
-        yield depth
-        yield busy
-        yield busy_s
 
     # ---- the HTTP endpoint ------------------------------------------------------------------
 

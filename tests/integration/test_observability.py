@@ -24,7 +24,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from ferry.proto import grpc_service_pb2 as pb
@@ -32,6 +31,7 @@ from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 from ferry.server.app import FerryServer
 from ferry.server.config import ServerConfig
 from tests.conftest import RunningServer, start_server, stop_server
+from tests.prometheus_text import samples
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -173,12 +173,7 @@ def test_spans_arrive_at_a_real_otlp_receiver(
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    return samples(urllib.request.urlopen(url, timeout=10).read().decode())
 
 
 def test_metrics_and_statistics_equal_the_traffic(server: RunningServer) -> None:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 from ferry.loadtest.processes import Plan, run
 from ferry.loadtest.workload import Workload
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
+from tests.prometheus_text import samples
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,10 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def successes(url: str) -> float:
     text = urllib.request.urlopen(url, timeout=10).read().decode()
     return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "nv_inference_request_success" and s.labels.get("model") == "versioned"
+        value
+        for (name, labels), value in samples(text).items()
+        if name == "nv_inference_request_success" and ("model", "versioned") in labels
     )
 
 

@@ -7,12 +7,12 @@ import asyncio
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ferry.engines.base import Device, Profile, ShapeRange
 from ferry.engines.fake import FakeEngine
 from ferry.scheduler import BatchingConfig, ModelScheduler
 from ferry.telemetry.metrics import Metrics
+from tests.prometheus_text import samples as parsed
 
 pytestmark = pytest.mark.asyncio
 
@@ -34,12 +34,7 @@ async def test_batches_of_every_profile_count_under_the_model_version() -> None:
         await asyncio.sleep(0)
     finally:
         await scheduler.stop()
-    text = metrics.exposition().decode()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    samples = parsed(metrics.exposition().decode())
     labels = (("model", "ranker"), ("version", "3"))
     assert samples[("nv_inference_count", labels)] == 5
     assert samples[("nv_inference_exec_count", labels)] == 2
