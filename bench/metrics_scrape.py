@@ -25,14 +25,11 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
 from bench.harness import Probe, ferry, metrics_endpoints, parse_cpus, record, stop
 from ferry.common.errors import Overloaded
@@ -56,23 +53,6 @@ def populated(models: int) -> Metrics:
     return metrics
 
 
-class _Library(Collector):
-    """The same families through prometheus-client's writer, as /metrics wrote them before."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        metrics = self._metrics
-        for histogram in metrics.latency, metrics.queue, metrics.compute, metrics.batch_rows:
-            yield histogram.collect()
-        for family in metrics.families():
-            metric = Metric(family.name, family.documentation, family.kind)
-            for name, labels, value in family.samples:
-                metric.add_sample(name, dict(labels), value)
-            yield metric
-
-
 def samples(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
     """Every sample; names without `_total` (prometheus-client's parser adds it to a counter's
     samples when the TYPE line names the counter as written, as Ferry's does, and not else)."""
@@ -86,7 +66,7 @@ def samples(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
 def in_process(models: int, rounds: int, scrapes: int) -> dict[str, Any]:
     metrics = populated(models)
     library = CollectorRegistry()
-    library.register(_Library(metrics))
+    library.register(metrics.collector())
     before, after = generate_latest(library).decode(), metrics.exposition().decode()
     if samples(before) != samples(after):
         raise RuntimeError("the two writers disagree on the samples")

@@ -32,6 +32,8 @@ import asyncio
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from ferry.common.errors import (
     DeadlineExceeded,
@@ -182,6 +184,20 @@ def _slo_families(models: list[tuple[Labels, _ModelMetrics]]) -> Iterator[Family
     yield Family(name, "Requests refused at arrival by the latency controller", "counter", refused)
 
 
+class _AsLibrary(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        for histogram in self._metrics.histograms:
+            yield histogram.collect()
+        for family in self._metrics.families():
+            metric = Metric(family.name, family.documentation, family.kind)
+            for name, labels, value in family.samples:
+                metric.add_sample(name, dict(labels), value)
+            yield metric
+
+
 class Metrics:
     def __init__(
         self, state: StateReader | None = None, process: ProcessReader | None = None
@@ -205,7 +221,7 @@ class Metrics:
         self.batch_rows = HistogramFamily(
             "ferry_batch_rows", "Rows per batch execution", labels, ROWS_BUCKETS
         )
-        self._histograms = (self.latency, self.queue, self.compute, self.batch_rows)
+        self.histograms = (self.latency, self.queue, self.compute, self.batch_rows)
         self._writer = Exposition()
         self._by_model: dict[tuple[str, str], _ModelMetrics] = {}
         self._by_record: dict[str, _ModelMetrics] = {}  # by BatchRecord.model, "name:version"
@@ -242,7 +258,7 @@ class Metrics:
     def _model(self, key: tuple[str, str]) -> _ModelMetrics:
         found = self._by_model.get(key)
         if found is None:
-            latency, queue, compute, rows = (h.child(*key) for h in self._histograms)
+            latency, queue, compute, rows = (h.child(*key) for h in self.histograms)
             found = self._by_model[key] = _ModelMetrics((latency, queue, compute, rows))
         return found
 
@@ -268,9 +284,14 @@ class Metrics:
     def exposition(self) -> bytes:
         """What /metrics answers: Ferry's families in its own writer (telemetry/exposition.py),
         then any other collector of the registry (GPUs) in prometheus-client's."""
-        text = "".join(histogram.exposition() for histogram in self._histograms)
+        text = "".join(histogram.exposition() for histogram in self.histograms)
         text += self._writer.write(self.families())
         return text.encode() + generate_latest(self.registry)
+
+    def collector(self) -> Collector:
+        """Everything `exposition` writes, as prometheus-client's objects: for its writer, a
+        push gateway or a test. /metrics writes them itself, faster."""
+        return _AsLibrary(self)
 
     def families(self) -> Iterator[Family]:
         """Ferry's counters and gauges as of now (the histograms write themselves)."""

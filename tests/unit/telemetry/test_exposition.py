@@ -5,12 +5,9 @@ anew at each scrape."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
 
 from ferry.common.errors import Overloaded, QueueFull
 from ferry.engines.base import Timings
@@ -37,27 +34,10 @@ def busy_metrics() -> Metrics:
     return metrics
 
 
-class Library(Collector):
-    """The same families in prometheus-client's objects, for its writer."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        m = self.metrics
-        for histogram in (m.latency, m.queue, m.compute, m.batch_rows):
-            yield histogram.collect()
-        for family in m.families():
-            metric = Metric(family.name, family.documentation, family.kind)
-            for name, labels, value in family.samples:
-                metric.add_sample(name, dict(labels), value)
-            yield metric
-
-
 def test_every_sample_is_what_prometheus_clients_writer_writes() -> None:
     metrics = busy_metrics()
     registry = CollectorRegistry()
-    registry.register(Library(metrics))
+    registry.register(metrics.collector())
     ours = samples(metrics.exposition().decode())
     assert ours == samples(generate_latest(registry).decode())
     odd = ("model", 'odd "name"')
