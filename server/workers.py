@@ -11,11 +11,14 @@ port is 0). A Unix socket cannot be shared that way, so it is refused with sever
 The supervisor forwards SIGTERM/SIGINT to every worker (each drains as a single server does) and
 exits when they have; if a worker dies on its own, it stops the others and exits non-zero, so the
 orchestrator (systemd, Kubernetes) restarts the whole replica instead of serving with a hole.
+If the supervisor itself dies without a word (SIGKILL, the OOM killer), each worker gets SIGTERM
+from the kernel (Linux's parent-death signal) and drains: workers left behind would go on
+serving the shared port beside the next supervisor's, with whatever models they had.
 """
 
 from __future__ import annotations
 
-import functools
+import ctypes
 import logging
 import os
 import signal
@@ -55,9 +58,26 @@ def cpu_shares(cpus: Sequence[int], workers: int) -> list[frozenset[int]]:
     return [frozenset(cpus[bounds[i] : bounds[i + 1]]) for i in range(workers)]
 
 
-def _pin(cpus: frozenset[int]) -> None:
-    """In the worker, before it starts: run on `cpus` only (every thread inherits it)."""
-    os.sched_setaffinity(0, cpus)
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+class _ChildSetup:
+    """Runs in the worker between fork and exec (Popen's preexec_fn): the parent-death signal,
+    then the CPUs. Made in the supervisor, so that the child only makes system calls (no imports,
+    no dlopen, which may take locks another thread of the parent held at the fork)."""
+
+    def __init__(self, cpus: frozenset[int] | None) -> None:
+        self._cpus = cpus
+        self._parent = os.getpid()
+        self._prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+    def __call__(self) -> None:
+        if self._prctl is not None:
+            self._prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != self._parent:  # the supervisor died before the call above
+                os.kill(os.getpid(), signal.SIGTERM)
+        if self._cpus is not None:
+            os.sched_setaffinity(0, self._cpus)  # every thread of the worker inherits it
 
 
 def _free_port(host: str) -> tuple[socket.socket, int]:
@@ -119,7 +139,7 @@ def supervise(
             subprocess.Popen(
                 command,
                 env=environment,
-                preexec_fn=None if share is None else functools.partial(_pin, share),
+                preexec_fn=_ChildSetup(share),
             )
         )
     log.info("supervisor: %d workers on %s:%d (pids %s)", workers, host, port,
