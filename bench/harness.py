@@ -71,7 +71,7 @@ def parse_cpus(text: str) -> set[int]:
     return cpus
 
 
-SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} (\S+)$")
+SAMPLE = re.compile(r"^(\w+)(?:\{([^}]*)\})? (\S+)$")
 
 
 def metrics_url(log: Path) -> str:
@@ -84,13 +84,14 @@ def metrics_url(log: Path) -> str:
 
 def model_metrics(url: str, model: str) -> dict[str, float]:
     """Every sample of `model` on a /metrics page, by name, summed over its other labels
-    (instances, versions, reasons); read as text, so no Prometheus client is needed."""
+    (instances, versions, reasons), and the process's own (samples without labels); read as
+    text, so no Prometheus client is needed."""
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
     values: dict[str, float] = {}
     for line in text.splitlines():
         match = SAMPLE.match(line)
-        if match and f'model="{model}"' in match.group(2):
+        if match and (match.group(2) is None or f'model="{model}"' in match.group(2)):
             name = match.group(1)
             values[name] = values.get(name, 0.0) + float(match.group(3))
     return values

@@ -156,7 +156,7 @@ def open_loop(
         "refusal_max_ms": refused.get("max", 0.0),
         "timeline": result.timeline if profile else [],
         "server": server,  # batches formed, over the whole run (its warm-up included)
-        "controller": sampler.samples,  # empty for a model without a budget
+        "controller": sampler.samples,  # the loop's lag only, for a model without a budget
         "server_live_p50_ms": lag.get("p50", 0.0),
         "server_live_p99_ms": lag.get("p99", 0.0),
     }
@@ -175,12 +175,14 @@ SLO_GAUGES = (
     "ferry_slo_predicted_p99_seconds",
     "ferry_slo_observed_p99_seconds",
     "ferry_slo_safety",
+    "ferry_event_loop_lag_seconds",  # the process's: the worst lateness of the last second
 )
 
 
 class Sampler:
     """Reads `model`'s latency-controller gauges every quarter second while a load runs: the
-    controller's decisions over time (delay, cap, admission share, predicted and observed p99)."""
+    controller's decisions over time (delay, cap, admission share, predicted and observed p99),
+    where the model has a budget; and the server's event-loop lag (the worst of each second)."""
 
     def __init__(self, metrics: str, model: str) -> None:
         self._metrics, self._model = metrics, model
@@ -201,8 +203,7 @@ class Sampler:
         while not self._stop.wait(0.25):
             values = model_metrics(self._metrics, self._model)
             gauges = {k.removeprefix("ferry_slo_"): v for k, v in values.items() if k in SLO_GAUGES}
-            if gauges:  # a model with a budget
-                self.samples.append({"t": round(time.monotonic() - self._start, 2), **gauges})
+            self.samples.append({"t": round(time.monotonic() - self._start, 2), **gauges})
 
 
 def batches(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

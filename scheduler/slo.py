@@ -134,7 +134,7 @@ class Decision:
     observed_p99_s: float
     safety: float
     learned: bool
-    loop_lag_s: float = 0.0  # the event loop's recent lag, counted in with both p99s' judgement
+    loop_lag_s: float = 0.0  # the event loop's recent lag (scheduler/loop_lag.py), waited too
 
 
 class RunTimeModel:
