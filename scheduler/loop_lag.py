@@ -5,9 +5,8 @@ the call, the loop is busy elsewhere) and again before its answer is written. On
 serves thousands of requests a second that wait can be a large share of a few milliseconds'
 budget, and nothing in a batch's cost or a queue explains it. A timer that asks to run every
 `PERIOD_NS` and notes how late it ran measures it directly; `worst_s` is the worst lateness of
-the last `WINDOW_NS`, the figure a p99 budget must leave room for. Readings carry the loop's
-timer granularity (uvloop's timers fire on whole milliseconds): a fraction of a millisecond
-is not told from none.
+the last `WINDOW_NS`, the figure a p99 budget must leave room for. Readings include the
+timer's own wake-up, a small floor that an idle loop shows too.
 
 The probe is a chain of timers on the scheduler's `Clock` (one armed at a time), started and
 stopped by its owner (the server, server/app.py); a stopped probe reads 0. The window's worst is
