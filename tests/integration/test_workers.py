@@ -130,6 +130,24 @@ def test_workers_stop_when_their_supervisor_is_killed(model_repo: Path, tmp_path
     assert log.read_text().count("stopped") >= 2  # each drained and stopped, not killed
 
 
+def test_a_worker_that_dies_stops_the_replica(model_repo: Path, tmp_path: Path) -> None:
+    """A replica with a hole would serve half its connections' worth of refusals: when a worker
+    dies on its own, the supervisor stops the other and exits non-zero, for the orchestrator to
+    restart the whole replica."""
+    log = tmp_path / "workers.log"
+    supervisor = start_workers(model_repo, log)
+    pids = worker_pids(log.read_text())
+    try:
+        os.kill(pids[0], signal.SIGKILL)
+        assert supervisor.wait(timeout=30) == 1
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+    assert not _running(pids[1])
+    assert "a worker exited on its own" in log.read_text()
+
+
 def _running(pid: int) -> bool:
     """Whether `pid` still runs: an exited orphan waits as a zombie until init reaps it."""
     try:
