@@ -169,7 +169,7 @@ COUNTERS = (
     "nv_inference_compute_infer_duration_us",
     "ferry_slo_refused_total",
 )
-SLO_GAUGES = (
+SAMPLED_GAUGES = (
     "ferry_slo_queue_delay_seconds",
     "ferry_slo_batch_rows_cap",
     "ferry_slo_predicted_p99_seconds",
@@ -202,7 +202,9 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.wait(0.25):
             values = model_metrics(self._metrics, self._model)
-            gauges = {k.removeprefix("ferry_slo_"): v for k, v in values.items() if k in SLO_GAUGES}
+            gauges = {
+                k.removeprefix("ferry_slo_"): v for k, v in values.items() if k in SAMPLED_GAUGES
+            }
             self.samples.append({"t": round(time.monotonic() - self._start, 2), **gauges})
 
 

@@ -355,7 +355,12 @@ class SloController:
         """A request's wait and run if it queued now, as the controller expects it: the raw
         prediction (`_plan_s`) times what answered requests took against theirs, and the loop's
         lag."""
-        return self._calibrated(self._plan_s(queued_rows, rows, waited_s)) + self._lag_s()
+        return self._predicted(self._plan_s(queued_rows, rows, waited_s))
+
+    def _predicted(self, planned_s: float) -> float:
+        """A plan as a caller would wait it: calibrated, and the loop's lag, which the request
+        met on its way here (before it queued: unseen by the plan) and its answer meets again."""
+        return self._calibrated(planned_s) + self._lag_s()
 
     def _calibrated(self, planned_s: float) -> float:
         """A planned latency scaled by what answered requests took against their plans."""
@@ -399,9 +404,7 @@ class SloController:
         if not self.config.refuse_early or now_ns - self._admitted_ns >= PROBE_S * 1e9:
             self._admitted_ns = now_ns  # a probe: whatever the estimate says
             return plan
-        # The loop's lag in it: the request met it on its way here (before `now_ns`: unseen
-        # by the queue's plan) and its answer meets it again.
-        predicted = self._calibrated(plan) + self._lag_s()  # = predicted_latency_s
+        predicted = self._predicted(plan)
         if deadline_ns is not None and now_ns + predicted * 1e9 > deadline_ns:
             reason = "deadline"
             message = (

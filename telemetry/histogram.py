@@ -25,7 +25,7 @@ from itertools import accumulate
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from ferry.telemetry.exposition import escape_help, sample_prefix
+from ferry.telemetry.exposition import escape_help, number, sample_prefix
 
 
 class Histogram:
@@ -86,8 +86,8 @@ class HistogramFamily:
         return found
 
     def exposition(self) -> str:
-        """The family in Prometheus' text format (0.0.4), as prometheus-client would write it
-        from `collect()`, label order aside."""
+        """The family in Prometheus' text format (0.0.4): the samples prometheus-client would
+        write from `collect()`."""
         out = [self._head]
         for values, histogram in list(self._children.items()):
             lines = self._lines.get(values)
@@ -98,7 +98,7 @@ class HistogramFamily:
             for prefix, total in zip(lines, totals, strict=False):
                 out.append(f"{prefix}{total}.0\n")
             out.append(f"{lines[-2]}{totals[-1]}.0\n")
-            out.append(f"{lines[-1]}{floatToGoString(histogram.sum)}\n")  # type: ignore[no-untyped-call]
+            out.append(f"{lines[-1]}{number(histogram.sum)}\n")
         return "".join(out)
 
     def _prefixes(self, values: tuple[str, ...]) -> tuple[str, ...]:

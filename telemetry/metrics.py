@@ -21,9 +21,9 @@ here.
 Counters are plain numbers and histograms plain lists (telemetry/histogram.py), updated on the
 event loop without locks; the scrape thread reads them (a read of a Python number, a copy of a
 list, is atomic under the GIL). The current state (queues, instances) is read at scrape time.
-A scrape (`exposition`) is the registry as prometheus-client writes it, then the histograms,
-which write their own text: they are most of the lines, and a scrape holds the GIL, and with it
-the event loop, for as long as it writes.
+A scrape (`exposition`) is the histograms' text, then Ferry's other families, both written
+without prometheus-client (a scrape holds the GIL, and with it the event loop, for as long as it
+writes), then any other collector of the registry.
 """
 
 from __future__ import annotations
