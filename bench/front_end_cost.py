@@ -418,7 +418,13 @@ def main() -> int:
     return 0
 
 
-WORKER_WORKLOADS = (Workload("dlrm", 64, 64), Workload("dlrm_light", 64, 64))
+# 64-row requests load the model's compute; 1-row requests load the front end (each worker's
+# event loop and gRPC threads run on one CPU of its share).
+WORKER_WORKLOADS = (
+    Workload("dlrm", 64, 64),
+    Workload("dlrm_light", 64, 64),
+    Workload("dlrm_light", 1, 64),
+)
 
 
 def scale_workers(args: argparse.Namespace, work: Path, ferry_repo: Path) -> int:
