@@ -2,7 +2,7 @@
 one interleaved run, NVIDIA's perf_analyzer (C++) as the client.
 
     python -m bench.front_end_cost --perf-analyzer PATH --cuda-runtime-lib DIR
-        [--tritonserver DIR] [--rounds 3] [--part all|servers|paths]
+        [--tritonserver DIR] [--rounds 3] [--part all|servers|paths|workers|streams]
 
 Servers, each on loopback, started once and measured in turn, round after round:
 - `bare`: a grpc.aio server on uvloop that copies the input to the output
@@ -25,6 +25,11 @@ the requests the server answered in it, from its statistics).
 Paths (`--part paths`): Ferry alone, reached by unary gRPC, a gRPC stream (ModelStreamInfer),
 HTTP/REST (binary tensors) and unary gRPC with system shared memory, on `echo` at 1 in flight
 (latency) and `dlrm_light` at 64 rows, 64 in flight (CPU).
+Streams (`--part streams`): Ferry and Triton each by unary gRPC and by ModelStreamInfer, on
+`echo` at 1 in flight and `dlrm_light` at 1 and 64 rows, 64 in flight; a server that dies under
+a load is recorded (its log's tail) and started afresh.
+Workers (`--part workers`): `ferry serve --workers N` for each N of `--workers-list` on
+`--server-cpus`, perf_analyzer on `--client-cpus`.
 perf_analyzer: the binary in the `tritonclient==2.50.0` wheel (`tritonclient-2.50.0.data/data/
 bin/perf_analyzer`); it needs `libcudart.so.12` on LD_LIBRARY_PATH (`--cuda-runtime-lib`, e.g.
 the `nvidia-cuda-runtime-cu12` wheel's `nvidia/cuda_runtime/lib`) and `libb64`.
@@ -33,10 +38,12 @@ the `nvidia-cuda-runtime-cu12` wheel's `nvidia/cuda_runtime/lib`) and `libb64`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -208,10 +215,17 @@ def answered_each(metrics: Sequence[str], model: str) -> list[int]:
     ]
 
 
+class ServerDied(RuntimeError):
+    """The server under measurement exited (crashed) while perf_analyzer drove it."""
+
+
 def perf_analyzer(
     binary: Path, libs: Path, address: str, workload: Workload, out: Path, seconds: float,
     path: str = "grpc", cpus: set[int] | None = None,
+    server: subprocess.Popen[bytes] | None = None,
 ) -> dict[str, float]:  # fmt: skip
+    """One perf_analyzer run; `server`: given, a server that exits meanwhile ends it
+    (ServerDied)."""
     protocol = "http" if path == "http" else "grpc"
     command = [
         str(binary), "-i", protocol, "-u", address, "-m", workload.model,
@@ -227,11 +241,22 @@ def perf_analyzer(
         command += ["--shared-memory", "system", "--output-shared-memory-size", str(1 << 20)]
     env = dict(os.environ, LD_LIBRARY_PATH=str(libs))
     pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
-    done = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=300, preexec_fn=pin
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"perf_analyzer failed:\n{done.stdout}\n{done.stderr}")
+    client = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=pin,
+    )  # fmt: skip
+    # perf_analyzer waits for ever on requests a dead server will never answer.
+    deadline = time.monotonic() + 300
+    while client.poll() is None:
+        if server is not None and server.poll() is not None:
+            client.kill()
+            raise ServerDied(f"the server exited ({server.returncode}) under perf_analyzer")
+        if time.monotonic() > deadline:
+            client.kill()
+            raise RuntimeError("perf_analyzer ran past 300 s")
+        time.sleep(0.2)
+    if client.returncode != 0:
+        raise RuntimeError(f"perf_analyzer failed:\n{client.communicate()[0]}")
     with out.open() as handle:
         row = next(csv.DictReader(handle))
     return {
@@ -254,7 +279,7 @@ def measure(
     cpu0 = tree_cpu_s(server.pid)
     result = perf_analyzer(
         binary, libs, path_address or address, workload, work / "pa.csv", seconds, path,
-        client_cpus,
+        client_cpus, server,
     )  # fmt: skip
     cpu = tree_cpu_s(server.pid) - cpu0
     after = answered_each(metrics, workload.model) if metrics else []
@@ -267,10 +292,14 @@ def measure(
     return result
 
 
-def triton(root: Path, repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """tritonserver from the nvidia-pytriton wheel's folder, on free ports; the Python stub for
-    this interpreter's version runs this interpreter's libpython and packages."""
-    backends = log.parent / "backends"
+def triton(
+    root: Path, repo: Path, log: Path, cpus: set[int] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """tritonserver from the nvidia-pytriton wheel's folder, on free ports (on `cpus` only, its
+    stubs too, when given); the Python stub for this interpreter's version runs this
+    interpreter's libpython and packages."""
+    # A folder per start: a crashed server's stubs may still hold the last one's files.
+    backends = Path(tempfile.mkdtemp(prefix="backends-", dir=log.parent))
     shutil.copytree(root / "backends", backends, dirs_exist_ok=True)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = backends / "python" / "triton_python_backend_stub"
@@ -295,7 +324,11 @@ def triton(root: Path, repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], 
         "--metrics-port", ports[2], "--log-verbose", "0",
     ]  # fmt: skip
     handle = log.open("wb")
-    process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+    process = subprocess.Popen(
+        command, env=env, stdout=handle, stderr=subprocess.STDOUT, preexec_fn=pin,
+        start_new_session=True,  # its stubs in its group: a crash's leftovers killed with it
+    )  # fmt: skip
     address = f"127.0.0.1:{ports[0]}"
     import tritonclient.grpc as tc
 
@@ -339,7 +372,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="perf_analyzer window")
     parser.add_argument("--ferry-arg", action="append", default=[], help="extra serve flag")
     parser.add_argument(
-        "--part", choices=("all", "servers", "paths", "workers"), default="all",
+        "--part", choices=("all", "servers", "paths", "workers", "streams"), default="all",
         help="servers: Ferry against the floor and Triton; paths: Ferry's protocols; "
         "workers: Ferry with each of --workers-list on --server-cpus",
     )  # fmt: skip
@@ -352,6 +385,8 @@ def main() -> int:
     ferry_repo, triton_repo = repositories(work)
     if args.part == "workers":
         return scale_workers(args, work, ferry_repo)
+    if args.part == "streams":
+        return streams(args, work, ferry_repo, triton_repo)
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
         comparing = args.part in ("all", "servers")
@@ -480,6 +515,75 @@ def scale_workers(args: argparse.Namespace, work: Path, ferry_repo: Path) -> int
         {"runs": runs, "summary": summarize(runs), "ratios_to_first": ratios},
         args.out,
     )  # fmt: skip
+    print(f"wrote {written}")
+    return 0
+
+
+STREAM_WORKLOADS = (
+    Workload("echo", 1, 1, "x:16"),
+    Workload("dlrm_light", 1, 64),
+    Workload("dlrm_light", 64, 64),
+)
+
+
+def streams(args: argparse.Namespace, work: Path, ferry_repo: Path, triton_repo: Path) -> int:
+    """Ferry and Triton's Python backend each reached by unary gRPC and by one ModelStreamInfer
+    stream per perf_analyzer context, measured in turn round after round (the order reversed
+    every other round): whether a client that streams pays Ferry less than Triton, where unary
+    calls cost Ferry more."""
+    if args.tritonserver is None:
+        raise SystemExit("--part streams compares with Triton: --tritonserver is required")
+    starts = {
+        "ferry": lambda: ferry(
+            ferry_repo, work / "ferry.log", *args.ferry_arg, cpus=args.server_cpus
+        ),
+        "triton": lambda: triton(
+            args.tritonserver, triton_repo, work / "triton.log", args.server_cpus
+        ),
+    }  # fmt: skip
+    servers = {name: begin() for name, begin in starts.items()}
+    order = [(name, path) for name in servers for path in ("grpc", "grpc_stream")]
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {}
+    crashes: list[dict[str, str]] = []
+    try:
+        for round_index in range(args.rounds):
+            for workload in STREAM_WORKLOADS:
+                for name, path in order if round_index % 2 == 0 else order[::-1]:
+                    process, address = servers[name]
+                    key = f"{name}_{'stream' if path == 'grpc_stream' else 'unary'}"
+                    try:
+                        result = measure(
+                            args.perf_analyzer, args.cuda_runtime_lib, process, address,
+                            workload, work, args.seconds, path=path,
+                            client_cpus=args.client_cpus,
+                        )  # fmt: skip
+                    except ServerDied as exc:  # recorded, and the server started afresh
+                        log_tail = (work / f"{name}.log").read_text()[-2000:]
+                        crashes.append(
+                            {"round": str(round_index), "workload": workload.name,
+                             "server": key, "what": str(exc), "log_tail": log_tail}
+                        )  # fmt: skip
+                        print(f"round {round_index} {workload.name:22} {key:14}: {exc}")
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(process.pid, signal.SIGKILL)  # its stubs, if Triton's
+                        servers[name] = starts[name]()
+                        continue
+                    runs.setdefault(workload.name, {}).setdefault(key, []).append(result)
+                    print(
+                        f"round {round_index} {workload.name:22} {key:14}: {figures(result)}",
+                        flush=True,
+                    )
+    finally:
+        for process, _ in servers.values():
+            stop(process)
+    cpus = args.server_cpus
+    settings = {
+        "rounds": args.rounds, "seconds": args.seconds, "part": "streams",
+        "server_cpus": sorted(cpus) if cpus else None,
+        "client_cpus": sorted(args.client_cpus) if args.client_cpus else None,
+    }  # fmt: skip
+    results = {"runs": runs, "summary": summarize(runs), "crashes": crashes}
+    written = record("front_end_streams", settings, results, args.out)
     print(f"wrote {written}")
     return 0
 
