@@ -241,10 +241,11 @@ def perf_analyzer(
         command += ["--shared-memory", "system", "--output-shared-memory-size", str(1 << 20)]
     env = dict(os.environ, LD_LIBRARY_PATH=str(libs))
     pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
-    client = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=pin,
-    )  # fmt: skip
+    printed = out.with_suffix(".log")  # a file, not a pipe: nothing reads it while it runs
+    with printed.open("wb") as sink:
+        client = subprocess.Popen(
+            command, env=env, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=pin
+        )
     # perf_analyzer waits for ever on requests a dead server will never answer.
     deadline = time.monotonic() + 300
     while client.poll() is None:
@@ -256,7 +257,7 @@ def perf_analyzer(
             raise RuntimeError("perf_analyzer ran past 300 s")
         time.sleep(0.2)
     if client.returncode != 0:
-        raise RuntimeError(f"perf_analyzer failed:\n{client.communicate()[0]}")
+        raise RuntimeError(f"perf_analyzer failed:\n{printed.read_text()}")
     with out.open() as handle:
         row = next(csv.DictReader(handle))
     return {
@@ -374,7 +375,8 @@ def main() -> int:
     parser.add_argument(
         "--part", choices=("all", "servers", "paths", "workers", "streams"), default="all",
         help="servers: Ferry against the floor and Triton; paths: Ferry's protocols; "
-        "workers: Ferry with each of --workers-list on --server-cpus",
+        "workers: Ferry with each of --workers-list on --server-cpus; streams: Ferry and "
+        "Triton by unary gRPC and by ModelStreamInfer",
     )  # fmt: skip
     parser.add_argument("--workers-list", default="1,2,4", help="workers part: N per server")
     parser.add_argument("--server-cpus", type=parse_cpus, default=None, help='e.g. "0-3"')
