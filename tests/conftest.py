@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -115,6 +116,18 @@ def stop_server(server: RunningServer) -> int:
         raise
     finally:
         server.log_file.close()
+
+
+@contextlib.contextmanager
+def reaped(process: subprocess.Popen[Any]) -> Iterator[subprocess.Popen[Any]]:
+    """`process`, killed and waited for on the way out if it still runs: a failed assertion
+    must not leave a server (or a supervisor and its workers) behind."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from ferry.engines.cuda.devices import discover
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
 from ferry.server.example_repo import write_example_repo
-from tests.conftest import start_server, stop_server
+from tests.conftest import reaped, start_server, stop_server
 
 pytestmark = pytest.mark.gpu
 
@@ -91,7 +91,7 @@ def test_one_worker_per_gpu_sees_only_its_device(tmp_path: Path) -> None:
         command += ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
         command += ["--workers", "gpu"]
         supervisor = subprocess.Popen(command, cwd=root, stdout=sink, stderr=subprocess.STDOUT)
-        try:
+        with reaped(supervisor):
             deadline = time.monotonic() + 120
             while len(re.findall(r"serving on ", log.read_text())) < len(found.devices):
                 assert supervisor.poll() is None and time.monotonic() < deadline, log.read_text()
@@ -118,7 +118,3 @@ def test_one_worker_per_gpu_sees_only_its_device(tmp_path: Path) -> None:
             assert float(np.max(np.abs(got - expected))) <= 1e-3
             supervisor.send_signal(signal.SIGTERM)
             assert supervisor.wait(timeout=60) == 0
-        finally:
-            if supervisor.poll() is None:
-                supervisor.kill()
-                supervisor.wait()

@@ -19,6 +19,7 @@ from ferry.loadtest.processes import Plan, run
 from ferry.loadtest.workload import Workload
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
+from tests.conftest import reaped
 from tests.prometheus_text import samples
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,8 +62,7 @@ def worker_pids(text: str) -> list[int]:
 
 def test_two_workers_share_the_port_and_stop_together(model_repo: Path, tmp_path: Path) -> None:
     log = tmp_path / "workers.log"
-    supervisor = start_workers(model_repo, log)
-    try:
+    with reaped(start_workers(model_repo, log)) as supervisor:
         text = log.read_text()
         addresses = set(re.findall(r"serving on (\S+)", text))
         assert len(addresses) == 1, addresses  # one shared port
@@ -105,10 +105,6 @@ def test_two_workers_share_the_port_and_stop_together(model_repo: Path, tmp_path
         assert all(a > c for a, c in zip(after, counts, strict=True)), (counts, after)
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=30) == 0
-    finally:
-        if supervisor.poll() is None:
-            supervisor.kill()
-            supervisor.wait()
 
 
 def test_workers_stop_when_their_supervisor_is_killed(model_repo: Path, tmp_path: Path) -> None:
@@ -135,15 +131,10 @@ def test_a_worker_that_dies_stops_the_replica(model_repo: Path, tmp_path: Path) 
     dies on its own, the supervisor stops the other and exits non-zero, for the orchestrator to
     restart the whole replica."""
     log = tmp_path / "workers.log"
-    supervisor = start_workers(model_repo, log)
-    pids = worker_pids(log.read_text())
-    try:
+    with reaped(start_workers(model_repo, log)) as supervisor:
+        pids = worker_pids(log.read_text())
         os.kill(pids[0], signal.SIGKILL)
         assert supervisor.wait(timeout=30) == 1
-    finally:
-        if supervisor.poll() is None:
-            supervisor.kill()
-            supervisor.wait()
     assert not _running(pids[1])
     assert "a worker exited on its own" in log.read_text()
 
