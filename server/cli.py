@@ -165,7 +165,8 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         default="1",
         help="server processes sharing the TCP port (SO_REUSEPORT), each on its own share of the "
-        "CPUs: N, 'auto' (one per CPU this process may use, at most 8), or 'gpu' for one per GPU "
+        "CPUs: N, 'auto' (one per CPU this process may use, at most 8, and as many as half its "
+        "memory holds with every model loaded in each), or 'gpu' for one per GPU "
         "or MIG instance, each seeing only its own device, or 'gpu:N' for N per device; "
         "default 1",
     )
@@ -306,9 +307,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         devices = [d.uuid for d in found.devices for _ in range(int(per_device or 1))]
         workers = len(devices)
     elif args.workers == "auto":
+        from ferry.common.cpus import usable_cpus
+        from ferry.server.model_control import loaded_at_start
+        from ferry.server.repository import serving_bytes
         from ferry.server.workers import auto_workers
 
-        workers = auto_workers()
+        loading = loaded_at_start(config.model_control_mode, config.load_models)
+        model_bytes = serving_bytes(config.model_repository, loading)
+        workers = auto_workers(model_bytes)
+        log.info(
+            "--workers auto: %d worker(s) for %d usable CPU(s) and %.1f MiB of models",
+            workers, usable_cpus(), model_bytes / 2**20,
+        )  # fmt: skip
     elif args.workers.isdigit() and int(args.workers) >= 1:
         workers = int(args.workers)
     else:

@@ -62,6 +62,14 @@ def fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple(sorted(found))
 
 
+def loaded_at_start(mode: str, load_models: Sequence[str]) -> list[str] | None:
+    """The models a server loads at start: every folder (None), or in explicit mode only those
+    named by --load-model ("*" names them all)."""
+    if mode == "explicit" and "*" not in load_models:
+        return list(load_models)
+    return None
+
+
 class ModelControl:
     """The server's model-control mode over its repository; owns the poller and the folders
     of models sent with their files."""
@@ -85,10 +93,7 @@ class ModelControl:
 
     async def start(self) -> None:
         """Load what the mode loads at start; in poll mode, start watching."""
-        names = None
-        if self.mode == "explicit" and "*" not in self._load_models:
-            names = list(self._load_models)
-        await self._repository.load(names)
+        await self._repository.load(loaded_at_start(self.mode, self._load_models))
         if self.mode == "poll":
             self._seen = await asyncio.to_thread(self._scan)
             self._poller = asyncio.create_task(self._poll(), name="ferry-repository-poll")

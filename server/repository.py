@@ -324,7 +324,7 @@ class ModelRepository:
         config = override if override is not None else model_config.read(folder / "config.pbtxt")
         had_file = config is not None
         config = config or mc.ModelConfig()
-        versions = self._versions(folder, config)
+        versions = versions_to_serve(folder, config)
         loaded: dict[str, ServedVersion] = {}
         try:
             for version in versions:
@@ -334,25 +334,6 @@ class ModelRepository:
                 await served.loaded.close()
             raise
         return loaded
-
-    def _versions(self, folder: Path, config: mc.ModelConfig) -> list[str]:
-        found = sorted(_version(p) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
-        if not found:
-            raise ModelLoadError(f"{folder}: no numeric version folder (e.g. {folder}/1)")
-        policy = config.version_policy
-        choice = policy.WhichOneof("policy_choice")
-        if choice == "all":
-            chosen = found
-        elif choice == "specific":
-            wanted = list(policy.specific.versions)
-            absent = [v for v in wanted if v not in found]
-            if absent:
-                raise ModelLoadError(f"{folder}: version_policy names missing version(s) {absent}")
-            chosen = sorted(wanted)
-        else:
-            count = policy.latest.num_versions if choice == "latest" else 1
-            chosen = found[-max(count, 1) :]
-        return [str(v) for v in chosen]
 
     async def _load_version(
         self, folder: Path, version: str, config: mc.ModelConfig, had_file: bool, where: str
@@ -429,6 +410,51 @@ class ModelRepository:
             await served.scheduler.stop()  # closes the instances
             for engine in served.loaded.engines:
                 engine.close()
+
+
+def versions_to_serve(folder: Path, config: mc.ModelConfig) -> list[str]:
+    """The versions of a model folder its config's version policy serves (Triton's default:
+    the newest one); ModelLoadError when there are none or the policy names absent ones."""
+    found = sorted(_version(p) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    if not found:
+        raise ModelLoadError(f"{folder}: no numeric version folder (e.g. {folder}/1)")
+    policy = config.version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        chosen = found
+    elif choice == "specific":
+        wanted = list(policy.specific.versions)
+        absent = [v for v in wanted if v not in found]
+        if absent:
+            raise ModelLoadError(f"{folder}: version_policy names missing version(s) {absent}")
+        chosen = sorted(wanted)
+    else:
+        count = policy.latest.num_versions if choice == "latest" else 1
+        chosen = found[-max(count, 1) :]
+    return [str(v) for v in chosen]
+
+
+def serving_bytes(root: Path, names: Sequence[str] | None = None) -> int:
+    """Bytes of the files of every version that loading the repository at `root` (only the
+    models `names`, when given) would serve: what `--workers auto` weighs against the memory,
+    since every worker loads them all. A folder whose config or versions do not read counts
+    nothing here; loading it fails and says why."""
+    total = 0
+    try:
+        folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return 0
+    for folder in folders:
+        if names is not None and folder.name not in names:
+            continue
+        try:
+            config = model_config.read(folder / "config.pbtxt") or mc.ModelConfig()
+            for version in versions_to_serve(folder, config):
+                files = (folder / version).rglob("*")
+                total += sum(f.stat().st_size for f in files if f.is_file())
+        except (FerryError, OSError):
+            continue
+    return total
 
 
 def _version(folder: Path) -> int:

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ferry.common.cpus import usable_cpus
+from ferry.common.memory import usable_memory_bytes
 
 log = logging.getLogger("ferry.server")
 
@@ -37,12 +38,33 @@ log = logging.getLogger("ferry.server")
 AUTO_MAX_WORKERS = 8
 """`--workers auto` starts one worker per CPU up to this many: each worker is a whole server
 with every model in its own memory, and one event loop saturates about one core, so beyond a
-worker per core (or past a few GiB of models times workers) more workers only cost memory."""
+worker per core more workers only cost memory."""
+
+WORKER_BASE_BYTES = 128 * 1024 * 1024
+"""What a worker holds besides its models: the interpreter, gRPC, ONNX Runtime's code, the
+memory budget's share of requests in flight (an estimate; an idle worker with no model is
+below it)."""
+
+MODEL_MEMORY_FACTOR = 2
+"""A loaded model's memory against its files: ONNX Runtime keeps the weights and, for some
+operators, prepacked copies of them, and the session's buffers come on top."""
+
+AUTO_MEMORY_SHARE = 0.5
+"""The share of the memory the process may use that `--workers auto` lets its workers' models
+and bases fill; the rest is for requests, page cache and the supervisor."""
 
 
-def auto_workers() -> int:
-    """One worker per CPU this process may use, at most AUTO_MAX_WORKERS."""
-    return max(1, min(AUTO_MAX_WORKERS, usable_cpus()))
+def auto_workers(model_bytes: int = 0, memory_bytes: int | None = None) -> int:
+    """How many workers `--workers auto` starts: one per CPU this process may use, at most
+    AUTO_MAX_WORKERS, and no more than AUTO_MEMORY_SHARE of its memory holds (each worker
+    loads every model: `model_bytes` of files, server/repository.py `serving_bytes`); at least
+    one. `memory_bytes` None: what common/memory.py finds (0: unknown, no memory bound)."""
+    count = min(AUTO_MAX_WORKERS, usable_cpus())
+    memory = usable_memory_bytes() if memory_bytes is None else memory_bytes
+    if memory:
+        each = WORKER_BASE_BYTES + MODEL_MEMORY_FACTOR * model_bytes
+        count = min(count, int(memory * AUTO_MEMORY_SHARE) // each)
+    return max(1, count)
 
 
 def cpu_shares(cpus: Sequence[int], workers: int) -> list[frozenset[int]]:

@@ -171,3 +171,30 @@ def test_worker_options_are_checked(model_repo: Path) -> None:
         for asked in ("gpu", "gpu:2"):
             answer = run("--workers", asked)
             assert answer.returncode == 2 and f"--workers {asked}, but no GPU" in answer.stderr
+
+
+def test_auto_weighs_the_models_the_control_mode_loads(model_repo: Path, tmp_path: Path) -> None:
+    """`--workers auto` counts the files of the models loaded at start (here, in explicit mode,
+    the one named) against the memory, and says what it chose."""
+    from ferry.common.cpus import usable_cpus
+    from ferry.server.repository import serving_bytes
+    from ferry.server.workers import auto_workers
+
+    loaded = serving_bytes(model_repo, ["versioned"])
+    assert 0 < loaded < serving_bytes(model_repo)  # the others would weigh more
+    log = tmp_path / "auto.log"
+    command = [sys.executable, "-m", "ferry", "serve", "--model-repository", str(model_repo)]
+    command += ["--grpc-port", "0", "--http-port", "-1", "--metrics-port", "-1"]
+    command += ["--workers", "auto", "--model-control-mode", "explicit"]
+    command += ["--load-model", "versioned", "--drain-timeout", "5"]
+    with log.open("w") as sink:
+        supervisor = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    with reaped(supervisor):
+        deadline = time.monotonic() + 60
+        while "serving on" not in (text := log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=30) == 0, log.read_text()
+    chosen = auto_workers(loaded)
+    expected = f"--workers auto: {chosen} worker(s) for {usable_cpus()} usable CPU(s) and "
+    assert expected + f"{loaded / 2**20:.1f} MiB of models" in text, text
