@@ -7,12 +7,13 @@ exactly the moment it moves past it, with no sleeps and no hooks in the schedule
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
 import time
 from collections.abc import Callable
 from typing import Protocol
+
+from ferry.scheduler.timerfd import call_at as precise_call_at
 
 
 class Timer(Protocol):
@@ -30,14 +31,12 @@ class Clock(Protocol):
 
 
 class MonotonicClock:
-    """The real clock: `time.monotonic_ns`, timers on the running event loop."""
+    """The real clock: `time.monotonic_ns`, timers on the running event loop that fire at
+    their time and never before it (scheduler/timerfd.py: the loop's own timers count whole
+    milliseconds, and uvloop's fire up to half of one early)."""
 
     now = staticmethod(time.monotonic_ns)
-
-    def call_at(self, when_ns: int, callback: Callable[[], None]) -> Timer:
-        loop = asyncio.get_running_loop()
-        delay_s = max(when_ns - time.monotonic_ns(), 0) / 1e9
-        return loop.call_at(loop.time() + delay_s, callback)
+    call_at = staticmethod(precise_call_at)
 
 
 MONOTONIC = MonotonicClock()
