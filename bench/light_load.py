@@ -9,7 +9,7 @@ NVIDIA's perf_analyzer at a few requests in flight, the trees in turn and the or
 every other round, so that a noisy machine's drift hits every tree alike.
 
     python -m bench.light_load OLD_TREE . --perf-analyzer PA --cuda-runtime-lib LIB
-        [--model dlrm] [--rows 1] [--in-flight 1,4] [--rounds 3] [--seconds 2]
+        [--model dlrm] [--rows 1] [--shape x:16] [--in-flight 1,4] [--rounds 3] [--seconds 2]
         [--server-cpus 0 --client-cpus 1]
 
 Prints server CPU per request (/proc, over each run) with p50/p99 per tree and load; writes JSON
@@ -38,6 +38,7 @@ def main() -> int:
     parser.add_argument("--cuda-runtime-lib", type=Path, required=True)
     parser.add_argument("--model", default="dlrm")
     parser.add_argument("--rows", type=int, default=1)
+    parser.add_argument("--shape", default="", help='perf_analyzer --shape, e.g. "x:16" (echo)')
     parser.add_argument("--in-flight", default="1,4", help="loads, requests in flight")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0, help="perf_analyzer window")
@@ -63,7 +64,7 @@ def main() -> int:
             )
         for round_index in range(args.rounds):
             for load in loads:
-                workload = Workload(args.model, args.rows, load)
+                workload = Workload(args.model, args.rows, load, args.shape)
                 order = list(servers) if round_index % 2 == 0 else list(servers)[::-1]
                 for name in order:
                     process, address = servers[name]

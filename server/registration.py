@@ -89,3 +89,4 @@ def add_inference_service(
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
     )
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)
