@@ -89,4 +89,6 @@ def add_inference_service(
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
     )
+    # Registered too, as grpcio-tools' generated code does: gRPC then finds the handler from
+    # the method the call names instead of asking the generic handler (docs/benchmarks.md).
     server.add_registered_method_handlers(SERVICE.full_name, handlers)
