@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from bench.front_end_cost import Workload, perf_analyzer, tree_cpu_s
-from bench.harness import ferry, parse_cpus, record, stop
+from bench.harness import ferry, perf_analyzer_options, record, stop
 from ferry.server.example_repo import write_example_repo
 
 VARIANTS = {
@@ -109,16 +109,12 @@ def formed(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--perf-analyzer", type=Path, required=True)
-    parser.add_argument("--cuda-runtime-lib", type=Path, required=True)
+    perf_analyzer_options(parser)
     parser.add_argument("--in-flight", type=int, default=16)
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--budget-ms", type=float, default=50.0, help="dlrm_slo's p99 budget")
     parser.add_argument("--seconds", type=float, default=3.0, help="perf_analyzer window")
-    parser.add_argument("--server-cpus", type=parse_cpus, default=None, help='e.g. "0-3"')
-    parser.add_argument("--client-cpus", type=parse_cpus, default=None, help='e.g. "4-15"')
-    parser.add_argument("--out", type=Path, help="folder for the JSON record (bench/results)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ferry-batch-formation-"))
     repo = repository(work, args.budget_ms)

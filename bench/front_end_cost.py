@@ -60,13 +60,14 @@ from bench.harness import (
     ferry,
     metrics_endpoints,
     model_metrics,
-    parse_cpus,
+    perf_analyzer_options,
     python,
     record,
     start,
     stop,
+    write_light_dlrm,
 )
-from ferry.server.example_repo import DLRM_LIGHT, dlrm_model, write_example_repo
+from ferry.server.example_repo import write_example_repo
 
 MODEL_PY = '''
 import json, os, sys
@@ -142,13 +143,7 @@ def repositories(work: Path) -> tuple[Path, Path]:
     ferry_repo, triton_repo = work / "ferry", work / "triton"
     for name in ("echo", "dlrm"):
         shutil.copytree(examples / name, ferry_repo / name)
-    light = ferry_repo / "dlrm_light"
-    (light / "1").mkdir(parents=True)
-    (light / "1" / "model.onnx").write_bytes(
-        dlrm_model(DLRM_LIGHT, "dlrm_light").SerializeToString()
-    )
-    config = (examples / "dlrm" / "config.pbtxt").read_text()
-    (light / "config.pbtxt").write_text(config.replace('name: "dlrm"', 'name: "dlrm_light"'))
+    write_light_dlrm(examples, ferry_repo / "dlrm_light")
     for name in MODELS:
         source, target = ferry_repo / name, work / "ferry_spinning" / name
         (target / "1").mkdir(parents=True)
@@ -385,8 +380,7 @@ def _free_port() -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--perf-analyzer", type=Path, required=True)
-    parser.add_argument("--cuda-runtime-lib", type=Path, required=True)
+    perf_analyzer_options(parser)
     parser.add_argument("--tritonserver", type=Path, default=None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0, help="perf_analyzer window")
@@ -398,9 +392,6 @@ def main() -> int:
         "Triton by unary gRPC and by ModelStreamInfer",
     )  # fmt: skip
     parser.add_argument("--workers-list", default="1,2,4", help="workers part: N per server")
-    parser.add_argument("--server-cpus", type=parse_cpus, default=None, help='e.g. "0-3"')
-    parser.add_argument("--client-cpus", type=parse_cpus, default=None, help='e.g. "4-15"')
-    parser.add_argument("--out", type=Path, help="folder for the JSON record (bench/results)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ferry-front-end-"))
     ferry_repo, triton_repo = repositories(work)

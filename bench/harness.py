@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -21,6 +22,7 @@ import onnxruntime as ort
 
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.proto import grpc_service_pb2_grpc as pb_grpc
+from ferry.server.example_repo import DLRM_LIGHT, dlrm_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -69,6 +71,26 @@ def parse_cpus(text: str) -> set[int]:
         first, _, last = part.partition("-")
         cpus.update(range(int(first), int(last or first) + 1))
     return cpus
+
+
+def perf_analyzer_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every bench that perf_analyzer drives: the binary and its CUDA runtime
+    library, the CPUs of the server and of the client, and where the record goes."""
+    parser.add_argument("--perf-analyzer", type=Path, required=True)
+    parser.add_argument("--cuda-runtime-lib", type=Path, required=True)
+    parser.add_argument("--server-cpus", type=parse_cpus, default=None, help='e.g. "0-3"')
+    parser.add_argument("--client-cpus", type=parse_cpus, default=None, help='e.g. "4-15"')
+    parser.add_argument("--out", type=Path, help="folder for the JSON record (bench/results)")
+
+
+def write_light_dlrm(examples: Path, folder: Path) -> None:
+    """A model folder named `folder.name`: the light DLRM (embedding width 16, batches cheap on
+    a CPU too) under the example `dlrm`'s config, from the example repository `examples`."""
+    name = folder.name
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "model.onnx").write_bytes(dlrm_model(DLRM_LIGHT, name).SerializeToString())
+    config = (examples / "dlrm" / "config.pbtxt").read_text()
+    (folder / "config.pbtxt").write_text(config.replace('name: "dlrm"', f'name: "{name}"'))
 
 
 SAMPLE = re.compile(r"^(\w+)(?:\{([^}]*)\})? (\S+)$")

@@ -27,24 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from bench.front_end_cost import Workload, measure
-from bench.harness import parse_cpus, python, record, start, stop
+from bench.harness import perf_analyzer_options, python, record, start, stop
 from ferry.server.example_repo import write_example_repo
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("trees", nargs="+", help="source trees to start Ferry from")
-    parser.add_argument("--perf-analyzer", type=Path, required=True)
-    parser.add_argument("--cuda-runtime-lib", type=Path, required=True)
+    perf_analyzer_options(parser)
     parser.add_argument("--model", default="dlrm")
     parser.add_argument("--rows", type=int, default=1)
     parser.add_argument("--shape", default="", help='perf_analyzer --shape, e.g. "x:16" (echo)')
     parser.add_argument("--in-flight", default="1,4", help="loads, requests in flight")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0, help="perf_analyzer window")
-    parser.add_argument("--server-cpus", type=parse_cpus, default=None, help='e.g. "0"')
-    parser.add_argument("--client-cpus", type=parse_cpus, default=None, help='e.g. "1"')
-    parser.add_argument("--out", type=Path, help="folder for the JSON record (bench/results)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ferry-light-load-"))
     repo = work / "models"

@@ -47,12 +47,12 @@ import numpy as np
 import onnxruntime as ort
 import uvloop
 
-from bench.harness import record
+from bench.harness import record, write_light_dlrm
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.server import answers
 from ferry.server.app import FerryServer
 from ferry.server.config import ServerConfig
-from ferry.server.example_repo import DLRM_LIGHT, dlrm_model, write_example_repo
+from ferry.server.example_repo import write_example_repo
 from ferry.server.inference import Inference
 
 
@@ -77,13 +77,7 @@ def repository(work: Path) -> Path:
     write_example_repo(examples)
     repo.mkdir()
     os.rename(examples / "echo", repo / "echo")
-    light = repo / "dlrm_light"
-    (light / "1").mkdir(parents=True)
-    (light / "1" / "model.onnx").write_bytes(
-        dlrm_model(DLRM_LIGHT, "dlrm_light").SerializeToString()
-    )
-    config = (examples / "dlrm" / "config.pbtxt").read_text()
-    (light / "config.pbtxt").write_text(config.replace('name: "dlrm"', 'name: "dlrm_light"'))
+    write_light_dlrm(examples, repo / "dlrm_light")
     return repo
 
 
