@@ -20,7 +20,7 @@ the bare gRPC server's CPU per request from front_end_cost.py, it says what a re
 Ferry can cost at the least.
 
     python -m bench.request_path [--rounds 5] [--requests 20000] [--in-flight 64] [--cpu 0]
-                                 [--profile]
+                                 [--idle-us 0] [--profile]
 
 --profile prints the functions the ferry pass spends most in (cProfile; its overhead inflates
 the totals, so profiled passes are not recorded). Writes JSON under bench/results/.
@@ -101,8 +101,18 @@ def message_work(data: bytes) -> bytes:
     return bytes(response.SerializeToString())
 
 
-def message_loop(data: bytes, requests: int) -> None:
+def idle(seconds: float) -> None:
+    """Leave the CPU idle for `seconds` (a blocking sleep, the event loop's included): what a
+    server does between requests at light load. On a VM the next work then runs slower (its
+    caches cold, its virtual CPU woken), which a closed loop with no gap never shows; `--idle-us`
+    measures how much, for Ferry and the baselines alike."""
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+def message_loop(data: bytes, requests: int, idle_s: float = 0.0) -> None:
     for _ in range(requests):
+        idle(idle_s)
         message_work(data)
 
 
@@ -133,14 +143,16 @@ class Bench:
         stats = answers.model_statistics(self.server.repository, model, "").model_stats[0]
         return int(stats.inference_count), int(stats.execution_count)
 
-    def ferry(self, data: bytes, requests: int, in_flight: int) -> None:
-        """`requests` requests through the inference path by `in_flight` closed-loop callers."""
+    def ferry(self, data: bytes, requests: int, in_flight: int, idle_s: float = 0.0) -> None:
+        """`requests` requests through the inference path by `in_flight` closed-loop callers,
+        each idle for `idle_s` before each request (see `idle`)."""
         inference = self.inference
         left = [requests]
 
         async def caller() -> None:
             while left[0] > 0:
                 left[0] -= 1
+                idle(idle_s)
                 request = pb.ModelInferRequest.FromString(data)
                 response = await inference.infer(request, None, (), "ModelInfer")
                 response.SerializeToString()
@@ -168,7 +180,11 @@ def model_session(repo: Path, model: str) -> tuple[ort.InferenceSession, dict[st
 
 
 def model_us(
-    session: ort.InferenceSession, feeds: dict[str, np.ndarray], batch_rows: int, batches: int
+    session: ort.InferenceSession,
+    feeds: dict[str, np.ndarray],
+    batch_rows: int,
+    batches: int,
+    idle_s: float = 0.0,
 ) -> float:
     """CPU microseconds per batch of `batch_rows` rows, ONNX Runtime called directly."""
     sliced = {name: array[:batch_rows] for name, array in feeds.items()}
@@ -176,6 +192,7 @@ def model_us(
         session.run(None, sliced)
     before = time.process_time()
     for _ in range(batches):
+        idle(idle_s)
         session.run(None, sliced)
     return (time.process_time() - before) / batches * 1e6
 
@@ -185,6 +202,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20000, help="per pass")
     parser.add_argument("--in-flight", type=int, default=64)
+    parser.add_argument(
+        "--idle-us", type=float, default=0.0,
+        help="the CPU left idle before each request (and each baseline call): light load",
+    )  # fmt: skip
     parser.add_argument("--cpu", type=int, default=min(os.sched_getaffinity(0)))
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out", type=Path, help="folder for the JSON record (bench/results)")
@@ -213,12 +234,16 @@ def main() -> int:
             figures = runs.setdefault(workload.name, {})
             for round_index in range(args.rounds):
                 rows0, batches0 = bench.executions(workload.model)
-                ferry, loop_thread = cpu_us(partial(bench.ferry, data, n, args.in_flight), n)
+                idle_s = args.idle_us / 1e6
+                ferry, loop_thread = cpu_us(
+                    partial(bench.ferry, data, n, args.in_flight, idle_s), n
+                )
                 rows1, batches1 = bench.executions(workload.model)
                 batch_rows = max(1, round((rows1 - rows0) / max(batches1 - batches0, 1)))
-                per_batch = model_us(session, feeds, batch_rows, max(50, n // 64))
+                batches = max(50, n // 64) if not idle_s else n * workload.rows // batch_rows
+                per_batch = model_us(session, feeds, batch_rows, batches, idle_s)
                 model = per_batch * workload.rows / batch_rows
-                message = cpu_us(partial(message_loop, data, n), n)[0]
+                message = cpu_us(partial(message_loop, data, n, idle_s), n)[0]
                 own = ferry - message - model
                 for key, value in (
                     ("ferry_us", ferry), ("loop_thread_us", loop_thread),
@@ -249,7 +274,7 @@ def main() -> int:
         print(f"  {name:18} {line}")
     settings = {
         "rounds": args.rounds, "requests": args.requests, "in_flight": args.in_flight,
-        "cpu": args.cpu,
+        "cpu": args.cpu, "idle_us": args.idle_us,
     }  # fmt: skip
     written = record("request_path", settings, {"runs": runs, "summary": summary}, args.out)
     print(f"wrote {written}")
