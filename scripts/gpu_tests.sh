@@ -16,13 +16,14 @@ case "${1:-}" in
       prometheus-client==0.26.0 pytest==9.2.0 pytest-asyncio==1.5.0 pluggy iniconfig packaging \
       pygments typing_extensions \
       opentelemetry-exporter-otlp-proto-grpc==1.45.2 opentelemetry-exporter-otlp-proto-common==1.45.2 \
-      opentelemetry-proto==1.45.2 googleapis-common-protos
-    # The HTTP front end's aiohttp and its compiled dependencies, built for the GPU machine's
+      opentelemetry-proto==1.45.2 googleapis-common-protos tritonclient==2.73.0
+    # The HTTP front end's aiohttp and its compiled dependencies, and tritonclient's JSON
+    # library (tests/conftest.py imports tritonclient.grpc), built for the GPU machine's
     # Python 3.12.
     python3 -m pip download -q --no-deps -d .gputest/wheels --only-binary=:all: \
       --python-version 3.12 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
       aiohttp==3.14.5 multidict==7.2.1 yarl==1.25.1 frozenlist==1.8.0 propcache==0.5.4 \
-      aiosignal==1.4.0 aiohappyeyeballs==2.7.1 attrs==26.1.0 idna
+      aiosignal==1.4.0 aiohappyeyeballs==2.7.1 attrs==26.1.0 idna python-rapidjson
     ls .gputest/wheels
     ;;
   run)
