@@ -22,8 +22,9 @@ case "${1:-}" in
     # Python 3.12.
     python3 -m pip download -q --no-deps -d .gputest/wheels --only-binary=:all: \
       --python-version 3.12 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux_2_28_x86_64 \
       aiohttp==3.14.5 multidict==7.2.1 yarl==1.25.1 frozenlist==1.8.0 propcache==0.5.4 \
-      aiosignal==1.4.0 aiohappyeyeballs==2.7.1 attrs==26.1.0 idna python-rapidjson
+      aiosignal==1.4.0 aiohappyeyeballs==2.7.1 attrs==26.1.0 idna python-rapidjson==1.25
     ls .gputest/wheels
     ;;
   run)
