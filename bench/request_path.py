@@ -218,6 +218,7 @@ def main() -> int:
     server = FerryServer(config)
     loop.run_until_complete(server.start())
     runs: dict[str, dict[str, list[float]]] = {}
+    idle_s = args.idle_us / 1e6
     try:
         bench = Bench(loop, server)
         for workload in WORKLOADS:
@@ -234,7 +235,6 @@ def main() -> int:
             figures = runs.setdefault(workload.name, {})
             for round_index in range(args.rounds):
                 rows0, batches0 = bench.executions(workload.model)
-                idle_s = args.idle_us / 1e6
                 ferry, loop_thread = cpu_us(
                     partial(bench.ferry, data, n, args.in_flight, idle_s), n
                 )
