@@ -47,12 +47,14 @@ def start(
 
 
 def ferry(
-    repo: Path, log: Path, *extra: str, cpus: set[int] | None = None
+    repo: Path, log: Path, *extra: str, cpus: set[int] | None = None, tree: Path = ROOT
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start Ferry on a free loopback port serving `repo` (on `cpus` only, when given)."""
+    """Start Ferry on a free loopback port serving `repo` (on `cpus` only, when given), built
+    from the source tree `tree` (its own `ferry` package comes first: it is the working
+    directory)."""
     command = [*python(cpus), "-m", "ferry", "serve", "--model-repository", str(repo)]
     ports = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
-    return start([*command, *ports, *extra], log)
+    return start([*command, *ports, *extra], log, cwd=tree)
 
 
 def python(cpus: set[int] | None = None) -> list[str]:

@@ -19,7 +19,6 @@ under bench/results/.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.front_end_cost import Workload, measure
-from bench.harness import perf_analyzer_options, python, record, start, stop
+from bench.harness import ferry, perf_analyzer_options, record, stop
 from ferry.server.example_repo import write_example_repo
 
 
@@ -50,13 +49,9 @@ def main() -> int:
     runs: dict[str, dict[str, list[dict[str, float]]]] = {}
     try:
         for index, tree in enumerate(args.trees):
-            command = [*python(args.server_cpus), "-m", "ferry", "serve"]
-            command += ["--model-repository", str(repo), "--grpc-port", "0"]
-            command += ["--http-port", "-1", "--metrics-port", "-1"]
-            root = Path(tree).resolve()  # its own code first, whatever PYTHONPATH says
-            env = dict(os.environ, PYTHONPATH=str(root))
-            servers[f"{index}:{tree}"] = start(
-                command, work / f"ferry-{index}.log", cwd=root, env=env
+            log = work / f"ferry-{index}.log"
+            servers[f"{index}:{tree}"] = ferry(
+                repo, log, cpus=args.server_cpus, tree=Path(tree).resolve()
             )
         for round_index in range(args.rounds):
             for load in loads:

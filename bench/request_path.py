@@ -48,6 +48,7 @@ import onnxruntime as ort
 import uvloop
 
 from bench.harness import record, write_light_dlrm
+from ferry.common.datatypes import DATATYPES
 from ferry.proto import grpc_service_pb2 as pb
 from ferry.server import answers
 from ferry.server.app import FerryServer
@@ -68,8 +69,6 @@ class Workload:
 
 WORKLOADS = (Workload("echo", 1), Workload("dlrm_light", 1), Workload("dlrm_light", 64))
 
-NUMPY = {"FP32": np.float32, "INT64": np.int64, "INT32": np.int32}
-
 
 def repository(work: Path) -> Path:
     """The example `echo` and the light DLRM (`dlrm`'s config, embedding width 16)."""
@@ -87,7 +86,8 @@ def request_bytes(meta: pb.ModelMetadataResponse, rows: int) -> bytes:
     for tensor in meta.inputs:
         shape = [rows] + [16 if d < 0 else int(d) for d in tensor.shape[1:]]
         request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=shape)
-        request.raw_input_contents.append(np.zeros(shape, NUMPY[tensor.datatype]).tobytes())
+        zeros = np.zeros(shape, DATATYPES[tensor.datatype].numpy)
+        request.raw_input_contents.append(zeros.tobytes())
     return bytes(request.SerializeToString())
 
 

@@ -78,7 +78,7 @@ class TimerHandle:
         if not self.cancelled:
             self.cancelled = True
             if self._owner is not None:
-                self._owner.cancelled()
+                self._owner.cancelled_one()
 
 
 class _LoopTimers:
@@ -107,7 +107,8 @@ class _LoopTimers:
             self._arm(when_ns)
         return handle
 
-    def cancelled(self) -> None:
+    def cancelled_one(self) -> None:
+        """A pending handle was cancelled: rebuild the heap once such handles are most of it."""
         self._cancelled += 1
         heap = self._heap
         if self._cancelled > 64 and self._cancelled * 2 > len(heap):
@@ -136,7 +137,6 @@ class _LoopTimers:
                 self._cancelled -= 1
                 continue
             handle.cancelled = True  # ran: a later cancel changes nothing
-            handle._owner = None
             try:
                 handle.callback()
             except Exception as exc:  # as the loop's own timers do: report, run the others
